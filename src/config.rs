@@ -1,0 +1,236 @@
+//! One `Config` for the whole server: every limit it keeps, bounded, with its default.
+//!
+//! Each field documents its default and what happens when the limit is reached. There is no
+//! "unlimited": a server that accepts untrusted input needs a ceiling on every resource a peer
+//! can make it spend. [`Config::validate`] rejects values outside the documented ranges.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Every tunable limit of a server, with documented defaults (see [`Config::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Most connections held at once. Default 10,000; range 1..=1,000,000. A client over the cap
+    /// is accepted and closed at once, so it sees a prompt end of stream rather than a hang.
+    pub max_connections: usize,
+    /// Close a connection after this long without input or output progress. Default 60 s;
+    /// `None` disables it (then an idle connection costs no timer and no wake-up at all).
+    pub idle_timeout: Option<Duration>,
+    /// Listen backlog handed to `listen(2)` (Python socketserver's `request_queue_size`).
+    /// Default 1,024; range 1..=65,535 (the kernel also caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
+    /// Readiness events taken from the kernel per poll. Default 1,024; range 16..=65,536.
+    pub events_per_poll: usize,
+    /// Connections accepted per turn before other work gets a go. Default 64; range 1..=65,536.
+    pub accept_budget: usize,
+    /// Reads from one connection per turn before the next connection gets a go (fairness);
+    /// the connection goes on the ready-again list. Default 16; range 1..=1,024.
+    pub read_budget: usize,
+    /// Size of the one read buffer the reactor shares between all connections. Default 64 KiB;
+    /// range 512 B..=16 MiB. Input a protocol leaves unconsumed is copied to the connection.
+    pub read_chunk_bytes: usize,
+    /// Most unconsumed input one connection may hold (a partial line, frame or header).
+    /// Default 4 MiB; range `read_chunk_bytes`..=1 GiB. A protocol that lets it fill without
+    /// consuming anything is stalled: the connection is closed (counted as a limit close).
+    pub max_input_bytes: usize,
+    /// Pending output above which a connection stops feeding input to its protocol
+    /// (backpressure). Default 256 KiB.
+    pub write_high_watermark: usize,
+    /// Pending output below which a paused connection resumes reading. Default 64 KiB;
+    /// must be below `write_high_watermark`.
+    pub write_low_watermark: usize,
+    /// Pending output above which the connection is closed outright: the peer is not reading and
+    /// the protocol keeps writing anyway. Default 16 MiB; must exceed `write_high_watermark`.
+    pub write_hard_limit: usize,
+    /// How long accepting pauses after the process runs out of descriptors (EMFILE/ENFILE)
+    /// before it tries again from a timer. Default 100 ms; range 1 ms..=60 s.
+    pub accept_pause: Duration,
+    /// How long a closing connection keeps reading (and discarding) after it has sent its last
+    /// answer and shut its write side, so unread input does not make the kernel reset the
+    /// connection and destroy that answer (nginx's lingering close). Ends early at the peer's
+    /// end of stream. Default 2 s; range 0..=60 s; 0 closes at once.
+    pub linger_timeout: Duration,
+    /// How long a graceful shutdown may take before remaining connections are cut.
+    /// Default 5 s; range 0..=1 h.
+    pub shutdown_timeout: Duration,
+    /// Worker threads for offloaded (CPU-bound) jobs. Default: the machine's parallelism;
+    /// range 0..=1,024. With 0, [`Context::offload`](crate::protocol::Context::offload) answers
+    /// [`OffloadError::Unavailable`](crate::protocol::OffloadError::Unavailable).
+    pub workers: usize,
+    /// Jobs queued for the workers at most; a full queue answers
+    /// [`OffloadError::Busy`](crate::protocol::OffloadError::Busy) at once, never blocks the loop.
+    /// Default 1,024; range 1..=1,048,576.
+    pub job_queue: usize,
+    /// Jobs one connection may have in flight at once. Default 64; range 1..=65,535.
+    pub max_jobs_per_connection: usize,
+    /// Longest line the `line` protocol accepts, newline included. Default 64 KiB;
+    /// range 2..=`max_input_bytes`.
+    pub max_line_bytes: usize,
+    /// Largest payload the `frame` protocol accepts. Default 1 MiB;
+    /// range 0..=`max_input_bytes` - 4.
+    pub max_frame_bytes: usize,
+    /// Set TCP_NODELAY on accepted connections, so small answers leave at once instead of
+    /// waiting for the peer's delayed ACK (Nagle). Default true.
+    pub tcp_nodelay: bool,
+    /// Install SIGINT/SIGTERM handlers that start a graceful shutdown. Default true.
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_connections: 10_000,
+            idle_timeout: Some(Duration::from_secs(60)),
+            listen_backlog: 1024,
+            events_per_poll: 1024,
+            accept_budget: 64,
+            read_budget: 16,
+            read_chunk_bytes: 64 * 1024,
+            max_input_bytes: 4 * 1024 * 1024,
+            write_high_watermark: 256 * 1024,
+            write_low_watermark: 64 * 1024,
+            write_hard_limit: 16 * 1024 * 1024,
+            accept_pause: Duration::from_millis(100),
+            linger_timeout: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(5),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            job_queue: 1024,
+            max_jobs_per_connection: 64,
+            max_line_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
+            tcp_nodelay: true,
+            handle_signals: true,
+        }
+    }
+}
+
+fn check(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(message()))
+    }
+}
+
+impl Config {
+    /// Checks every field against its documented range and the fields against each other.
+    pub fn validate(&self) -> Result<()> {
+        check((1..=1_000_000).contains(&self.max_connections), || {
+            format!(
+                "max_connections {} is outside 1..=1000000",
+                self.max_connections
+            )
+        })?;
+        if let Some(idle) = self.idle_timeout {
+            check(!idle.is_zero(), || {
+                "idle_timeout must be positive (or None)".into()
+            })?;
+        }
+        check((1..=65_535).contains(&self.listen_backlog), || {
+            format!(
+                "listen_backlog {} is outside 1..=65535",
+                self.listen_backlog
+            )
+        })?;
+        check((16..=65_536).contains(&self.events_per_poll), || {
+            format!(
+                "events_per_poll {} is outside 16..=65536",
+                self.events_per_poll
+            )
+        })?;
+        check((1..=65_536).contains(&self.accept_budget), || {
+            format!("accept_budget {} is outside 1..=65536", self.accept_budget)
+        })?;
+        check((1..=1024).contains(&self.read_budget), || {
+            format!("read_budget {} is outside 1..=1024", self.read_budget)
+        })?;
+        check((512..=16 << 20).contains(&self.read_chunk_bytes), || {
+            format!(
+                "read_chunk_bytes {} is outside 512..=16MiB",
+                self.read_chunk_bytes
+            )
+        })?;
+        check(
+            (self.read_chunk_bytes..=1 << 30).contains(&self.max_input_bytes),
+            || {
+                format!(
+                    "max_input_bytes {} is outside read_chunk_bytes..=1GiB",
+                    self.max_input_bytes
+                )
+            },
+        )?;
+        check(self.write_low_watermark < self.write_high_watermark, || {
+            "write_low_watermark must be below write_high_watermark".into()
+        })?;
+        check(self.write_high_watermark < self.write_hard_limit, || {
+            "write_high_watermark must be below write_hard_limit".into()
+        })?;
+        check(self.write_hard_limit <= 1 << 30, || {
+            "write_hard_limit is over 1GiB".into()
+        })?;
+        check(
+            self.accept_pause >= Duration::from_millis(1)
+                && self.accept_pause <= Duration::from_secs(60),
+            || "accept_pause is outside 1ms..=60s".into(),
+        )?;
+        check(self.linger_timeout <= Duration::from_secs(60), || {
+            "linger_timeout is over 60s".into()
+        })?;
+        check(self.shutdown_timeout <= Duration::from_secs(3600), || {
+            "shutdown_timeout is over 1h".into()
+        })?;
+        check(self.workers <= 1024, || {
+            format!("workers {} is over 1024", self.workers)
+        })?;
+        check((1..=1 << 20).contains(&self.job_queue), || {
+            format!("job_queue {} is outside 1..=1048576", self.job_queue)
+        })?;
+        check((1..=65_535).contains(&self.max_jobs_per_connection), || {
+            "max_jobs_per_connection is outside 1..=65535".into()
+        })?;
+        check(
+            (2..=self.max_input_bytes).contains(&self.max_line_bytes),
+            || "max_line_bytes is outside 2..=max_input_bytes".into(),
+        )?;
+        check(self.max_frame_bytes + 4 <= self.max_input_bytes, || {
+            "max_frame_bytes must leave room for its 4-byte header within max_input_bytes".into()
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default()
+            .validate()
+            .expect("defaults must validate");
+    }
+
+    #[test]
+    fn watermarks_must_be_ordered() {
+        let config = Config {
+            write_low_watermark: 1 << 20,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let config = Config {
+            write_hard_limit: 1024,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn zero_connections_is_rejected() {
+        let config = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

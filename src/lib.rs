@@ -1,0 +1,67 @@
+//! # socketserver
+//!
+//! Small, fast socket servers built on a **single-threaded reactor**, and the tools to see how
+//! they work.
+//!
+//! One thread owns a `mio::Poll` and a slab of connections. The kernel reports readiness; the
+//! reactor reads, hands the bytes to a **sans-IO protocol** (a state machine that never touches a
+//! socket), and writes what the protocol answers. CPU-bound work goes to **worker threads** over a
+//! bounded crossbeam channel and comes back through a `mio::Waker`.
+//!
+//! ```text
+//!             +------------------------- reactor thread -------------------------+
+//!  clients -->| Poll --events--> accept / read / write --bytes--> Protocol (sans-IO) |
+//!             |   ^                        |                        |   offload    |
+//!             |   | Waker        timers, watermarks, limits          v              |
+//!             +---|--------------------------------------------- job queue --------+
+//!                 +------------------ results ------------------ worker threads
+//! ```
+//!
+//! ## The loop's phases
+//!
+//! Each turn: poll (sleep until news), read the clock once, dispatch the events (accept, drive
+//! connections, drain worker results, signals), revisit connections that stopped on a fairness
+//! budget, run due timers, and remove the connections closed during the turn. See [`reactor`].
+//!
+//! ## What is guaranteed
+//!
+//! * Stale events, timers and worker results — for a connection since closed, whose slot may hold
+//!   a new connection — are dropped: every identity carries a generation ([`ConnId`]).
+//! * Every resource is bounded by a documented [`Config`] limit: connections, unconsumed input,
+//!   pending output (watermarks pause reading; a hard limit closes), jobs in flight.
+//! * Running out of file descriptors pauses accepting and resumes from a timer: no spin, no exit.
+//! * A panic in a protocol closes that connection only and is reported to the error hook.
+//! * Graceful shutdown answers what is in flight before closing, within a deadline.
+//!
+//! ## What is not
+//!
+//! * Time-slicing: a slow protocol callback delays every connection on the loop; offload it.
+//! * Delivery of output the peer never reads: it is held up to the hard limit, then dropped
+//!   with the connection.
+//!
+//! ## A server in a few lines
+//!
+//! ```no_run
+//! use socketserver::{protocol::Echo, Server};
+//!
+//! let server = Server::bind("127.0.0.1:0")?.max_connections(10_000);
+//! println!("listening on {}", server.local_addr());
+//! server.serve(|| Echo)?;
+//! # Ok::<(), socketserver::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod reactor;
+pub mod server;
+pub(crate) mod worker;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use metrics::{Stats, StatsSnapshot};
+pub use reactor::token::ConnId;
+pub use server::{ErrorReport, RunningServer, Server, ServerHandle};

@@ -1,0 +1,102 @@
+//! The `socketserver` command: a thin layer of argument parsing over the library.
+//!
+//! `socketserver serve --protocol echo|line|frame --addr HOST:PORT` prints exactly
+//! `listening on <addr>` as its first line on stdout (so scripts can bind port 0 and read the
+//! port), then serves until SIGINT/SIGTERM. `RUST_LOG` sets the log level (env_logger).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use socketserver::protocol::{Echo, Frame, Line};
+use socketserver::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "socketserver",
+    version,
+    about = "A reactor-based socket server, and the tools to measure it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolName {
+    /// Every byte back as it comes.
+    Echo,
+    /// Each newline-terminated line back.
+    Line,
+    /// Each u32 big-endian length-prefixed frame back.
+    Frame,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The protocol to serve.
+    #[arg(long, value_enum, default_value = "echo")]
+    protocol: ProtocolName,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: String,
+    /// Most connections held at once; clients over the cap are closed at once.
+    #[arg(long, default_value_t = Config::default().max_connections as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Close connections idle this many seconds (0 disables the idle timeout).
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Worker threads for offloaded jobs.
+    #[arg(long, default_value_t = Config::default().workers as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1024))]
+    workers: u64,
+    /// Longest line the line protocol accepts, in bytes.
+    #[arg(long, default_value_t = Config::default().max_line_bytes)]
+    max_line_bytes: usize,
+    /// Largest frame payload the frame protocol accepts, in bytes.
+    #[arg(long, default_value_t = Config::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+}
+
+fn serve(args: ServeArgs) -> socketserver::Result<()> {
+    let config = Config {
+        max_connections: args.max_connections as usize,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        workers: args.workers as usize,
+        max_line_bytes: args.max_line_bytes,
+        max_frame_bytes: args.max_frame_bytes,
+        ..Config::default()
+    };
+    let server = Server::bind_with(args.addr.as_str(), config.clone())?;
+    println!("listening on {}", server.local_addr());
+    // The first line is a contract with scripts: make sure it leaves now, not at exit.
+    let _ = std::io::stdout().flush();
+    match args.protocol {
+        ProtocolName::Echo => server.serve(|| Echo),
+        ProtocolName::Line => server.serve(move || Line::new(config.max_line_bytes)),
+        ProtocolName::Frame => server.serve(move || Frame::new(config.max_frame_bytes)),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("socketserver: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

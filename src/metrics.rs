@@ -1,0 +1,107 @@
+//! Counters a reactor keeps about itself, readable from any thread while it runs.
+//!
+//! Each counter is written by exactly one thread (its reactor), so an update is a relaxed load
+//! and store — no locked instruction on the hot path — and readers see a value at most a moment
+//! old. [`Stats::snapshot`] copies them all into a plain [`StatsSnapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters of one server, written by its reactor thread only.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub(crate) $name: AtomicU64, )*
+        }
+
+        /// A copy of every counter at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Stats {
+            /// Copies every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Times the reactor returned from its poll (with events or on a timeout).
+    turns,
+    /// Connections accepted and handed to a protocol.
+    accepted,
+    /// Connections open now.
+    active,
+    /// Clients accepted and closed at once because `max_connections` were open.
+    refused_over_capacity,
+    /// Clients rejected by the verify hook.
+    refused_by_verify,
+    /// Times accepting paused because the process ran out of descriptors.
+    accept_pauses,
+    /// Connections closed after the peer finished sending.
+    closed_by_peer,
+    /// Connections closed because the peer reset them or the pipe broke.
+    closed_by_reset,
+    /// Connections closed by the idle timeout.
+    closed_idle,
+    /// Connections closed for exceeding an input or output limit.
+    closed_over_limit,
+    /// Connections closed at the protocol's request.
+    closed_by_protocol,
+    /// Connections closed because the protocol rejected their input.
+    closed_protocol_error,
+    /// Connections closed because a protocol callback panicked.
+    closed_by_panic,
+    /// Connections closed by a graceful shutdown (or cut at its deadline).
+    closed_by_shutdown,
+    /// Connections closed by an unexpected I/O error.
+    closed_io_error,
+    /// Readiness events dropped because their connection had closed.
+    stale_events,
+    /// Worker results dropped because their connection had closed.
+    stale_completions,
+    /// Bytes read from connections.
+    bytes_in,
+    /// Bytes written to connections.
+    bytes_out,
+    /// Jobs handed to the worker pool.
+    jobs_submitted,
+    /// Jobs whose results came back.
+    jobs_completed,
+    /// Jobs refused because the queue was full.
+    jobs_rejected,
+    /// Jobs handed over and not yet come back.
+    jobs_in_flight,
+    /// The most output one connection has had waiting at once.
+    peak_pending_output,
+}
+
+/// Adds `amount` to a counter only this thread writes (no atomic read-modify-write needed).
+#[inline]
+pub(crate) fn add(counter: &AtomicU64, amount: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(amount),
+        Ordering::Relaxed,
+    );
+}
+
+/// Subtracts `amount` from a gauge only this thread writes.
+#[inline]
+pub(crate) fn sub(counter: &AtomicU64, amount: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).saturating_sub(amount),
+        Ordering::Relaxed,
+    );
+}
+
+/// Raises a high-water mark only this thread writes.
+#[inline]
+pub(crate) fn raise(counter: &AtomicU64, value: u64) {
+    if value > counter.load(Ordering::Relaxed) {
+        counter.store(value, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,239 @@
+//! Sans-IO protocols: state machines that take bytes and return bytes and wishes.
+//!
+//! A [`Protocol`] never sees a socket. The driver (the reactor, a blocking driver, or the
+//! [`Harness`] in a unit test) hands it the bytes received so far and a [`Context`] through which
+//! it writes output and states its wishes: close the connection, arm a timer, offload a job to the
+//! worker pool. Because of that, one state machine runs unchanged on the event loop, on blocking
+//! threads, fed one byte at a time in a test, or under a fuzzer.
+//!
+//! # The contract
+//!
+//! * [`Protocol::on_read`] gets every unconsumed byte and returns how many it consumed. It
+//!   consumes every *complete* unit it can (a line, a frame, a request) and leaves a partial
+//!   unit in place: "incomplete" is a normal answer. The driver keeps the rest and calls again
+//!   with it plus whatever arrives next.
+//! * It checks its limits before it allocates: a peer that announces a 4 GiB frame gets an error
+//!   and a close, not a 4 GiB buffer. The driver also caps unconsumed input at
+//!   [`Config::max_input_bytes`](crate::Config::max_input_bytes).
+//! * Output written through the context is sent in order. While the connection's pending output
+//!   is above the high watermark the driver stops calling `on_read` (backpressure), so a protocol
+//!   whose output is proportional to its input needs no flow control of its own.
+//! * A panic in any callback closes that connection only and is reported to the server's error
+//!   hook; every other connection keeps being served.
+//!
+//! What is *not* guaranteed: how input is split between calls (any split may happen, which is
+//! why the tests feed every protocol one byte at a time), and that a wish to close is honoured
+//! before the peer's own close or reset is noticed.
+
+mod echo;
+mod frame;
+mod harness;
+mod line;
+
+use std::time::{Duration, Instant};
+
+pub use echo::Echo;
+pub use frame::Frame;
+pub use harness::Harness;
+pub use line::Line;
+
+use crate::reactor::buffer::WriteBuf;
+use crate::reactor::token::ConnId;
+use crate::worker::{Job, WorkerPool};
+pub use crate::worker::{JobFailed, JobOutput, JobResult, OffloadError};
+
+/// A sans-IO connection protocol. See the [module documentation](self) for the contract.
+pub trait Protocol: 'static {
+    /// The connection is established; nothing has been read yet.
+    fn on_open(&mut self, ctx: &mut Context<'_>) {
+        let _ = ctx;
+    }
+
+    /// `input` holds every byte received and not yet consumed. Consume complete units, write
+    /// answers through `ctx`, and return the number of bytes consumed (at most `input.len()`).
+    fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize;
+
+    /// The peer will send no more (it half-closed or closed). Output can still be written;
+    /// unconsumed input is discarded. The default closes once pending output is flushed, which
+    /// is what lets a half-closed client still receive every answer.
+    fn on_eof(&mut self, ctx: &mut Context<'_>) {
+        ctx.close();
+    }
+
+    /// The timer armed with [`Context::set_timer`] came due.
+    fn on_timer(&mut self, ctx: &mut Context<'_>) {
+        let _ = ctx;
+    }
+
+    /// A job offloaded with [`Context::offload`] finished (or panicked: `Err`).
+    fn on_job_done(&mut self, tag: u64, result: JobResult, ctx: &mut Context<'_>) {
+        let _ = (tag, result, ctx);
+    }
+
+    /// The server is shutting down gracefully. The default closes once pending output is flushed
+    /// and jobs in flight are answered; a protocol may finish its current unit first.
+    fn on_shutdown(&mut self, ctx: &mut Context<'_>) {
+        ctx.close();
+    }
+}
+
+/// How the protocol asked the connection to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// Close after pending output is written and jobs in flight are answered.
+    Graceful,
+    /// Like `Graceful`, but the protocol rejected the peer's input (counted as a protocol error).
+    Failed(&'static str),
+    /// Close now and discard pending output.
+    Abort,
+}
+
+/// What the protocol asked of its timer during one callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum TimerRequest {
+    /// Leave the timer as it is.
+    #[default]
+    Keep,
+    /// Arm (or re-arm) the connection's timer to fire after this long.
+    Set(Duration),
+    /// Disarm it.
+    Cancel,
+}
+
+/// Wishes collected during one callback; the driver acts on them when the callback returns.
+#[derive(Debug, Default)]
+pub(crate) struct Wishes {
+    pub(crate) close: Option<CloseRequest>,
+    pub(crate) timer: TimerRequest,
+}
+
+/// Where [`Context::offload`] sends jobs.
+pub(crate) enum Offload<'a> {
+    /// No worker pool: offloading answers [`OffloadError::Unavailable`].
+    Unavailable,
+    /// The reactor's worker pool.
+    Pool {
+        pool: &'a WorkerPool,
+        /// Jobs this connection has in flight; bounded by `max`.
+        in_flight: &'a mut u16,
+        max: u16,
+    },
+    /// Run the job on the calling thread and deliver its result after the callback returns
+    /// (blocking drivers and the test harness).
+    Inline(&'a mut Vec<(u64, JobResult)>),
+}
+
+/// The protocol's view of its connection during one callback.
+pub struct Context<'a> {
+    pub(crate) conn: ConnId,
+    pub(crate) now: Instant,
+    pub(crate) output: &'a mut WriteBuf,
+    /// Bytes already waiting in the connection from earlier callbacks.
+    pub(crate) pending_output: usize,
+    pub(crate) wishes: &'a mut Wishes,
+    pub(crate) offload: Offload<'a>,
+}
+
+impl<'a> Context<'a> {
+    /// The identity of this connection.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The time cached at the start of this reactor turn (cheap; no system call).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Queues `bytes` for sending, after everything written before.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.output.push(bytes);
+    }
+
+    /// Queues an owned buffer for sending without copying it (e.g. a response body).
+    pub fn write_owned(&mut self, bytes: Vec<u8>) {
+        self.output.push_owned(bytes);
+    }
+
+    /// Bytes written but not yet sent, including those queued during this callback.
+    pub fn pending_output(&self) -> usize {
+        self.pending_output + self.output.len()
+    }
+
+    /// Closes the connection once pending output is sent and jobs in flight are answered.
+    /// Input that arrives meanwhile is not fed to the protocol.
+    pub fn close(&mut self) {
+        self.request_close(CloseRequest::Graceful);
+    }
+
+    /// Closes like [`Context::close`], counting the close as the peer's fault (bad input, a
+    /// limit exceeded); `why` is logged at debug level. Write the error answer first.
+    pub fn fail(&mut self, why: &'static str) {
+        self.request_close(CloseRequest::Failed(why));
+    }
+
+    /// Closes the connection at once, discarding pending output.
+    pub fn abort(&mut self) {
+        self.wishes.close = Some(CloseRequest::Abort);
+    }
+
+    /// True once a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.wishes.close.is_some()
+    }
+
+    fn request_close(&mut self, request: CloseRequest) {
+        // An abort stays an abort; the first graceful reason is kept.
+        if self.wishes.close.is_none() {
+            self.wishes.close = Some(request);
+        }
+    }
+
+    /// Arms the connection's one timer to fire after `after`, replacing any armed before.
+    pub fn set_timer(&mut self, after: Duration) {
+        self.wishes.timer = TimerRequest::Set(after);
+    }
+
+    /// Disarms the connection's timer.
+    pub fn cancel_timer(&mut self) {
+        self.wishes.timer = TimerRequest::Cancel;
+    }
+
+    /// Runs `job` on the worker pool; its result comes back to [`Protocol::on_job_done`] with
+    /// `tag`. Never blocks: a full queue answers [`OffloadError::Busy`] at once.
+    pub fn offload<T, F>(&mut self, tag: u64, job: F) -> Result<(), OffloadError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let work: Box<dyn FnOnce() -> JobOutput + Send> = Box::new(move || Box::new(job()));
+        match &mut self.offload {
+            Offload::Unavailable => Err(OffloadError::Unavailable),
+            Offload::Pool {
+                pool,
+                in_flight,
+                max,
+            } => {
+                if **in_flight >= *max {
+                    return Err(OffloadError::TooManyInFlight);
+                }
+                pool.try_submit(Job {
+                    conn: self.conn,
+                    tag,
+                    work,
+                })?;
+                **in_flight += 1;
+                Ok(())
+            }
+            Offload::Inline(done) => {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(
+                    |payload| JobFailed {
+                        message: crate::worker::panic_message(payload.as_ref()),
+                    },
+                );
+                done.push((tag, result));
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Per-connection byte buffers: unconsumed input (`ReadBuf`) and pending output (`WriteBuf`).
+//!
+//! Both exist only while they hold bytes. The reactor reads into one shared chunk and feeds the
+//! protocol straight from it; only what the protocol leaves unconsumed (half a line, half a frame)
+//! is copied into the connection's `ReadBuf`. Output goes straight to the socket when the socket
+//! takes it; only what it refuses is kept in the connection's `WriteBuf`. An idle connection
+//! therefore holds no buffer memory at all.
+//!
+//! `WriteBuf` is a queue of chunks written with one vectored `write` (`writev`), so a protocol that
+//! hands over an owned body (`Vec<u8>`) after a small header costs no copy and one system call.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// Input a protocol has not consumed yet: the bytes `data[start..]`.
+#[derive(Debug, Default)]
+pub struct ReadBuf {
+    /// Storage; bytes before `start` are consumed and reclaimed lazily.
+    data: Vec<u8>,
+    /// Index of the first unconsumed byte; always `<= data.len()`.
+    start: usize,
+}
+
+impl ReadBuf {
+    /// A buffer holding a copy of `bytes`.
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        ReadBuf {
+            data: bytes.to_vec(),
+            start: 0,
+        }
+    }
+
+    /// The unconsumed bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    /// Number of unconsumed bytes.
+    pub fn len(&self) -> usize {
+        self.data.len() - self.start
+    }
+
+    /// True when every byte has been consumed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `bytes` after the unconsumed ones, first sliding those to the front when the
+    /// consumed prefix is at least as large as what remains (so each byte moves O(1) times).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.len() {
+            self.data.drain(..self.start);
+            self.start = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    /// Marks the first `count` unconsumed bytes as consumed.
+    ///
+    /// # Panics
+    /// If `count` exceeds [`ReadBuf::len`]: a protocol claimed bytes it was never given.
+    pub fn consume(&mut self, count: usize) {
+        assert!(
+            count <= self.len(),
+            "consumed {count} of {} buffered bytes",
+            self.len()
+        );
+        self.start += count;
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        }
+    }
+}
+
+/// Output waiting for the socket: a queue of chunks, the first partly written.
+#[derive(Debug, Default)]
+pub struct WriteBuf {
+    /// Chunks in send order; none is empty except possibly a lone spare kept for reuse.
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+    /// Unwritten bytes across all chunks.
+    len: usize,
+}
+
+/// Small writes are appended to the last chunk while it stays under this size; larger ones get a
+/// chunk of their own, so a chunk never grows past what one `writev` entry usefully carries.
+const COALESCE_LIMIT: usize = 64 * 1024;
+/// At most this many chunks go into one `writev` call (well under every platform's IOV_MAX).
+const MAX_IOVECS: usize = 64;
+
+impl WriteBuf {
+    /// Unwritten bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues a copy of `bytes`, appending to the last chunk when it is small.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.chunks.back_mut() {
+            Some(last)
+                if last.is_empty()
+                    || last.len() + bytes.len() <= COALESCE_LIMIT.max(last.capacity()) =>
+            {
+                last.extend_from_slice(bytes)
+            }
+            _ => self.chunks.push_back(bytes.to_vec()),
+        }
+        self.len += bytes.len();
+    }
+
+    /// Queues an owned chunk without copying it.
+    pub fn push_owned(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        // Drop an empty spare first so the "no empty chunk but a lone spare" rule holds.
+        if self.chunks.len() == 1 && self.chunks[0].is_empty() {
+            self.chunks.clear();
+        }
+        self.chunks.push_back(bytes);
+    }
+
+    /// Moves every chunk of `other` to the end of this buffer (no byte copies), leaving `other`
+    /// empty.
+    pub fn append(&mut self, other: &mut WriteBuf) {
+        if other.is_empty() {
+            return;
+        }
+        if other.head > 0 {
+            if let Some(front) = other.chunks.front_mut() {
+                front.drain(..other.head);
+            }
+            other.head = 0;
+        }
+        for chunk in other.chunks.drain(..) {
+            self.push_owned(chunk);
+        }
+        other.len = 0;
+    }
+
+    /// Writes as much as `sink` takes in one vectored call; returns the bytes written.
+    pub fn write_to(&mut self, sink: &mut impl Write) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+            let bytes = if i == 0 {
+                &chunk[self.head..]
+            } else {
+                &chunk[..]
+            };
+            slices[count] = IoSlice::new(bytes);
+            count += 1;
+        }
+        let written = if count == 1 {
+            sink.write(&slices[0])?
+        } else {
+            sink.write_vectored(&slices[..count])?
+        };
+        self.advance(written);
+        Ok(written)
+    }
+
+    /// Drops the first `count` unwritten bytes. When that empties the buffer, the last chunk is
+    /// kept (cleared) so a buffer that is filled and drained over and over reuses its storage.
+    pub fn advance(&mut self, mut count: usize) {
+        assert!(
+            count <= self.len,
+            "advanced {count} of {} pending bytes",
+            self.len
+        );
+        self.len -= count;
+        while count > 0 {
+            let front_left = self.chunks[0].len() - self.head;
+            if count < front_left {
+                self.head += count;
+                return;
+            }
+            count -= front_left;
+            self.head = 0;
+            let spent = self.chunks.pop_front();
+            if self.chunks.is_empty() {
+                if let Some(mut spare) = spent {
+                    spare.clear();
+                    self.chunks.push_back(spare);
+                }
+            }
+        }
+    }
+
+    /// Frees all storage (used when a connection's buffer empties, so idle connections hold none).
+    pub fn release(&mut self) {
+        *self = WriteBuf::default();
+    }
+
+    /// Clears pending bytes but keeps the last chunk's storage for reuse.
+    pub fn clear(&mut self) {
+        let len = self.len;
+        self.advance(len);
+    }
+
+    /// The unwritten bytes as one vector (for tests and the protocol harness).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { &chunk[self.head..] } else { chunk });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `limit` bytes per call, like a nearly full socket.
+    struct Trickle {
+        taken: Vec<u8>,
+        limit: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let n = bytes.len().min(self.limit);
+            self.taken.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn read_buf_consumes_and_compacts() {
+        let mut buf = ReadBuf::from_slice(b"hello ");
+        buf.consume(3);
+        assert_eq!(buf.as_slice(), b"lo ");
+        buf.extend(b"world");
+        assert_eq!(buf.as_slice(), b"lo world");
+        buf.consume(8);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn write_buf_keeps_order_across_partial_writes() {
+        let mut buf = WriteBuf::default();
+        buf.push(b"abc");
+        buf.push_owned(b"defgh".to_vec());
+        buf.push(b"ij");
+        let mut sink = Trickle {
+            taken: Vec::new(),
+            limit: 2,
+        };
+        while !buf.is_empty() {
+            buf.write_to(&mut sink).expect("sink never fails");
+        }
+        assert_eq!(sink.taken, b"abcdefghij");
+    }
+
+    #[test]
+    fn append_moves_partly_written_chunks() {
+        let mut scratch = WriteBuf::default();
+        scratch.push(b"0123456789");
+        scratch.advance(4);
+        let mut pending = WriteBuf::default();
+        pending.push(b"ab");
+        pending.append(&mut scratch);
+        assert!(scratch.is_empty());
+        assert_eq!(pending.to_vec(), b"ab456789");
+        assert_eq!(pending.len(), 8);
+    }
+
+    #[test]
+    fn drained_buffer_reuses_its_storage() {
+        let mut buf = WriteBuf::default();
+        buf.push(&[7; 100]);
+        buf.clear();
+        assert!(buf.is_empty());
+        assert_eq!(buf.chunks.len(), 1);
+        assert!(buf.chunks[0].capacity() >= 100);
+    }
+}

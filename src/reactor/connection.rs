@@ -1,0 +1,526 @@
+//! One connection's state and the steps the reactor takes on it: read, feed, write, close.
+//!
+//! Readiness is *latched*: an edge-triggered event sets `READABLE` or `WRITABLE`, and only a
+//! `WouldBlock` (or a short read, which proves the socket was drained) clears it. So a connection
+//! that stops early — on its fairness budget, or paused by backpressure — still knows it has
+//! input waiting, and is driven again without a new edge from the kernel.
+
+use std::io::{self, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::buffer::{ReadBuf, WriteBuf};
+use super::token::ConnId;
+use super::{Core, TimerEvent};
+use crate::error::{interrupted, is_disconnect, would_block};
+use crate::metrics::{self, Stats};
+use crate::protocol::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
+use crate::server::ErrorReport;
+use crate::worker::panic_message;
+
+/// Bit flags of a connection's state, kept in one `u16` to keep idle connections small.
+pub(crate) mod flag {
+    /// The socket may have input: latched by an event, cleared by `WouldBlock` or a short read.
+    pub const READABLE: u16 = 1 << 0;
+    /// The socket may take output: latched by an event, cleared by `WouldBlock`.
+    pub const WRITABLE: u16 = 1 << 1;
+    /// Writable interest is registered with the poll (only while output is pending).
+    pub const WANT_WRITE: u16 = 1 << 2;
+    /// Pending output crossed the high watermark: input is not fed to the protocol.
+    pub const PAUSED: u16 = 1 << 3;
+    /// A close was requested; it happens once output is flushed and jobs are answered.
+    pub const CLOSING: u16 = 1 << 4;
+    /// Closed: waiting for removal at the end of the turn; every event for it is dropped.
+    pub const CLOSED: u16 = 1 << 5;
+    /// The peer finished sending (read returned 0).
+    pub const EOF: u16 = 1 << 6;
+    /// The peer's end-of-stream was signalled by the poll: read to the end, past short reads.
+    pub const PEER_CLOSING: u16 = 1 << 7;
+    /// The protocol's timer is armed with the sequence number in `timer_seq`.
+    pub const TIMER_ARMED: u16 = 1 << 8;
+    /// On the ready-again list (stopped on its read budget with input left).
+    pub const READY_AGAIN: u16 = 1 << 9;
+    /// Answered and write side shut: input is read and discarded until end of stream or the
+    /// linger timer, so that unread input cannot turn the close into a reset.
+    pub const LINGERING: u16 = 1 << 10;
+}
+
+/// Why a connection closed; each reason has its counter in [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    PeerClosed,
+    Reset,
+    Idle,
+    OverLimit,
+    Protocol,
+    ProtocolError,
+    Panic,
+    Shutdown,
+    IoError,
+}
+
+/// One accepted connection. Small on purpose: an idle one holds no buffers.
+pub(crate) struct Connection<P> {
+    /// This connection's identity (slot and generation), as packed into its poll token.
+    pub(crate) id: ConnId,
+    /// The socket; closed when the connection is removed from the table.
+    pub(crate) stream: TcpStream,
+    /// The protocol state machine.
+    pub(crate) protocol: P,
+    /// Input the protocol left unconsumed; `None` when there is none.
+    pub(crate) input: Option<Box<ReadBuf>>,
+    /// Output the socket has not taken yet; `None` when there is none.
+    pub(crate) output: Option<Box<WriteBuf>>,
+    /// Last time input was read or output was written (the turn's cached `now`).
+    pub(crate) last_active: Instant,
+    /// Sequence number of the protocol's armed timer; bumped to cancel lazily.
+    pub(crate) timer_seq: u32,
+    /// Jobs offloaded and not yet answered.
+    pub(crate) jobs_in_flight: u16,
+    /// State bits, see [`flag`].
+    pub(crate) flags: u16,
+    /// Reason recorded when `CLOSING` was set.
+    pub(crate) close_reason: CloseReason,
+}
+
+impl<P: Protocol> Connection<P> {
+    pub(crate) fn new(id: ConnId, stream: TcpStream, protocol: P, now: Instant) -> Self {
+        Connection {
+            id,
+            stream,
+            protocol,
+            input: None,
+            output: None,
+            last_active: now,
+            timer_seq: 0,
+            jobs_in_flight: 0,
+            // A new socket can take output: try writing before asking the poll.
+            flags: flag::WRITABLE,
+            close_reason: CloseReason::Protocol,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn has(&self, bits: u16) -> bool {
+        self.flags & bits != 0
+    }
+
+    #[inline]
+    fn set(&mut self, bits: u16) {
+        self.flags |= bits;
+    }
+
+    #[inline]
+    fn clear(&mut self, bits: u16) {
+        self.flags &= !bits;
+    }
+
+    fn pending_output(&self) -> usize {
+        self.output.as_ref().map_or(0, |output| output.len())
+    }
+
+    /// Records the poll's readiness for this connection.
+    pub(crate) fn latch(&mut self, event: &mio::event::Event) {
+        if event.is_readable() || event.is_error() {
+            self.set(flag::READABLE);
+        }
+        if event.is_read_closed() {
+            self.set(flag::READABLE | flag::PEER_CLOSING);
+        }
+        if event.is_writable() || event.is_error() || event.is_write_closed() {
+            self.set(flag::WRITABLE);
+        }
+    }
+
+    /// Does all the work the latched readiness allows: write, then read and feed the protocol.
+    pub(crate) fn drive(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        if self.has(flag::WRITABLE) && self.pending_output() > 0 {
+            self.flush(core);
+        }
+        if self.has(flag::PAUSED) && self.pending_output() <= core.config.write_low_watermark {
+            self.clear(flag::PAUSED);
+            // Resume: feed what is already buffered before reading more.
+            if self.input.is_some() && !self.has(flag::CLOSING | flag::CLOSED) {
+                self.feed(core, &[]);
+            }
+        }
+        if self.has(flag::READABLE)
+            && !self.has(flag::PAUSED | flag::CLOSING | flag::CLOSED | flag::EOF)
+        {
+            self.read(core, chunk);
+        } else if self.has(flag::LINGERING) && self.has(flag::READABLE) && !self.has(flag::CLOSED) {
+            self.discard(core, chunk);
+        }
+        self.conclude(core);
+    }
+
+    /// Lingering close: reads and drops input until end of stream (then closes), `WouldBlock`,
+    /// or the read budget.
+    fn discard(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        for _ in 0..core.config.read_budget {
+            match self.stream.read(chunk) {
+                Ok(0) => return self.close(core, self.close_reason),
+                Ok(_) => {}
+                Err(error) if would_block(&error) => {
+                    self.clear(flag::READABLE);
+                    return;
+                }
+                Err(error) if interrupted(&error) => {}
+                // The answer was sent before the write side was shut; a reset now costs nothing.
+                Err(_) => return self.close(core, self.close_reason),
+            }
+        }
+        if !self.has(flag::READY_AGAIN) {
+            self.set(flag::READY_AGAIN);
+            core.ready_again.push(self.id);
+        }
+    }
+
+    /// Reads until `WouldBlock`, a short read, the fairness budget, or a reason to stop.
+    fn read(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        for _ in 0..core.config.read_budget {
+            match self.stream.read(chunk) {
+                Ok(0) => {
+                    self.clear(flag::READABLE);
+                    self.set(flag::EOF);
+                    self.call(core, |protocol, ctx| protocol.on_eof(ctx));
+                    return;
+                }
+                Ok(count) => {
+                    self.last_active = core.clock.now();
+                    metrics::add(&core.stats.bytes_in, count as u64);
+                    // A short read drained the socket: new input will raise a new edge. Unless
+                    // the peer is closing, in which case keep reading to see the end of stream.
+                    if count < chunk.len() && !self.has(flag::PEER_CLOSING) {
+                        self.clear(flag::READABLE);
+                    }
+                    self.feed(core, &chunk[..count]);
+                    if !self.has(flag::READABLE)
+                        || self.has(flag::PAUSED | flag::CLOSING | flag::CLOSED)
+                    {
+                        return;
+                    }
+                }
+                Err(error) if would_block(&error) => {
+                    self.clear(flag::READABLE);
+                    return;
+                }
+                Err(error) if interrupted(&error) => {}
+                Err(error) => {
+                    self.close_on_error(core, &error);
+                    return;
+                }
+            }
+        }
+        // Budget spent with input left: come back next turn without waiting for an edge.
+        if !self.has(flag::READY_AGAIN) {
+            self.set(flag::READY_AGAIN);
+            core.ready_again.push(self.id);
+        }
+    }
+
+    /// Hands `fresh` input (after any buffered input) to the protocol; keeps what it leaves.
+    fn feed(&mut self, core: &mut Core, fresh: &[u8]) {
+        match self.input.take() {
+            Some(mut buffered) => {
+                if buffered.len() + fresh.len() > core.config.max_input_bytes {
+                    log::debug!("{:?}: unconsumed input over the limit", self.id);
+                    return self.close(core, CloseReason::OverLimit);
+                }
+                buffered.extend(fresh);
+                let consumed = self.call(core, |protocol, ctx| {
+                    protocol.on_read(buffered.as_slice(), ctx)
+                });
+                if let Some(consumed) = consumed {
+                    buffered.consume(consumed.min(buffered.len()));
+                    if !buffered.is_empty() {
+                        self.input = Some(buffered);
+                    }
+                }
+            }
+            None if fresh.is_empty() => {}
+            None => {
+                let Some(consumed) = self.call(core, |protocol, ctx| protocol.on_read(fresh, ctx))
+                else {
+                    return;
+                };
+                let rest = &fresh[consumed.min(fresh.len())..];
+                if !rest.is_empty() && !self.has(flag::CLOSED) {
+                    if rest.len() > core.config.max_input_bytes {
+                        return self.close(core, CloseReason::OverLimit);
+                    }
+                    self.input = Some(Box::new(ReadBuf::from_slice(rest)));
+                }
+            }
+        }
+        if self
+            .input
+            .as_ref()
+            .is_some_and(|input| input.len() >= core.config.max_input_bytes)
+        {
+            // The protocol let its input fill up without consuming: it can make no progress.
+            log::debug!("{:?}: protocol stalled on a full input buffer", self.id);
+            self.close(core, CloseReason::OverLimit);
+        }
+    }
+
+    /// Runs one protocol callback with a context, catching a panic, then acts on its wishes.
+    /// Returns `None` if the callback panicked (the connection is then closed).
+    pub(crate) fn call<R>(
+        &mut self,
+        core: &mut Core,
+        callback: impl FnOnce(&mut P, &mut Context<'_>) -> R,
+    ) -> Option<R> {
+        let mut wishes = Wishes::default();
+        let pending_output = self.pending_output();
+        let jobs_before = self.jobs_in_flight;
+        let offload = match &core.pool {
+            Some(pool) => Offload::Pool {
+                pool,
+                in_flight: &mut self.jobs_in_flight,
+                max: core.config.max_jobs_per_connection as u16,
+            },
+            None => Offload::Unavailable,
+        };
+        let mut ctx = Context {
+            conn: self.id,
+            now: core.clock.now(),
+            output: &mut core.output,
+            pending_output,
+            wishes: &mut wishes,
+            offload,
+        };
+        let protocol = &mut self.protocol;
+        let outcome = catch_unwind(AssertUnwindSafe(|| callback(protocol, &mut ctx)));
+        drop(ctx);
+        let submitted = self.jobs_in_flight.saturating_sub(jobs_before);
+        if submitted > 0 {
+            metrics::add(&core.stats.jobs_submitted, submitted.into());
+            metrics::add(&core.stats.jobs_in_flight, submitted.into());
+        }
+        match outcome {
+            Ok(value) => {
+                self.settle(core, wishes);
+                Some(value)
+            }
+            Err(payload) => {
+                core.output.clear();
+                let report = ErrorReport {
+                    conn: self.id,
+                    peer: self.stream.peer_addr().ok(),
+                    message: panic_message(payload.as_ref()),
+                };
+                (core.on_error)(&report);
+                self.close(core, CloseReason::Panic);
+                None
+            }
+        }
+    }
+
+    /// Acts on what the protocol asked for during a callback: timer, output, close.
+    fn settle(&mut self, core: &mut Core, wishes: Wishes) {
+        match wishes.timer {
+            TimerRequest::Keep => {}
+            TimerRequest::Set(after) => {
+                self.timer_seq = self.timer_seq.wrapping_add(1);
+                self.set(flag::TIMER_ARMED);
+                let deadline = core.clock.now() + after;
+                core.timers
+                    .schedule(deadline, TimerEvent::Protocol(self.id, self.timer_seq));
+            }
+            TimerRequest::Cancel => {
+                // Lazy cancel: the heap entry stays and is ignored when it comes due.
+                self.timer_seq = self.timer_seq.wrapping_add(1);
+                self.clear(flag::TIMER_ARMED);
+            }
+        }
+        if wishes.close == Some(CloseRequest::Abort) {
+            core.output.clear();
+            return self.close(core, CloseReason::Protocol);
+        }
+        if !core.output.is_empty() {
+            self.send(core);
+        }
+        if let Some(request) = wishes.close {
+            if !self.has(flag::CLOSING) {
+                self.set(flag::CLOSING);
+                self.close_reason = match request {
+                    CloseRequest::Failed(why) => {
+                        log::debug!("{:?}: closing on bad input: {why}", self.id);
+                        CloseReason::ProtocolError
+                    }
+                    _ if self.has(flag::EOF) => CloseReason::PeerClosed,
+                    _ if core.draining => CloseReason::Shutdown,
+                    _ => CloseReason::Protocol,
+                };
+            }
+        }
+    }
+
+    /// Sends the callback's output: straight to the socket when nothing is queued before it
+    /// (no copy), and keeps whatever the socket does not take, subject to the watermarks.
+    fn send(&mut self, core: &mut Core) {
+        if self.has(flag::CLOSED) {
+            core.output.clear();
+            return;
+        }
+        if self.output.is_none() && self.has(flag::WRITABLE) {
+            if let Err(error) = write_all_possible(&mut core.output, &mut self.stream, &core.stats)
+            {
+                core.output.clear();
+                return self.close_on_error(core, &error);
+            }
+            if core.output.is_empty() {
+                self.last_active = core.clock.now();
+                return;
+            }
+            self.clear(flag::WRITABLE);
+        }
+        let output = self.output.get_or_insert_with(Box::default);
+        output.append(&mut core.output);
+        let pending = output.len();
+        metrics::raise(&core.stats.peak_pending_output, pending as u64);
+        if pending > core.config.write_hard_limit {
+            log::debug!(
+                "{:?}: {pending} bytes of output pending, over the hard limit",
+                self.id
+            );
+            self.close(core, CloseReason::OverLimit);
+        } else if pending >= core.config.write_high_watermark {
+            self.set(flag::PAUSED);
+        }
+    }
+
+    /// Writes queued output while the socket takes it; frees the buffer once it empties.
+    fn flush(&mut self, core: &mut Core) {
+        let Some(output) = self.output.as_mut() else {
+            return;
+        };
+        match write_all_possible(output, &mut self.stream, &core.stats) {
+            Ok(()) => {
+                self.last_active = core.clock.now();
+                if output.is_empty() {
+                    self.output = None;
+                } else {
+                    self.clear(flag::WRITABLE);
+                }
+            }
+            Err(error) => self.close_on_error(core, &error),
+        }
+    }
+
+    /// Closes now if a requested close has nothing left to wait for; otherwise makes the
+    /// registered interest match the state (writable only while output is pending).
+    pub(crate) fn conclude(&mut self, core: &mut Core) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        let pending = self.pending_output();
+        if self.has(flag::CLOSING) && pending == 0 && self.jobs_in_flight == 0 {
+            return self.finish_close(core);
+        }
+        let want_write = pending > 0;
+        if want_write != self.has(flag::WANT_WRITE) {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(error) =
+                core.poll
+                    .registry()
+                    .reregister(&mut self.stream, self.id.token(), interest)
+            {
+                log::warn!("{:?}: reregister failed: {error}", self.id);
+                return self.close(core, CloseReason::IoError);
+            }
+            self.flags ^= flag::WANT_WRITE;
+        }
+    }
+
+    /// Everything is answered: close, lingering first if the peer may still be sending.
+    fn finish_close(&mut self, core: &mut Core) {
+        if self.has(flag::LINGERING) {
+            return;
+        }
+        let linger = core.config.linger_timeout;
+        if self.has(flag::EOF) || linger.is_zero() {
+            return self.close(core, self.close_reason);
+        }
+        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return self.close(core, self.close_reason);
+        }
+        self.set(flag::LINGERING);
+        self.input = None;
+        core.timers
+            .schedule(core.clock.now() + linger, TimerEvent::Linger(self.id));
+        // Input may already be waiting with no new edge to come: discard it next turn.
+        if self.has(flag::READABLE) && !self.has(flag::READY_AGAIN) {
+            self.set(flag::READY_AGAIN);
+            core.ready_again.push(self.id);
+        }
+    }
+
+    fn close_on_error(&mut self, core: &mut Core, error: &io::Error) {
+        if is_disconnect(error) {
+            log::debug!("{:?}: peer went away: {error}", self.id);
+            self.close(core, CloseReason::Reset);
+        } else {
+            log::warn!("{:?}: I/O error: {error}", self.id);
+            self.close(core, CloseReason::IoError);
+        }
+    }
+
+    /// Marks the connection closed and queues it for removal at the end of the turn. The socket
+    /// is closed then; events for it in the rest of this batch are dropped by the `CLOSED` bit.
+    pub(crate) fn close(&mut self, core: &mut Core, reason: CloseReason) {
+        if self.has(flag::CLOSED) {
+            return;
+        }
+        self.set(flag::CLOSED);
+        self.input = None;
+        self.output = None;
+        let stats = &core.stats;
+        metrics::add(
+            match reason {
+                CloseReason::PeerClosed => &stats.closed_by_peer,
+                CloseReason::Reset => &stats.closed_by_reset,
+                CloseReason::Idle => &stats.closed_idle,
+                CloseReason::OverLimit => &stats.closed_over_limit,
+                CloseReason::Protocol => &stats.closed_by_protocol,
+                CloseReason::ProtocolError => &stats.closed_protocol_error,
+                CloseReason::Panic => &stats.closed_by_panic,
+                CloseReason::Shutdown => &stats.closed_by_shutdown,
+                CloseReason::IoError => &stats.closed_io_error,
+            },
+            1,
+        );
+        log::debug!("{:?}: closed ({reason:?})", self.id);
+        core.graveyard.push(self.id);
+    }
+}
+
+/// Writes from `buffer` until it is empty or the socket would block. Disconnects and other
+/// errors are returned; `WouldBlock` is not an error here.
+fn write_all_possible(
+    buffer: &mut WriteBuf,
+    stream: &mut TcpStream,
+    stats: &Stats,
+) -> io::Result<()> {
+    while !buffer.is_empty() {
+        match buffer.write_to(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(count) => metrics::add(&stats.bytes_out, count as u64),
+            Err(error) if would_block(&error) => return Ok(()),
+            Err(error) if interrupted(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! The event loop, and nothing else: one thread, one `mio::Poll`, a slab of connections.
+//!
+//! # One turn
+//!
+//! ```text
+//! poll(timeout)          sleep until readiness, a timer, or a wake-up; EINTR is an empty turn
+//!   now = clock()        read the clock once; every decision this turn uses this `now`
+//!   dispatch events      listener -> accept loop; waker -> completions and shutdown;
+//!                        signals -> shutdown; connection -> latch readiness, then drive it
+//!   ready-again list     connections (and the listener) that stopped on a fairness budget
+//!   timers               collect every due timer first, then run them
+//!   reap                 remove closed connections from the slab: the one safe point per turn
+//! ```
+//!
+//! The poll sleeps with timeout 0 while anything is on a ready-again list, otherwise until the
+//! next timer; with nothing to do and no timer it sleeps until the kernel has news. An idle
+//! connection therefore costs no wake-ups at all (and, with no idle timeout, no timer either).
+//!
+//! # Guarantees
+//!
+//! * An event, timer or worker result is acted on only if its [`ConnId`] generation matches the
+//!   slot's current occupant; stale ones are counted and dropped.
+//! * Slab entries are removed only when the turn ends, never in the middle of a batch, so a slot
+//!   is never reused while events naming it may still be waiting in the same batch.
+//! * Accept, read and write run until `WouldBlock` (edge-triggered), bounded per turn by budgets.
+//! * Writable interest is registered only while output is pending.
+//! * Output is bounded by watermarks (pause input) and a hard limit (close); input is bounded by
+//!   [`Config::max_input_bytes`](crate::Config::max_input_bytes).
+//!
+//! # Not guaranteed
+//!
+//! * Fairness beyond the budgets: a connection is served at most `read_budget` reads per turn,
+//!   but turns are not time-sliced, so a slow protocol callback delays everyone (offload it).
+//! * Timer precision finer than the poll's (milliseconds), or timers firing before their turn.
+
+pub(crate) mod accept;
+pub mod buffer;
+pub mod completions;
+pub(crate) mod connection;
+pub mod timer;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll};
+use signal_hook_mio::v1_0::Signals;
+
+use self::accept::Acceptor;
+use self::buffer::WriteBuf;
+use self::completions::Completions;
+use self::connection::{flag, CloseReason, Connection};
+use self::timer::{Clock, Timers};
+use self::token::{ConnId, Slots, LISTENER, SIGNALS, WAKER};
+use crate::config::Config;
+use crate::error::{interrupted, Error, Result};
+use crate::metrics::{self, Stats};
+use crate::protocol::Protocol;
+use crate::server::ErrorReport;
+use crate::worker::{Completion, WorkerPool};
+
+/// What a timer is for. Connection timers carry the id (and sequence) they were armed for and
+/// are dropped when those no longer match.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TimerEvent {
+    /// Check the connection's idle deadline.
+    Idle(ConnId),
+    /// The protocol's timer, armed with this sequence number.
+    Protocol(ConnId, u32),
+    /// A lingering close has waited long enough for the peer's end of stream.
+    Linger(ConnId),
+    /// Resume accepting after running out of descriptors.
+    AcceptResume,
+    /// Graceful shutdown ran out of time: cut whatever is left.
+    ShutdownDeadline,
+}
+
+/// The verify hook: `false` closes the connection before any protocol sees it.
+pub(crate) type VerifyHook = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+/// The error hook: told about every protocol panic.
+pub(crate) type ErrorHook = Arc<dyn Fn(&ErrorReport) + Send + Sync>;
+
+/// Everything the connections' code needs besides the connection itself.
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) poll: Poll,
+    pub(crate) clock: Clock,
+    pub(crate) timers: Timers<TimerEvent>,
+    /// Scratch output for the callback running now; empty between callbacks.
+    pub(crate) output: WriteBuf,
+    pub(crate) pool: Option<WorkerPool>,
+    pub(crate) stats: Arc<Stats>,
+    /// Connections that stopped on their read budget with input left.
+    pub(crate) ready_again: Vec<ConnId>,
+    /// Connections closed this turn, removed from the slab when it ends.
+    pub(crate) graveyard: Vec<ConnId>,
+    pub(crate) verify: Option<VerifyHook>,
+    pub(crate) on_error: ErrorHook,
+    /// Graceful shutdown has begun.
+    pub(crate) draining: bool,
+}
+
+/// A single-threaded reactor serving one listener with protocol `P` made by `F`.
+pub(crate) struct Reactor<P, F> {
+    pub(crate) connections: Slots<Connection<P>>,
+    /// The one read buffer every connection reads into.
+    read_chunk: Vec<u8>,
+    pub(crate) core: Core,
+    pub(crate) acceptor: Acceptor,
+    pub(crate) factory: F,
+    completions: Completions<Completion>,
+    /// Set by a `ServerHandle` before it wakes the loop.
+    shutdown_requested: Arc<AtomicBool>,
+    signals: Option<Signals>,
+}
+
+/// What a reactor is built from (assembled by [`Server`](crate::Server)).
+pub(crate) struct Parts<F> {
+    pub(crate) config: Config,
+    pub(crate) poll: Poll,
+    pub(crate) listener: mio::net::TcpListener,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) pool: Option<WorkerPool>,
+    pub(crate) completions: Completions<Completion>,
+    pub(crate) shutdown_requested: Arc<AtomicBool>,
+    pub(crate) verify: Option<VerifyHook>,
+    pub(crate) on_error: ErrorHook,
+    pub(crate) factory: F,
+}
+
+impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
+    /// Registers the listener (and the signal pipe, if asked for) and builds the loop.
+    pub(crate) fn new(parts: Parts<F>) -> Result<Self> {
+        let Parts {
+            config,
+            poll,
+            mut listener,
+            stats,
+            pool,
+            completions,
+            shutdown_requested,
+            verify,
+            on_error,
+            factory,
+        } = parts;
+        poll.registry()
+            .register(&mut listener, LISTENER, mio::Interest::READABLE)
+            .map_err(|error| Error::io("registering the listener", error))?;
+        let signals = if config.handle_signals {
+            let mut signals =
+                Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+                    .map_err(|error| Error::io("installing signal handlers", error))?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, mio::Interest::READABLE)
+                .map_err(|error| Error::io("registering signals", error))?;
+            Some(signals)
+        } else {
+            None
+        };
+        let capacity = config.max_connections.min(65_536);
+        Ok(Reactor {
+            connections: Slots::with_capacity(capacity),
+            read_chunk: vec![0; config.read_chunk_bytes],
+            acceptor: Acceptor::new(listener),
+            core: Core {
+                config,
+                poll,
+                clock: Clock::new(),
+                timers: Timers::default(),
+                output: WriteBuf::default(),
+                pool,
+                stats,
+                ready_again: Vec::new(),
+                graveyard: Vec::new(),
+                verify,
+                on_error,
+                draining: false,
+            },
+            factory,
+            completions,
+            shutdown_requested,
+            signals,
+        })
+    }
+
+    /// Runs turns until a graceful shutdown completes.
+    pub(crate) fn run(mut self) -> Result<()> {
+        let mut events = Events::with_capacity(self.core.config.events_per_poll);
+        loop {
+            self.turn(&mut events)?;
+            if self.core.draining && self.connections.is_empty() {
+                break;
+            }
+        }
+        if let Some(pool) = &mut self.core.pool {
+            pool.stop();
+        }
+        log::debug!("reactor stopped");
+        Ok(())
+    }
+
+    /// One turn: poll, dispatch, ready-again, timers, reap.
+    fn turn(&mut self, events: &mut Events) -> Result<()> {
+        let timeout = if self.acceptor.ready_again || !self.core.ready_again.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            self.core.timers.poll_timeout(self.core.clock.now())
+        };
+        if let Err(error) = self.core.poll.poll(events, timeout) {
+            if !interrupted(&error) {
+                return Err(Error::io("polling", error));
+            }
+            // EINTR: an empty turn; the timers below still run.
+        }
+        let now = self.core.clock.update();
+        metrics::add(&self.core.stats.turns, 1);
+
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_ready(),
+                WAKER => self.on_wake(),
+                SIGNALS => self.on_signals(),
+                token => self.on_connection_event(ConnId::from_token(token), event),
+            }
+        }
+        self.run_ready_again();
+        self.run_timers(now);
+        self.reap();
+        Ok(())
+    }
+
+    fn on_connection_event(&mut self, id: ConnId, event: &mio::event::Event) {
+        match self.connections.get_mut(id) {
+            Some(conn) if !conn.has(flag::CLOSED) => {
+                conn.latch(event);
+                conn.drive(&mut self.core, &mut self.read_chunk);
+            }
+            // Drop: the connection this event was for has closed (its slot may hold another).
+            _ => metrics::add(&self.core.stats.stale_events, 1),
+        }
+    }
+
+    fn run_ready_again(&mut self) {
+        if self.acceptor.ready_again {
+            self.accept_ready();
+        }
+        if self.core.ready_again.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut self.core.ready_again);
+        for id in ready {
+            if let Some(conn) = self.connections.get_mut(id) {
+                conn.flags &= !flag::READY_AGAIN;
+                conn.drive(&mut self.core, &mut self.read_chunk);
+            }
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        if self
+            .core
+            .timers
+            .next_deadline()
+            .is_none_or(|deadline| deadline > now)
+        {
+            return;
+        }
+        let mut due = Vec::new();
+        self.core.timers.collect_expired(now, &mut due);
+        for timer in due {
+            match timer {
+                TimerEvent::Idle(id) => self.check_idle(id, now),
+                TimerEvent::Protocol(id, seq) => {
+                    let Some(conn) = self.connections.get_mut(id) else {
+                        continue;
+                    };
+                    if conn.has(flag::CLOSED)
+                        || !conn.has(flag::TIMER_ARMED)
+                        || conn.timer_seq != seq
+                    {
+                        continue; // cancelled or re-armed since
+                    }
+                    conn.flags &= !flag::TIMER_ARMED;
+                    conn.call(&mut self.core, |protocol, ctx| protocol.on_timer(ctx));
+                    conn.conclude(&mut self.core);
+                }
+                TimerEvent::Linger(id) => {
+                    if let Some(conn) = self.connections.get_mut(id) {
+                        let reason = conn.close_reason;
+                        conn.close(&mut self.core, reason);
+                    }
+                }
+                TimerEvent::AcceptResume => {
+                    self.acceptor.paused = false;
+                    self.accept_ready();
+                }
+                TimerEvent::ShutdownDeadline => {
+                    for id in self.connections.ids() {
+                        if let Some(conn) = self.connections.get_mut(id) {
+                            conn.close(&mut self.core, CloseReason::Shutdown);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection if it has been idle for the whole timeout; otherwise re-arms the
+    /// check for the moment it would be (the timer is armed once per timeout, not per byte).
+    fn check_idle(&mut self, id: ConnId, now: Instant) {
+        let Some(idle) = self.core.config.idle_timeout else {
+            return;
+        };
+        let Some(conn) = self.connections.get_mut(id) else {
+            return;
+        };
+        if conn.has(flag::CLOSED) {
+            return;
+        }
+        let deadline = conn.last_active + idle;
+        if conn.jobs_in_flight > 0 {
+            // Waiting on a worker is not idleness: look again a full timeout later.
+            self.core.timers.schedule(now + idle, TimerEvent::Idle(id));
+        } else if deadline <= now {
+            log::debug!("{id:?}: idle for {idle:?}");
+            conn.close(&mut self.core, CloseReason::Idle);
+        } else {
+            self.core.timers.schedule(deadline, TimerEvent::Idle(id));
+        }
+    }
+
+    /// The waker fired: worker results, and perhaps a shutdown request.
+    fn on_wake(&mut self) {
+        let mut done = Vec::new();
+        self.completions.drain_into(&mut done);
+        for completion in done {
+            let Completion {
+                conn: id,
+                tag,
+                result,
+            } = completion;
+            metrics::add(&self.core.stats.jobs_completed, 1);
+            metrics::sub(&self.core.stats.jobs_in_flight, 1);
+            match self.connections.get_mut(id) {
+                Some(conn) if !conn.has(flag::CLOSED) => {
+                    conn.jobs_in_flight = conn.jobs_in_flight.saturating_sub(1);
+                    conn.call(&mut self.core, |protocol, ctx| {
+                        protocol.on_job_done(tag, result, ctx)
+                    });
+                    conn.conclude(&mut self.core);
+                }
+                // Drop: the connection that asked for this job is gone.
+                _ => metrics::add(&self.core.stats.stale_completions, 1),
+            }
+        }
+        if self.shutdown_requested.load(Ordering::Acquire) {
+            self.begin_shutdown();
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        if signals.pending().next().is_some() {
+            log::info!("signal received: shutting down gracefully");
+            self.begin_shutdown();
+        }
+    }
+
+    /// Stops accepting, lets every protocol finish (`on_shutdown`), and arms the deadline.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if self.core.draining {
+            return;
+        }
+        self.core.draining = true;
+        // Closing the listener refuses new clients at once instead of leaving them in a backlog.
+        if let Some(mut listener) = self.acceptor.listener.take() {
+            let _ = self.core.poll.registry().deregister(&mut listener);
+        }
+        let deadline = self.core.clock.now() + self.core.config.shutdown_timeout;
+        self.core
+            .timers
+            .schedule(deadline, TimerEvent::ShutdownDeadline);
+        for id in self.connections.ids() {
+            let Some(conn) = self.connections.get_mut(id) else {
+                continue;
+            };
+            if conn.has(flag::CLOSED) {
+                continue;
+            }
+            conn.call(&mut self.core, |protocol, ctx| protocol.on_shutdown(ctx));
+            conn.conclude(&mut self.core);
+        }
+    }
+
+    /// Removes the connections closed this turn; dropping each closes its socket.
+    fn reap(&mut self) {
+        for id in self.core.graveyard.drain(..) {
+            if self.connections.remove(id).is_some() {
+                metrics::sub(&self.core.stats.active, 1);
+            }
+        }
+    }
+}

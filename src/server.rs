@@ -1,0 +1,319 @@
+//! The front door: bind, configure, serve — an echo server in a handful of lines.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use socketserver::{protocol::Echo, Server};
+//!
+//! fn main() -> socketserver::Result<()> {
+//!     Server::bind("127.0.0.1:7000")?
+//!         .max_connections(10_000)
+//!         .idle_timeout(Duration::from_secs(60))
+//!         .serve(|| Echo)
+//! }
+//! ```
+//!
+//! [`Server::serve`] runs the reactor on the calling thread until a graceful shutdown completes
+//! (SIGINT/SIGTERM, or [`ServerHandle::shutdown`] from another thread). [`Server::spawn`] runs it
+//! on a thread of its own and returns a [`RunningServer`].
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::{Poll, Waker};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::{Stats, StatsSnapshot};
+use crate::protocol::Protocol;
+use crate::reactor::completions::{self, Notifier};
+use crate::reactor::token::{ConnId, WAKER};
+use crate::reactor::{ErrorHook, Parts, Reactor, VerifyHook};
+use crate::worker::WorkerPool;
+
+/// What the error hook is told when a protocol callback panics (the counterpart of Python
+/// socketserver's `handle_error(request, client_address)`). The connection is already closed.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    /// The connection whose protocol failed.
+    pub conn: ConnId,
+    /// Its peer's address, if the socket could still tell.
+    pub peer: Option<SocketAddr>,
+    /// The panic message.
+    pub message: String,
+}
+
+/// A bound listener waiting to serve; configure it, then [`serve`](Server::serve) or
+/// [`spawn`](Server::spawn).
+pub struct Server {
+    config: Config,
+    listener: mio::net::TcpListener,
+    local_addr: SocketAddr,
+    poll: Poll,
+    waker: Arc<Waker>,
+    shutdown_requested: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    verify: Option<VerifyHook>,
+    on_error: ErrorHook,
+}
+
+/// Controls a server from any thread: read its address and counters, ask it to shut down.
+#[derive(Clone)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    waker: Arc<Waker>,
+    shutdown_requested: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+}
+
+/// A server running on its own thread.
+pub struct RunningServer {
+    handle: ServerHandle,
+    thread: JoinHandle<Result<()>>,
+}
+
+fn default_error_hook(report: &ErrorReport) {
+    let peer = report
+        .peer
+        .map_or_else(|| "unknown peer".to_string(), |peer| peer.to_string());
+    log::error!(
+        "{:?} ({peer}): protocol panicked: {}",
+        report.conn,
+        report.message
+    );
+}
+
+/// Creates a listening socket with SO_REUSEADDR and the configured backlog. On failure the
+/// socket is dropped (closed) before returning, so a failed bind leaks no descriptor.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(IpProtocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Binds `addr` with the default [`Config`]. Port 0 picks a free port; see
+    /// [`Server::local_addr`].
+    pub fn bind(addr: impl ToSocketAddrs) -> Result<Server> {
+        Server::bind_with(addr, Config::default())
+    }
+
+    /// Binds `addr` with `config` (validated first; the backlog is applied at bind time).
+    pub fn bind_with(addr: impl ToSocketAddrs, config: Config) -> Result<Server> {
+        config.validate()?;
+        let mut last_error = None;
+        let addrs = addr
+            .to_socket_addrs()
+            .map_err(|error| Error::io("resolving the address", error))?;
+        for addr in addrs {
+            match listen(addr, config.listen_backlog) {
+                Ok(listener) => return Server::from_listener(listener, config),
+                Err(error) => last_error = Some(Error::io(format!("binding {addr}"), error)),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Config("the address resolved to nothing".into())))
+    }
+
+    fn from_listener(listener: std::net::TcpListener, config: Config) -> Result<Server> {
+        let local_addr = listener
+            .local_addr()
+            .map_err(|error| Error::io("reading the bound address", error))?;
+        let poll = Poll::new().map_err(|error| Error::io("creating the poll", error))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|error| Error::io("creating the waker", error))?;
+        Ok(Server {
+            config,
+            listener: mio::net::TcpListener::from_std(listener),
+            local_addr,
+            poll,
+            waker: Arc::new(waker),
+            shutdown_requested: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(Stats::default()),
+            verify: None,
+            on_error: Arc::new(default_error_hook),
+        })
+    }
+
+    /// The address actually bound (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The configuration this server will run with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the configuration (except the listen backlog, which was applied at bind).
+    pub fn with_config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Most connections held at once; see [`Config::max_connections`].
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// Closes connections idle for `timeout`; see [`Config::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Keeps idle connections open forever (no idle timer at all).
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.config.idle_timeout = None;
+        self
+    }
+
+    /// Worker threads for offloaded jobs; see [`Config::workers`].
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
+    /// Whether SIGINT/SIGTERM start a graceful shutdown; see [`Config::handle_signals`].
+    pub fn handle_signals(mut self, handle: bool) -> Self {
+        self.config.handle_signals = handle;
+        self
+    }
+
+    /// Rejects peers before any protocol runs: `verify(peer)` returning `false` closes the new
+    /// connection at once (Python socketserver's `verify_request`).
+    pub fn verify(mut self, verify: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) -> Self {
+        self.verify = Some(Arc::new(verify));
+        self
+    }
+
+    /// Called when a protocol callback panics; the connection is closed and the server goes on
+    /// (Python socketserver's `handle_error`). The default logs the report at error level.
+    pub fn on_error(mut self, hook: impl Fn(&ErrorReport) + Send + Sync + 'static) -> Self {
+        self.on_error = Arc::new(hook);
+        self
+    }
+
+    /// A handle for shutting the server down and reading its counters from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            local_addr: self.local_addr,
+            waker: self.waker.clone(),
+            shutdown_requested: self.shutdown_requested.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Serves on the calling thread, with a fresh protocol from `factory` per connection, until
+    /// a graceful shutdown completes.
+    pub fn serve<P, F>(self, factory: F) -> Result<()>
+    where
+        P: Protocol,
+        F: FnMut() -> P,
+    {
+        self.config.validate()?;
+        let notifier = Notifier::new(self.waker.clone());
+        let (done, completions) = completions::channel(notifier);
+        let pool = if self.config.workers > 0 {
+            Some(
+                WorkerPool::start(self.config.workers, self.config.job_queue, done)
+                    .map_err(|error| Error::io("starting worker threads", error))?,
+            )
+        } else {
+            None
+        };
+        let reactor = Reactor::new(Parts {
+            config: self.config,
+            poll: self.poll,
+            listener: self.listener,
+            stats: self.stats,
+            pool,
+            completions,
+            shutdown_requested: self.shutdown_requested,
+            verify: self.verify,
+            on_error: self.on_error,
+            factory,
+        })?;
+        reactor.run()
+    }
+
+    /// Serves on a new thread; the returned [`RunningServer`] can shut it down and join it.
+    pub fn spawn<P, F>(self, factory: F) -> Result<RunningServer>
+    where
+        P: Protocol,
+        F: FnMut() -> P + Send + 'static,
+    {
+        self.config.validate()?;
+        let handle = self.handle();
+        let thread = std::thread::Builder::new()
+            .name("socketserver-reactor".into())
+            .spawn(move || self.serve(factory))
+            .map_err(|error| Error::io("spawning the reactor thread", error))?;
+        Ok(RunningServer { handle, thread })
+    }
+}
+
+impl ServerHandle {
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts a graceful shutdown: stop accepting, let protocols finish, close, exit by the
+    /// configured deadline. Returns at once; calling it again does nothing more.
+    pub fn shutdown(&self) {
+        self.shutdown_requested.store(true, Ordering::Release);
+        if let Err(error) = self.waker.wake() {
+            log::warn!("could not wake the reactor for shutdown: {error}");
+        }
+    }
+
+    /// A copy of the server's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl RunningServer {
+    /// A handle to this server.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr
+    }
+
+    /// A copy of the server's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.handle.stats()
+    }
+
+    /// Asks for a graceful shutdown and waits for the server to finish.
+    pub fn shutdown(self) -> Result<()> {
+        self.handle.shutdown();
+        self.join()
+    }
+
+    /// Waits for the server thread to finish (after a shutdown from anywhere).
+    pub fn join(self) -> Result<()> {
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(payload) => Err(Error::Panicked(crate::worker::panic_message(
+                payload.as_ref(),
+            ))),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The worker pool: CPU-bound jobs run on N threads, off the event loop.
+//!
+//! The reactor hands a job over with `try_send` on a bounded crossbeam channel: a full queue is
+//! an immediate answer ([`OffloadError::Busy`]), never a stall of the loop. Each result goes back
+//! tagged with the [`ConnId`] that asked for it, through a [`CompletionSender`] that wakes the
+//! reactor; the reactor drops results whose connection has since closed (its generation no longer
+//! matches). A job that panics fails only itself: the worker catches the panic and reports it as
+//! that job's result.
+//!
+//! On shutdown the queue is closed; jobs still queued are dropped and the threads exit after the
+//! job they are running.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::reactor::completions::CompletionSender;
+use crate::reactor::token::ConnId;
+
+/// What a job returns: any sendable value; the protocol downcasts it.
+pub type JobOutput = Box<dyn Any + Send>;
+
+/// The outcome of an offloaded job as its protocol receives it.
+pub type JobResult = Result<JobOutput, JobFailed>;
+
+/// A job panicked; the message is the panic's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailed {
+    /// The panic message, or a placeholder when the payload was not a string.
+    pub message: String,
+}
+
+impl fmt::Display for JobFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job panicked: {}", self.message)
+    }
+}
+
+/// Why a job could not be offloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffloadError {
+    /// The job queue is full: answer "busy" (HTTP 503) or retry later.
+    Busy,
+    /// This connection already has `max_jobs_per_connection` jobs in flight.
+    TooManyInFlight,
+    /// The server runs no worker threads (`workers = 0`), or is shutting down.
+    Unavailable,
+}
+
+impl fmt::Display for OffloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OffloadError::Busy => "the job queue is full",
+            OffloadError::TooManyInFlight => "too many jobs in flight on this connection",
+            OffloadError::Unavailable => "no worker threads are running",
+        })
+    }
+}
+
+impl std::error::Error for OffloadError {}
+
+/// A job with the identity of the connection that asked for it.
+pub(crate) struct Job {
+    pub(crate) conn: ConnId,
+    pub(crate) tag: u64,
+    pub(crate) work: Box<dyn FnOnce() -> JobOutput + Send>,
+}
+
+/// A finished job on its way back to the reactor.
+pub(crate) struct Completion {
+    pub(crate) conn: ConnId,
+    pub(crate) tag: u64,
+    pub(crate) result: JobResult,
+}
+
+/// N worker threads and the bounded queue that feeds them.
+pub(crate) struct WorkerPool {
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Set at shutdown so workers skip jobs still queued.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Turns a panic payload into a message.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+impl WorkerPool {
+    /// Starts `threads` workers fed by a queue of `queue` jobs; results go to `done`.
+    pub(crate) fn start(
+        threads: usize,
+        queue: usize,
+        done: CompletionSender<Completion>,
+    ) -> std::io::Result<WorkerPool> {
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut pool = WorkerPool {
+            jobs: Some(sender),
+            threads: Vec::new(),
+            stopping,
+        };
+        for number in 0..threads {
+            let receiver = receiver.clone();
+            let done = done.clone();
+            let stopping = pool.stopping.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("socketserver-worker-{number}"))
+                .spawn(move || work(receiver, done, stopping))?;
+            pool.threads.push(thread);
+        }
+        Ok(pool)
+    }
+
+    /// Queues a job without blocking.
+    pub(crate) fn try_submit(&self, job: Job) -> Result<(), OffloadError> {
+        let Some(jobs) = &self.jobs else {
+            return Err(OffloadError::Unavailable);
+        };
+        match jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(OffloadError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(OffloadError::Unavailable),
+        }
+    }
+
+    /// Closes the queue, drops queued jobs, and joins the threads that have finished; threads
+    /// still inside a long job are left to end on their own (they hold nothing of the server's).
+    pub(crate) fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn work(jobs: Receiver<Job>, done: CompletionSender<Completion>, stopping: Arc<AtomicBool>) {
+    for job in jobs {
+        if stopping.load(Ordering::Acquire) {
+            continue;
+        }
+        let Job { conn, tag, work } = job;
+        let result = catch_unwind(AssertUnwindSafe(work)).map_err(|payload| JobFailed {
+            message: panic_message(payload.as_ref()),
+        });
+        if done.send(Completion { conn, tag, result }).is_err() {
+            return; // the reactor is gone
+        }
+    }
+}
