@@ -72,7 +72,7 @@ counters! {
     jobs_submitted,
     /// Jobs whose results came back.
     jobs_completed,
-    /// Jobs refused because the queue was full.
+    /// Jobs refused: the queue was full, or the connection had too many in flight.
     jobs_rejected,
     /// Jobs handed over and not yet come back.
     jobs_in_flight,

@@ -1,5 +1,6 @@
 //! A driver without sockets: feeds a protocol bytes and collects what it writes and wishes.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
@@ -113,7 +114,23 @@ impl<P: Protocol> Harness<P> {
         &self.protocol
     }
 
+    /// Runs one callback, then delivers the results of jobs it offloaded (and of jobs those
+    /// deliveries offloaded), in order.
     fn call<R>(&mut self, callback: impl FnOnce(&mut P, &mut Context<'_>) -> R) -> R {
+        let (result, done) = self.invoke(callback);
+        let mut queue = VecDeque::from(done);
+        while let Some((tag, job_result)) = queue.pop_front() {
+            let ((), more) =
+                self.invoke(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
+            queue.extend(more);
+        }
+        result
+    }
+
+    fn invoke<R>(
+        &mut self,
+        callback: impl FnOnce(&mut P, &mut Context<'_>) -> R,
+    ) -> (R, Vec<(u64, JobResult)>) {
         let mut done: Vec<(u64, JobResult)> = Vec::new();
         let mut wishes = Wishes::default();
         let result = {
@@ -128,10 +145,7 @@ impl<P: Protocol> Harness<P> {
             callback(&mut self.protocol, &mut ctx)
         };
         self.apply(wishes);
-        for (tag, job_result) in done {
-            self.call(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
-        }
-        result
+        (result, done)
     }
 
     fn apply(&mut self, wishes: Wishes) {

@@ -117,6 +117,8 @@ pub(crate) enum Offload<'a> {
         /// Jobs this connection has in flight; bounded by `max`.
         in_flight: &'a mut u16,
         max: u16,
+        /// Where refusals are counted.
+        stats: &'a crate::metrics::Stats,
     },
     /// Run the job on the calling thread and deliver its result after the callback returns
     /// (blocking drivers and the test harness).
@@ -213,15 +215,21 @@ impl<'a> Context<'a> {
                 pool,
                 in_flight,
                 max,
+                stats,
             } => {
                 if **in_flight >= *max {
+                    crate::metrics::add(&stats.jobs_rejected, 1);
                     return Err(OffloadError::TooManyInFlight);
                 }
-                pool.try_submit(Job {
+                let job = Job {
                     conn: self.conn,
                     tag,
                     work,
-                })?;
+                };
+                if let Err(error) = pool.try_submit(job) {
+                    crate::metrics::add(&stats.jobs_rejected, 1);
+                    return Err(error);
+                }
                 **in_flight += 1;
                 Ok(())
             }

@@ -285,6 +285,7 @@ impl<P: Protocol> Connection<P> {
                 pool,
                 in_flight: &mut self.jobs_in_flight,
                 max: core.config.max_jobs_per_connection as u16,
+                stats: &core.stats,
             },
             None => Offload::Unavailable,
         };

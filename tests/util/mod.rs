@@ -1,0 +1,300 @@
+//! Helpers shared by the integration tests: start a server, connect with timeouts, wait for a
+//! condition with a deadline. Every blocking read or wait here ends by itself.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use socketserver::protocol::Protocol;
+use socketserver::{Config, RunningServer, Server};
+
+/// How long any single helper waits before failing the test.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A config for tests: no signal handlers (the test process owns its signals), two workers.
+pub fn test_config() -> Config {
+    Config {
+        handle_signals: false,
+        workers: 2,
+        ..Config::default()
+    }
+}
+
+/// Binds 127.0.0.1:0 with `config`.
+pub fn bind(config: Config) -> Server {
+    Server::bind_with("127.0.0.1:0", config).expect("bind 127.0.0.1:0")
+}
+
+/// Starts a server with the test config on its own thread.
+pub fn start<P, F>(factory: F) -> RunningServer
+where
+    P: Protocol,
+    F: FnMut() -> P + Send + 'static,
+{
+    start_with(test_config(), factory)
+}
+
+/// Starts a server with `config` on its own thread.
+pub fn start_with<P, F>(config: Config, factory: F) -> RunningServer
+where
+    P: Protocol,
+    F: FnMut() -> P + Send + 'static,
+{
+    bind(config).spawn(factory).expect("spawn server")
+}
+
+/// Connects with read and write timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("set read timeout");
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .expect("set write timeout");
+    stream.set_nodelay(true).expect("set nodelay");
+    stream
+}
+
+/// Reads exactly `len` bytes (fails the test on timeout or early end of stream).
+pub fn read_exact(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buffer = vec![0; len];
+    stream.read_exact(&mut buffer).expect("read_exact");
+    buffer
+}
+
+/// Writes `message` and reads back as many bytes.
+pub fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    stream.write_all(message).expect("write");
+    read_exact(stream, message.len())
+}
+
+/// Reads until end of stream; returns what came, or the error that ended it early.
+pub fn read_to_end(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// True when the server ended the connection: a read returns end of stream or a reset
+/// (not a timeout). Drains any bytes still in flight first.
+pub fn is_closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => return true,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(error) => panic!("unexpected read error: {error}"),
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`TIMEOUT`]. This waits for a state
+/// to be reached; it is not a delay standing in for one.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a corrupted echo cannot pass by accident.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Aborts the connection with a reset (SO_LINGER 0 then close) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    let socket = socket2::Socket::from(stream);
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .expect("set linger 0");
+    drop(socket);
+}
+
+/// A line protocol for worker tests. `wait <n>` offloads a job that blocks until the test opens
+/// the gate once, then answers `done <n>`; `panic` offloads a job that panics (answered
+/// `failed`); a full queue is answered `busy`; any other line is echoed at once.
+pub struct GatedJobs {
+    pub gate: crossbeam_channel::Receiver<()>,
+}
+
+impl Protocol for GatedJobs {
+    fn on_read(&mut self, input: &[u8], ctx: &mut socketserver::protocol::Context<'_>) -> usize {
+        let mut consumed = 0;
+        while let Some(end) = input[consumed..].iter().position(|&b| b == b'\n') {
+            let line = &input[consumed..consumed + end + 1];
+            consumed += end + 1;
+            let text = String::from_utf8_lossy(line).trim_end().to_string();
+            let outcome = if let Some(name) = text.strip_prefix("wait ") {
+                let gate = self.gate.clone();
+                let answer = format!("done {name}\n");
+                ctx.offload(0, move || {
+                    let _ = gate.recv_timeout(TIMEOUT);
+                    answer
+                })
+            } else if text == "panic" {
+                ctx.offload(0, || -> String { panic!("job asked to panic") })
+            } else {
+                ctx.write(line);
+                Ok(())
+            };
+            if outcome.is_err() {
+                ctx.write(b"busy\n");
+            }
+        }
+        consumed
+    }
+
+    fn on_job_done(
+        &mut self,
+        _tag: u64,
+        result: socketserver::protocol::JobResult,
+        ctx: &mut socketserver::protocol::Context<'_>,
+    ) {
+        match result.map(|output| output.downcast::<String>()) {
+            Ok(Ok(answer)) => ctx.write(answer.as_bytes()),
+            _ => ctx.write(b"failed\n"),
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line (byte by byte: tests only).
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(error) => panic!(
+                "read_line: {error} after {:?}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+    String::from_utf8(line).expect("utf-8 line")
+}
+
+/// The `socketserver` binary started as a child process, with its bound address.
+pub struct Cli {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Cli {
+    /// Starts `socketserver ARGS` (with `--addr 127.0.0.1:0`) and waits for its first line,
+    /// which must be exactly `listening on <addr>`. `max_files` lowers RLIMIT_NOFILE in the
+    /// child only.
+    pub fn start(args: &[&str], max_files: Option<u64>) -> Cli {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
+        let mut command = Command::new(env!("CARGO_BIN_EXE_socketserver"));
+        command.args(args).args(["--addr", "127.0.0.1:0"]);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(limit) = max_files {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn socketserver");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+            let _ = sender.send(first);
+        });
+        let first = receiver
+            .recv_timeout(TIMEOUT)
+            .expect("the server printed its first line");
+        let addr = first
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .parse()
+            .expect("an address on the first line");
+        Cli { child, addr }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the server did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        (status, stderr)
+    }
+
+    /// CPU time (user + system) the child has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("read stat");
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
+    /// Open descriptors of the child.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |dir| dir.count())
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
