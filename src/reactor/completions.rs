@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
 /// Wakes the reactor from another thread, at most once per drain.
@@ -93,11 +93,8 @@ impl<T> Completions<T> {
     /// Clears the pending flag, then moves every queued item into `out`.
     pub fn drain_into(&self, out: &mut Vec<T>) {
         self.notifier.clear();
-        loop {
-            match self.receiver.try_recv() {
-                Ok(item) => out.push(item),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(item) = self.receiver.try_recv() {
+            out.push(item);
         }
     }
 }

@@ -299,7 +299,6 @@ impl<P: Protocol> Connection<P> {
         };
         let protocol = &mut self.protocol;
         let outcome = catch_unwind(AssertUnwindSafe(|| callback(protocol, &mut ctx)));
-        drop(ctx);
         let submitted = self.jobs_in_flight.saturating_sub(jobs_before);
         if submitted > 0 {
             metrics::add(&core.stats.jobs_submitted, submitted.into());

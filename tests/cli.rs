@@ -1,0 +1,84 @@
+//! The command line: the first line contract, clean exits on SIGTERM, clear errors.
+
+mod util;
+
+use std::process::Command;
+
+use util::*;
+
+#[test]
+fn serve_prints_its_address_first_and_serves_every_protocol() {
+    for protocol in ["echo", "line", "frame"] {
+        let server = Cli::start(&["serve", "--protocol", protocol], None);
+        let mut stream = connect(server.addr);
+        let message: &[u8] = match protocol {
+            "frame" => b"\x00\x00\x00\x02hi",
+            _ => b"hello\n",
+        };
+        assert_eq!(
+            round_trip(&mut stream, message),
+            message,
+            "protocol {protocol}"
+        );
+        drop(stream);
+        let (status, stderr) = server.terminate();
+        assert!(
+            status.success(),
+            "{protocol}: exit status {status:?}, stderr: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_closes_connections_and_exits_cleanly() {
+    let server = Cli::start(&["serve", "--protocol", "echo"], None);
+    let mut stream = connect(server.addr);
+    assert_eq!(round_trip(&mut stream, b"ping"), b"ping");
+    let addr = server.addr;
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "exit status {status:?}, stderr: {stderr}");
+    assert!(is_closed_by_server(&mut stream));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listening socket is closed"
+    );
+}
+
+#[test]
+fn bad_arguments_get_a_clear_message_and_a_failing_exit() {
+    let cases: [&[&str]; 4] = [
+        &["serve", "--protocol", "gopher"],
+        &["serve", "--max-connections", "0"],
+        &["serve", "--addr", "not an address"],
+        &["frobnicate"],
+    ];
+    for args in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_socketserver"))
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(!output.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.trim().is_empty(), "{args:?} must say why");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} must not claim to listen"
+        );
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_socketserver"))
+        .args(["serve", "--addr", &addr])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("binding") && stderr.contains(&addr),
+        "stderr: {stderr}"
+    );
+}
