@@ -78,6 +78,9 @@ counters! {
     jobs_in_flight,
     /// The most output one connection has had waiting at once.
     peak_pending_output,
+    /// Timer entries in the reactor's heap at the end of the last turn (cancelled and
+    /// superseded ones included until they come due).
+    timers,
 }
 
 /// Adds `amount` to a counter only this thread writes (no atomic read-modify-write needed).
@@ -96,6 +99,12 @@ pub(crate) fn sub(counter: &AtomicU64, amount: u64) {
         counter.load(Ordering::Relaxed).saturating_sub(amount),
         Ordering::Relaxed,
     );
+}
+
+/// Sets a gauge only this thread writes.
+#[inline]
+pub(crate) fn set(counter: &AtomicU64, value: u64) {
+    counter.store(value, Ordering::Relaxed);
 }
 
 /// Raises a high-water mark only this thread writes.

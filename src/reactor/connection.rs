@@ -39,13 +39,11 @@ pub(crate) mod flag {
     pub const EOF: u16 = 1 << 6;
     /// The peer's end-of-stream was signalled by the poll: read to the end, past short reads.
     pub const PEER_CLOSING: u16 = 1 << 7;
-    /// The protocol's timer is armed with the sequence number in `timer_seq`.
-    pub const TIMER_ARMED: u16 = 1 << 8;
     /// On the ready-again list (stopped on its read budget with input left).
-    pub const READY_AGAIN: u16 = 1 << 9;
+    pub const READY_AGAIN: u16 = 1 << 8;
     /// Answered and write side shut: input is read and discarded until end of stream or the
     /// linger timer, so that unread input cannot turn the close into a reset.
-    pub const LINGERING: u16 = 1 << 10;
+    pub const LINGERING: u16 = 1 << 9;
 }
 
 /// Why a connection closed; each reason has its counter in [`Stats`](crate::Stats).
@@ -76,8 +74,11 @@ pub(crate) struct Connection<P> {
     pub(crate) output: Option<Box<WriteBuf>>,
     /// Last time input was read or output was written (the turn's cached `now`).
     pub(crate) last_active: Instant,
-    /// Sequence number of the protocol's armed timer; bumped to cancel lazily.
-    pub(crate) timer_seq: u32,
+    /// When the protocol wants [`Protocol::on_timer`]; `None` when its timer is not armed.
+    pub(crate) timer_deadline: Option<Instant>,
+    /// Deadline of this connection's one live protocol-timer entry in the heap, if any. An entry
+    /// with another deadline is stale and ignored when it comes due.
+    pub(crate) timer_entry: Option<Instant>,
     /// Jobs offloaded and not yet answered.
     pub(crate) jobs_in_flight: u16,
     /// State bits, see [`flag`].
@@ -95,7 +96,8 @@ impl<P: Protocol> Connection<P> {
             input: None,
             output: None,
             last_active: now,
-            timer_seq: 0,
+            timer_deadline: None,
+            timer_entry: None,
             jobs_in_flight: 0,
             // A new socket can take output: try writing before asking the poll.
             flags: flag::WRITABLE,
@@ -328,17 +330,18 @@ impl<P: Protocol> Connection<P> {
         match wishes.timer {
             TimerRequest::Keep => {}
             TimerRequest::Set(after) => {
-                self.timer_seq = self.timer_seq.wrapping_add(1);
-                self.set(flag::TIMER_ARMED);
                 let deadline = core.clock.now() + after;
-                core.timers
-                    .schedule(deadline, TimerEvent::Protocol(self.id, self.timer_seq));
+                self.timer_deadline = Some(deadline);
+                // Push only if the live entry would fire too late; a later deadline is picked up
+                // when the live entry comes due (see `on_timer_entry`).
+                if self.timer_entry.is_none_or(|entry| entry > deadline) {
+                    self.timer_entry = Some(deadline);
+                    core.timers
+                        .schedule(deadline, TimerEvent::Protocol(self.id));
+                }
             }
-            TimerRequest::Cancel => {
-                // Lazy cancel: the heap entry stays and is ignored when it comes due.
-                self.timer_seq = self.timer_seq.wrapping_add(1);
-                self.clear(flag::TIMER_ARMED);
-            }
+            // Lazy cancel: the heap entry stays and finds no wanted deadline when it comes due.
+            TimerRequest::Cancel => self.timer_deadline = None,
         }
         if wishes.close == Some(CloseRequest::Abort) {
             core.output.clear();
@@ -441,6 +444,28 @@ impl<P: Protocol> Connection<P> {
                 return self.close(core, CloseReason::IoError);
             }
             self.flags ^= flag::WANT_WRITE;
+        }
+    }
+
+    /// This connection's protocol-timer entry with deadline `entry` came due at `now`: fire the
+    /// protocol's timer if its deadline has passed, or re-arm the entry for the later deadline.
+    pub(crate) fn on_timer_entry(&mut self, core: &mut Core, entry: Instant, now: Instant) {
+        if self.has(flag::CLOSED) || self.timer_entry != Some(entry) {
+            return; // superseded by an earlier entry
+        }
+        self.timer_entry = None;
+        match self.timer_deadline {
+            None => {}
+            Some(deadline) if deadline <= now => {
+                self.timer_deadline = None;
+                self.call(core, |protocol, ctx| protocol.on_timer(ctx));
+                self.conclude(core);
+            }
+            Some(deadline) => {
+                self.timer_entry = Some(deadline);
+                core.timers
+                    .schedule(deadline, TimerEvent::Protocol(self.id));
+            }
         }
     }
 

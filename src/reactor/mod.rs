@@ -67,8 +67,8 @@ use crate::worker::{Completion, WorkerPool};
 pub(crate) enum TimerEvent {
     /// Check the connection's idle deadline.
     Idle(ConnId),
-    /// The protocol's timer, armed with this sequence number.
-    Protocol(ConnId, u32),
+    /// The connection's protocol timer (valid if its deadline is the connection's live entry).
+    Protocol(ConnId),
     /// A lingering close has waited long enough for the peer's end of stream.
     Linger(ConnId),
     /// Resume accepting after running out of descriptors.
@@ -228,6 +228,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         self.run_ready_again();
         self.run_timers(now);
         self.reap();
+        metrics::set(&self.core.stats.timers, self.core.timers.len() as u64);
         Ok(())
     }
 
@@ -269,22 +270,13 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         }
         let mut due = Vec::new();
         self.core.timers.collect_expired(now, &mut due);
-        for timer in due {
+        for (deadline, timer) in due {
             match timer {
                 TimerEvent::Idle(id) => self.check_idle(id, now),
-                TimerEvent::Protocol(id, seq) => {
-                    let Some(conn) = self.connections.get_mut(id) else {
-                        continue;
-                    };
-                    if conn.has(flag::CLOSED)
-                        || !conn.has(flag::TIMER_ARMED)
-                        || conn.timer_seq != seq
-                    {
-                        continue; // cancelled or re-armed since
+                TimerEvent::Protocol(id) => {
+                    if let Some(conn) = self.connections.get_mut(id) {
+                        conn.on_timer_entry(&mut self.core, deadline, now);
                     }
-                    conn.flags &= !flag::TIMER_ARMED;
-                    conn.call(&mut self.core, |protocol, ctx| protocol.on_timer(ctx));
-                    conn.conclude(&mut self.core);
                 }
                 TimerEvent::Linger(id) => {
                     if let Some(conn) = self.connections.get_mut(id) {

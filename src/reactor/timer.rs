@@ -1,10 +1,12 @@
 //! Timers: a min-heap of deadlines, cancelled lazily, read against one cached `now` per turn.
 //!
 //! Nothing is ever removed from the middle of the heap. A timer carries the identity of what it
-//! is for (a connection's `ConnId`, a per-connection timer sequence number); when it comes due,
-//! the reactor checks that identity against the live state and drops the timer if it no longer
-//! matches. Cancelling is therefore O(1) (bump a number), and a connection's idle timer is
-//! re-armed only when it fires, not on every byte of traffic.
+//! is for (a connection's `ConnId`) and its deadline; when it comes due, the reactor checks both
+//! against the live state and drops the timer if they no longer match. Cancelling is therefore
+//! O(1), and timers that are pushed back again and again (an idle timeout on every byte, a
+//! protocol re-arming a keep-alive timer on every request) are not re-pushed each time: the
+//! connection remembers its wanted deadline, and when the one entry in the heap comes due early
+//! it is re-armed for the deadline then wanted. Each connection so has one live entry per timer.
 //!
 //! Due timers are *collected* before any of them runs, so a callback that arms a new timer with
 //! a zero delay cannot make the reactor loop on timers forever within one turn.
@@ -111,14 +113,14 @@ impl<T> Timers<T> {
             .map(|deadline| deadline.saturating_duration_since(now))
     }
 
-    /// Moves every item due at `now` into `due`, earliest first.
-    pub fn collect_expired(&mut self, now: Instant, due: &mut Vec<T>) {
+    /// Moves every item due at `now` into `due` with its deadline, earliest first.
+    pub fn collect_expired(&mut self, now: Instant, due: &mut Vec<(Instant, T)>) {
         while let Some(Reverse(entry)) = self.heap.peek() {
             if entry.deadline > now {
                 break;
             }
             if let Some(Reverse(entry)) = self.heap.pop() {
-                due.push(entry.item);
+                due.push((entry.deadline, entry.item));
             }
         }
     }
@@ -148,7 +150,9 @@ mod tests {
         timers.schedule(start + Duration::from_millis(10), "a2");
         let mut due = Vec::new();
         timers.collect_expired(start + Duration::from_millis(20), &mut due);
-        assert_eq!(due, ["a", "a2", "b"]);
+        let items: Vec<_> = due.iter().map(|(_, item)| *item).collect();
+        assert_eq!(items, ["a", "a2", "b"]);
+        assert_eq!(due[0].0, start + Duration::from_millis(10));
         assert_eq!(timers.poll_timeout(start), Some(Duration::from_millis(30)));
     }
 
