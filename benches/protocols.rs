@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use socketserver::protocol::{Frame, Harness, Line};
+use socketserver::protocol::{Frame, Line, Session};
 use socketserver::reactor::buffer::WriteBuf;
 use socketserver::reactor::timer::Timers;
 
@@ -14,10 +14,10 @@ fn line_protocol(c: &mut Criterion) {
     let mut group = c.benchmark_group("line");
     group.throughput(Throughput::Bytes(input.len() as u64));
     group.bench_function("100 lines in one read", |b| {
-        let mut harness = Harness::new(Line::default());
+        let mut session = Session::new(Line::default());
         b.iter(|| {
-            harness.feed(black_box(&input));
-            black_box(harness.take_output());
+            session.feed(black_box(&input));
+            black_box(session.take_output());
         })
     });
     group.finish();
@@ -32,10 +32,10 @@ fn frame_protocol(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
     group.throughput(Throughput::Bytes(input.len() as u64));
     group.bench_function("100 frames of 64 bytes", |b| {
-        let mut harness = Harness::new(Frame::default());
+        let mut session = Session::new(Frame::default());
         b.iter(|| {
-            harness.feed(black_box(&input));
-            black_box(harness.take_output());
+            session.feed(black_box(&input));
+            black_box(session.take_output());
         })
     });
     group.finish();

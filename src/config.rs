@@ -70,6 +70,11 @@ pub struct Config {
     /// Largest payload the `frame` protocol accepts. Default 1 MiB;
     /// range 0..=`max_input_bytes` - 4.
     pub max_frame_bytes: usize,
+    /// Handler threads of the thread-pool model. Default 64; range 1..=4,096.
+    pub pool_threads: usize,
+    /// Accepted connections waiting for a pool thread; over it a connection is closed at once
+    /// (counted as refused over capacity). Default 1,024; range 1..=1,048,576.
+    pub pool_queue: usize,
     /// Set TCP_NODELAY on accepted connections, so small answers leave at once instead of
     /// waiting for the peer's delayed ACK (Nagle). Default true.
     pub tcp_nodelay: bool,
@@ -99,6 +104,8 @@ impl Default for Config {
             max_jobs_per_connection: 64,
             max_line_bytes: 64 * 1024,
             max_frame_bytes: 1024 * 1024,
+            pool_threads: 64,
+            pool_queue: 1024,
             tcp_nodelay: true,
             handle_signals: true,
         }

@@ -17,6 +17,9 @@
 //!                 +------------------ results ------------------ worker threads
 //! ```
 //!
+//! Beside the reactor, [`blocking`] drives the same protocols over blocking sockets (a thread per
+//! connection, or a bounded pool), so the two designs can be compared on identical code.
+//!
 //! ## The loop's phases
 //!
 //! Each turn: poll (sleep until news), read the clock once, dispatch the events (accept, drive
@@ -52,6 +55,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -60,6 +64,7 @@ pub mod reactor;
 pub mod server;
 pub(crate) mod worker;
 
+pub use blocking::Model;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use metrics::{Stats, StatsSnapshot};

@@ -1,6 +1,7 @@
 //! The `socketserver` command: a thin layer of argument parsing over the library.
 //!
-//! `socketserver serve --protocol echo|line|frame --addr HOST:PORT` prints exactly
+//! `socketserver serve --protocol echo|line|frame --model reactor|threads|pool --addr HOST:PORT`
+//! prints exactly
 //! `listening on <addr>` as its first line on stdout (so scripts can bind port 0 and read the
 //! port), then serves until SIGINT/SIGTERM. `RUST_LOG` sets the log level (env_logger).
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use socketserver::protocol::{Echo, Frame, Line};
-use socketserver::{Config, Server};
+use socketserver::{Config, Model, Server};
 
 #[derive(Parser)]
 #[command(
@@ -39,8 +40,25 @@ enum ProtocolName {
     Frame,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ModelName {
+    /// One thread, one event loop, every connection (the default).
+    Reactor,
+    /// A thread per connection.
+    Threads,
+    /// A fixed pool of threads fed by a bounded queue of connections.
+    Pool,
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// The concurrency model.
+    #[arg(long, value_enum, default_value = "reactor")]
+    model: ModelName,
+    /// Threads of the pool model.
+    #[arg(long, default_value_t = Config::default().pool_threads as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    threads: u64,
     /// The protocol to serve.
     #[arg(long, value_enum, default_value = "echo")]
     protocol: ProtocolName,
@@ -73,16 +91,32 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
         workers: args.workers as usize,
         max_line_bytes: args.max_line_bytes,
         max_frame_bytes: args.max_frame_bytes,
+        pool_threads: args.threads as usize,
         ..Config::default()
     };
     let server = Server::bind_with(args.addr.as_str(), config.clone())?;
     println!("listening on {}", server.local_addr());
     // The first line is a contract with scripts: make sure it leaves now, not at exit.
     let _ = std::io::stdout().flush();
-    match args.protocol {
-        ProtocolName::Echo => server.serve(|| Echo),
-        ProtocolName::Line => server.serve(move || Line::new(config.max_line_bytes)),
-        ProtocolName::Frame => server.serve(move || Frame::new(config.max_frame_bytes)),
+    let model = match args.model {
+        ModelName::Reactor => None,
+        ModelName::Threads => Some(Model::ThreadPerConnection {
+            block_on_close: true,
+        }),
+        ModelName::Pool => Some(Model::ThreadPool),
+    };
+    let (max_line, max_frame) = (config.max_line_bytes, config.max_frame_bytes);
+    match (args.protocol, model) {
+        (ProtocolName::Echo, None) => server.serve(|| Echo),
+        (ProtocolName::Line, None) => server.serve(move || Line::new(max_line)),
+        (ProtocolName::Frame, None) => server.serve(move || Frame::new(max_frame)),
+        (ProtocolName::Echo, Some(model)) => server.serve_blocking(model, || Echo),
+        (ProtocolName::Line, Some(model)) => {
+            server.serve_blocking(model, move || Line::new(max_line))
+        }
+        (ProtocolName::Frame, Some(model)) => {
+            server.serve_blocking(model, move || Frame::new(max_frame))
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Counters a reactor keeps about itself, readable from any thread while it runs.
 //!
-//! Each counter is written by exactly one thread (its reactor), so an update is a relaxed load
+//! In a reactor each counter is written by exactly one thread, so an update is a relaxed load
 //! and store — no locked instruction on the hot path — and readers see a value at most a moment
-//! old. [`Stats::snapshot`] copies them all into a plain [`StatsSnapshot`].
+//! old. The blocking drivers write from many threads and use the `shared_*` updates, which are
+//! atomic read-modify-writes. [`Stats::snapshot`] copies them all into a plain [`StatsSnapshot`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,6 +79,10 @@ counters! {
     jobs_in_flight,
     /// The most output one connection has had waiting at once.
     peak_pending_output,
+    /// Handler threads started and not yet joined (blocking drivers). A thread-per-connection
+    /// server joins finished ones as it accepts, so this stays near the number of open
+    /// connections; a pool holds its fixed number.
+    handler_threads,
     /// Timer entries in the reactor's heap at the end of the last turn (cancelled and
     /// superseded ones included until they come due).
     timers,
@@ -99,6 +104,24 @@ pub(crate) fn sub(counter: &AtomicU64, amount: u64) {
         counter.load(Ordering::Relaxed).saturating_sub(amount),
         Ordering::Relaxed,
     );
+}
+
+/// Adds to a counter several threads write.
+#[inline]
+pub(crate) fn shared_add(counter: &AtomicU64, amount: u64) {
+    counter.fetch_add(amount, Ordering::Relaxed);
+}
+
+/// Subtracts from a gauge several threads write.
+#[inline]
+pub(crate) fn shared_sub(counter: &AtomicU64, amount: u64) {
+    counter.fetch_sub(amount, Ordering::Relaxed);
+}
+
+/// Raises a high-water mark several threads write.
+#[inline]
+pub(crate) fn shared_raise(counter: &AtomicU64, value: u64) {
+    counter.fetch_max(value, Ordering::Relaxed);
 }
 
 /// Sets a gauge only this thread writes.

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use mio::{Poll, Waker};
 
+use crate::blocking::{self, Model};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::{Stats, StatsSnapshot};
@@ -246,6 +247,45 @@ impl Server {
             factory,
         })?;
         reactor.run()
+    }
+
+    /// Serves on the calling thread with a blocking [`Model`] instead of the reactor: the same
+    /// protocols, limits, hooks and counters, one thread per connection at a time. Offloaded jobs
+    /// run inline on the connection's thread.
+    pub fn serve_blocking<P, F>(self, model: Model, factory: F) -> Result<()>
+    where
+        P: Protocol + Send,
+        F: FnMut() -> P,
+    {
+        self.config.validate()?;
+        let shared = blocking::Shared::new(self.config, self.stats, self.on_error);
+        let acceptor = blocking::Acceptor {
+            poll: self.poll,
+            listener: self.listener,
+            shutdown_requested: self.shutdown_requested,
+            verify: self.verify,
+        };
+        match model {
+            Model::ThreadPerConnection { block_on_close } => {
+                blocking::threads::run(acceptor, shared, factory, block_on_close)
+            }
+            Model::ThreadPool => blocking::pool::run(acceptor, shared, factory),
+        }
+    }
+
+    /// Like [`Server::serve_blocking`], on a new thread.
+    pub fn spawn_blocking<P, F>(self, model: Model, factory: F) -> Result<RunningServer>
+    where
+        P: Protocol + Send,
+        F: FnMut() -> P + Send + 'static,
+    {
+        self.config.validate()?;
+        let handle = self.handle();
+        let thread = std::thread::Builder::new()
+            .name("socketserver-acceptor".into())
+            .spawn(move || self.serve_blocking(model, factory))
+            .map_err(|error| Error::io("spawning the acceptor thread", error))?;
+        Ok(RunningServer { handle, thread })
     }
 
     /// Serves on a new thread; the returned [`RunningServer`] can shut it down and join it.

@@ -30,6 +30,41 @@ fn serve_prints_its_address_first_and_serves_every_protocol() {
 }
 
 #[test]
+fn every_model_serves_and_exits_cleanly_on_sigterm() {
+    for model in ["reactor", "threads", "pool"] {
+        let server = Cli::start(
+            &[
+                "serve",
+                "--protocol",
+                "line",
+                "--model",
+                model,
+                "--threads",
+                "4",
+            ],
+            None,
+        );
+        let mut stream = connect(server.addr);
+        for _ in 0..3 {
+            assert_eq!(
+                round_trip(&mut stream, b"three times\n"),
+                b"three times\n",
+                "{model}"
+            );
+        }
+        let (status, stderr) = server.terminate();
+        assert!(
+            status.success(),
+            "{model}: exit status {status:?}, stderr: {stderr}"
+        );
+        assert!(
+            is_closed_by_server(&mut stream),
+            "{model}: client closed at shutdown"
+        );
+    }
+}
+
+#[test]
 fn sigterm_closes_connections_and_exits_cleanly() {
     let server = Cli::start(&["serve", "--protocol", "echo"], None);
     let mut stream = connect(server.addr);
@@ -46,8 +81,10 @@ fn sigterm_closes_connections_and_exits_cleanly() {
 
 #[test]
 fn bad_arguments_get_a_clear_message_and_a_failing_exit() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 6] = [
         &["serve", "--protocol", "gopher"],
+        &["serve", "--model", "fibers"],
+        &["serve", "--model", "pool", "--threads", "0"],
         &["serve", "--max-connections", "0"],
         &["serve", "--addr", "not an address"],
         &["frobnicate"],

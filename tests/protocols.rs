@@ -3,15 +3,15 @@
 
 mod util;
 
-use socketserver::protocol::{CloseRequest, Echo, Frame, Harness, Line, Protocol};
+use socketserver::protocol::{CloseRequest, Echo, Frame, Line, Protocol, Session};
 
 /// What a protocol produced: its output and whether (and how) it asked to close.
 fn run<P: Protocol>(protocol: P, pieces: &[&[u8]]) -> (Vec<u8>, Option<CloseRequest>) {
-    let mut harness = Harness::new(protocol);
+    let mut session = Session::new(protocol);
     for piece in pieces {
-        harness.feed(piece);
+        session.feed(piece);
     }
-    (harness.take_output(), harness.close_request())
+    (session.take_output(), session.close_request())
 }
 
 /// Asserts that `input` gives the same result whole, byte by byte, and split at every boundary.
@@ -61,13 +61,13 @@ fn line_echoes_complete_lines_however_split() {
 
 #[test]
 fn line_keeps_a_partial_line_until_its_newline() {
-    let mut harness = Harness::new(Line::default());
-    harness.feed(b"hel");
-    assert!(harness.take_output().is_empty());
-    assert_eq!(harness.buffered_input(), b"hel");
-    harness.feed(b"lo\nwor");
-    assert_eq!(harness.take_output(), b"hello\n");
-    assert_eq!(harness.buffered_input(), b"wor");
+    let mut session = Session::new(Line::default());
+    session.feed(b"hel");
+    assert!(session.take_output().is_empty());
+    assert_eq!(session.buffered_input(), b"hel");
+    session.feed(b"lo\nwor");
+    assert_eq!(session.take_output(), b"hello\n");
+    assert_eq!(session.buffered_input(), b"wor");
 }
 
 #[test]
@@ -119,13 +119,13 @@ fn an_oversized_frame_closes_without_buffering_however_split() {
 
 #[test]
 fn every_protocol_closes_gracefully_at_end_of_input() {
-    let mut echo = Harness::new(Echo);
+    let mut echo = Session::new(Echo);
     echo.eof();
     assert_eq!(echo.close_request(), Some(CloseRequest::Graceful));
-    let mut line = Harness::new(Line::default());
+    let mut line = Session::new(Line::default());
     line.eof();
     assert_eq!(line.close_request(), Some(CloseRequest::Graceful));
-    let mut framed = Harness::new(Frame::default());
+    let mut framed = Session::new(Frame::default());
     framed.eof();
     assert_eq!(framed.close_request(), Some(CloseRequest::Graceful));
 }

@@ -1,7 +1,7 @@
 //! Sans-IO protocols: state machines that take bytes and return bytes and wishes.
 //!
 //! A [`Protocol`] never sees a socket. The driver (the reactor, a blocking driver, or the
-//! [`Harness`] in a unit test) hands it the bytes received so far and a [`Context`] through which
+//! [`Session`] in a unit test) hands it the bytes received so far and a [`Context`] through which
 //! it writes output and states its wishes: close the connection, arm a timer, offload a job to the
 //! worker pool. Because of that, one state machine runs unchanged on the event loop, on blocking
 //! threads, fed one byte at a time in a test, or under a fuzzer.
@@ -27,15 +27,15 @@
 
 mod echo;
 mod frame;
-mod harness;
 mod line;
+mod session;
 
 use std::time::{Duration, Instant};
 
 pub use echo::Echo;
 pub use frame::Frame;
-pub use harness::Harness;
 pub use line::Line;
+pub use session::Session;
 
 use crate::reactor::buffer::WriteBuf;
 use crate::reactor::token::ConnId;

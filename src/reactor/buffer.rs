@@ -209,7 +209,7 @@ impl WriteBuf {
         self.advance(len);
     }
 
-    /// The unwritten bytes as one vector (for tests and the protocol harness).
+    /// The unwritten bytes as one vector (for tests and the protocol `Session`).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);
         for (i, chunk) in self.chunks.iter().enumerate() {

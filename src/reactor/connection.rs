@@ -60,6 +60,23 @@ pub(crate) enum CloseReason {
     IoError,
 }
 
+impl CloseReason {
+    /// The counter this reason is tallied in.
+    pub(crate) fn counter(self, stats: &Stats) -> &std::sync::atomic::AtomicU64 {
+        match self {
+            CloseReason::PeerClosed => &stats.closed_by_peer,
+            CloseReason::Reset => &stats.closed_by_reset,
+            CloseReason::Idle => &stats.closed_idle,
+            CloseReason::OverLimit => &stats.closed_over_limit,
+            CloseReason::Protocol => &stats.closed_by_protocol,
+            CloseReason::ProtocolError => &stats.closed_protocol_error,
+            CloseReason::Panic => &stats.closed_by_panic,
+            CloseReason::Shutdown => &stats.closed_by_shutdown,
+            CloseReason::IoError => &stats.closed_io_error,
+        }
+    }
+}
+
 /// One accepted connection. Small on purpose: an idle one holds no buffers.
 pub(crate) struct Connection<P> {
     /// This connection's identity (slot and generation), as packed into its poll token.
@@ -511,21 +528,7 @@ impl<P: Protocol> Connection<P> {
         self.set(flag::CLOSED);
         self.input = None;
         self.output = None;
-        let stats = &core.stats;
-        metrics::add(
-            match reason {
-                CloseReason::PeerClosed => &stats.closed_by_peer,
-                CloseReason::Reset => &stats.closed_by_reset,
-                CloseReason::Idle => &stats.closed_idle,
-                CloseReason::OverLimit => &stats.closed_over_limit,
-                CloseReason::Protocol => &stats.closed_by_protocol,
-                CloseReason::ProtocolError => &stats.closed_protocol_error,
-                CloseReason::Panic => &stats.closed_by_panic,
-                CloseReason::Shutdown => &stats.closed_by_shutdown,
-                CloseReason::IoError => &stats.closed_io_error,
-            },
-            1,
-        );
+        metrics::add(reason.counter(&core.stats), 1);
         log::debug!("{:?}: closed ({reason:?})", self.id);
         core.graveyard.push(self.id);
     }

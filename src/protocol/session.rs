@@ -1,7 +1,8 @@
-//! A driver without sockets: feeds a protocol bytes and collects what it writes and wishes.
+//! A protocol driven from memory: bytes in, output and wishes collected. The test session for
+//! every protocol, and the core of the blocking drivers, which add only the socket calls.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
 use crate::reactor::buffer::{ReadBuf, WriteBuf};
@@ -11,33 +12,42 @@ use crate::worker::JobResult;
 /// Drives a [`Protocol`] from memory, the way the reactor would, minus the sockets.
 ///
 /// Offloaded jobs run inline and their results are delivered right after the callback that
-/// offloaded them. Use it to test a protocol with input split at every byte boundary:
+/// offloaded them. The blocking drivers run every connection through a `Session`; tests use it
+/// to feed a protocol its input split at every byte boundary:
 ///
 /// ```
-/// use socketserver::protocol::{Harness, Line};
+/// use socketserver::protocol::{Session, Line};
 ///
-/// let mut whole = Harness::new(Line::default());
+/// let mut whole = Session::new(Line::default());
 /// whole.feed(b"hello\nworld\n");
-/// let mut bytewise = Harness::new(Line::default());
+/// let mut bytewise = Session::new(Line::default());
 /// for byte in b"hello\nworld\n" {
 ///     bytewise.feed(&[*byte]);
 /// }
 /// assert_eq!(whole.take_output(), bytewise.take_output());
 /// ```
-pub struct Harness<P: Protocol> {
+pub struct Session<P: Protocol> {
     protocol: P,
     input: ReadBuf,
     output: WriteBuf,
     close: Option<CloseRequest>,
-    timer: Option<Duration>,
+    /// When the protocol's timer is due, if armed.
+    timer: Option<Instant>,
     eof: bool,
+    /// The time callbacks see as `ctx.now()`; advanced by the driver with [`Session::set_now`].
     now: Instant,
+    id: ConnId,
 }
 
-impl<P: Protocol> Harness<P> {
+impl<P: Protocol> Session<P> {
     /// Opens a connection to `protocol` (calls [`Protocol::on_open`]).
     pub fn new(protocol: P) -> Self {
-        let mut harness = Harness {
+        Session::with_id(protocol, ConnId { index: 0, gen: 0 })
+    }
+
+    /// Opens a connection known to callbacks as `id`.
+    pub fn with_id(protocol: P, id: ConnId) -> Self {
+        let mut session = Session {
             protocol,
             input: ReadBuf::default(),
             output: WriteBuf::default(),
@@ -45,9 +55,10 @@ impl<P: Protocol> Harness<P> {
             timer: None,
             eof: false,
             now: Instant::now(),
+            id,
         };
-        harness.call(|protocol, ctx| protocol.on_open(ctx));
-        harness
+        session.call(|protocol, ctx| protocol.on_open(ctx));
+        session
     }
 
     /// Delivers `bytes` as newly received input, unless the protocol asked to close.
@@ -99,9 +110,38 @@ impl<P: Protocol> Harness<P> {
         self.close
     }
 
-    /// The delay of the armed timer, if one is armed.
-    pub fn timer(&self) -> Option<Duration> {
+    /// When the armed timer is due, if one is armed.
+    pub fn timer_deadline(&self) -> Option<Instant> {
         self.timer
+    }
+
+    /// Sets the time callbacks see from now on (a driver calls it before each step).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// True once end of input was signalled.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Bytes written by the protocol and not yet taken.
+    pub fn pending_output(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Writes all pending output to `sink` (blocking drivers: a blocking socket).
+    pub fn write_output(&mut self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
+        while !self.output.is_empty() {
+            match self.output.write_to(sink) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.output.release();
+        Ok(())
     }
 
     /// Unconsumed input.
@@ -135,7 +175,7 @@ impl<P: Protocol> Harness<P> {
         let mut wishes = Wishes::default();
         let result = {
             let mut ctx = Context {
-                conn: ConnId { index: 0, gen: 0 },
+                conn: self.id,
                 now: self.now,
                 output: &mut self.output,
                 pending_output: 0,
@@ -151,7 +191,7 @@ impl<P: Protocol> Harness<P> {
     fn apply(&mut self, wishes: Wishes) {
         match wishes.timer {
             TimerRequest::Keep => {}
-            TimerRequest::Set(after) => self.timer = Some(after),
+            TimerRequest::Set(after) => self.timer = Some(self.now + after),
             TimerRequest::Cancel => self.timer = None,
         }
         if self.close.is_none() {

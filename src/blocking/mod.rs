@@ -1,0 +1,374 @@
+//! Blocking drivers: the same [`Protocol`] code over blocking sockets, one thread per
+//! connection at a time — the counterparts of Python socketserver's `ThreadingMixIn`
+//! ([`Model::ThreadPerConnection`]) and of a bounded worker pool ([`Model::ThreadPool`]).
+//!
+//! They exist to be compared with the reactor, so they share everything with it but the
+//! concurrency model: the protocols, the [`Config`] limits, the verify and error hooks, the
+//! counters, graceful shutdown. Each connection runs through a [`Session`] (the sans-IO driver the
+//! tests use too); this room adds only the socket calls.
+//!
+//! How each concern maps onto blocking sockets:
+//!
+//! * **Backpressure** is the blocking `write` itself; output is still capped by
+//!   `write_hard_limit` before it is written.
+//! * **Idle timeout and protocol timers** are the socket's read timeout, set to whichever comes
+//!   first (and only when it changes, to save a system call per read).
+//! * **Offloaded jobs run inline** on the connection's own thread, which is already off any
+//!   event loop; their results are delivered right after the callback that offloaded them.
+//! * **Graceful shutdown**: the acceptor stops, then every live connection's read side is shut
+//!   (`shutdown(SHUT_RD)`), which wakes its blocked `read` with end of stream; the handler sees the
+//!   shutdown flag and calls [`Protocol::on_shutdown`] instead of `on_eof`, flushes, and closes.
+//! * **Running out of descriptors** pauses accepting for `accept_pause`, as in the reactor.
+//!
+//! The acceptor waits on a `mio::Poll` (listener plus waker plus signals) so that a
+//! [`ServerHandle`](crate::ServerHandle) can wake it; handlers never touch the poll.
+
+pub(crate) mod pool;
+pub(crate) mod threads;
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::error::{interrupted, is_accept_transient, is_disconnect, would_block, Error, Result};
+use crate::metrics::{self, Stats};
+use crate::protocol::{CloseRequest, Protocol, Session};
+use crate::reactor::connection::CloseReason;
+use crate::reactor::token::{ConnId, LISTENER, SIGNALS};
+use crate::reactor::{ErrorHook, VerifyHook};
+use crate::server::ErrorReport;
+use crate::worker::panic_message;
+
+/// Which blocking concurrency model serves the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// A new thread for every connection (Python's `ThreadingMixIn`), at most
+    /// [`Config::max_connections`] at once. With `block_on_close`, shutdown waits (up to
+    /// [`Config::shutdown_timeout`]) for every handler thread to finish.
+    ThreadPerConnection {
+        /// Wait for handler threads at shutdown (Python's `block_on_close`).
+        block_on_close: bool,
+    },
+    /// [`Config::pool_threads`] threads take accepted connections from a queue of
+    /// [`Config::pool_queue`]; a connection arriving to a full queue is closed at once and
+    /// counted in `refused_over_capacity`.
+    ThreadPool,
+}
+
+/// What every handler thread shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) on_error: ErrorHook,
+    /// Set when graceful shutdown begins; handlers then answer end of stream with
+    /// `on_shutdown`.
+    pub(crate) shutting_down: AtomicBool,
+    /// Descriptors of live connections, so shutdown can wake their blocked reads. An entry is
+    /// removed (under this lock) before its socket is closed, so every fd here is open.
+    live: Mutex<Slab<RawFd>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, stats: Arc<Stats>, on_error: ErrorHook) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            stats,
+            on_error,
+            shutting_down: AtomicBool::new(false),
+            live: Mutex::new(Slab::new()),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Slab<RawFd>> {
+        // A handler that panicked while holding the lock cannot leave the slab inconsistent
+        // (every operation on it is a single insert or remove), so poisoning is ignored.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts graceful shutdown: every live connection's blocked read returns end of stream.
+    pub(crate) fn begin_shutdown(&self) {
+        let live = self.live();
+        self.shutting_down.store(true, Ordering::Release);
+        for (_, &fd) in live.iter() {
+            // SAFETY: `fd` is open: entries are removed under this lock before their socket
+            // is dropped. shutdown(2) does not close or invalidate the descriptor.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
+}
+
+/// Everything the acceptor needs, taken from the [`Server`](crate::Server).
+pub(crate) struct Acceptor {
+    pub(crate) poll: Poll,
+    pub(crate) listener: TcpListener,
+    pub(crate) shutdown_requested: Arc<AtomicBool>,
+    pub(crate) verify: Option<VerifyHook>,
+}
+
+impl Acceptor {
+    /// Accepts until shutdown is requested (handle or signal), handing each admitted
+    /// connection, as a blocking socket, to `dispatch`.
+    pub(crate) fn run(
+        mut self,
+        shared: &Shared,
+        mut dispatch: impl FnMut(TcpStream, SocketAddr),
+    ) -> Result<()> {
+        let registry = self.poll.registry();
+        registry
+            .register(&mut self.listener, LISTENER, Interest::READABLE)
+            .map_err(|error| Error::io("registering the listener", error))?;
+        let mut signals = if shared.config.handle_signals {
+            let mut signals =
+                Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+                    .map_err(|error| Error::io("installing signal handlers", error))?;
+            registry
+                .register(&mut signals, SIGNALS, Interest::READABLE)
+                .map_err(|error| Error::io("registering signals", error))?;
+            Some(signals)
+        } else {
+            None
+        };
+        // Waker events need no handling of their own: they only end the poll so that the
+        // shutdown flag is looked at.
+        let mut events = Events::with_capacity(16);
+        let mut paused_until: Option<Instant> = None;
+        let mut warned_at: Option<Instant> = None;
+        loop {
+            let timeout = paused_until.map(|until| until.saturating_duration_since(Instant::now()));
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if !interrupted(&error) {
+                    return Err(Error::io("polling", error));
+                }
+            }
+            metrics::shared_add(&shared.stats.turns, 1);
+            if self.shutdown_requested.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if let Some(signals) = &mut signals {
+                if signals.pending().next().is_some() {
+                    log::info!("signal received: shutting down gracefully");
+                    return Ok(());
+                }
+            }
+            if paused_until.is_some_and(|until| Instant::now() < until) {
+                continue;
+            }
+            paused_until = None;
+            // Drain the backlog (the listener is edge-triggered).
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => {
+                        if let Some(verify) = &self.verify {
+                            if !verify(peer) {
+                                metrics::shared_add(&shared.stats.refused_by_verify, 1);
+                                continue;
+                            }
+                        }
+                        match blocking_stream(stream, &shared.config) {
+                            Ok(stream) => dispatch(stream, peer),
+                            Err(error) => log::debug!("{peer}: could not set up socket: {error}"),
+                        }
+                    }
+                    Err(error) if would_block(&error) => break,
+                    Err(error) if interrupted(&error) || is_accept_transient(&error) => {}
+                    Err(error) => {
+                        // Out of descriptors (or worse): back off, never spin.
+                        let now = Instant::now();
+                        metrics::shared_add(&shared.stats.accept_pauses, 1);
+                        if warned_at
+                            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+                        {
+                            warned_at = Some(now);
+                            log::warn!(
+                                "accept failed ({error}); pausing accepts for {:?}",
+                                shared.config.accept_pause
+                            );
+                        }
+                        paused_until = Some(now + shared.config.accept_pause);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns an accepted non-blocking socket into a blocking one with the configured options.
+fn blocking_stream(stream: mio::net::TcpStream, config: &Config) -> io::Result<TcpStream> {
+    let stream = TcpStream::from(std::os::fd::OwnedFd::from(stream));
+    stream.set_nonblocking(false)?;
+    if config.tcp_nodelay {
+        stream.set_nodelay(true)?;
+    }
+    // A peer that stops reading for a whole idle timeout is treated as gone.
+    stream.set_write_timeout(config.idle_timeout)?;
+    Ok(stream)
+}
+
+/// Serves one connection to the end on the calling thread: register it for shutdown, drive the
+/// protocol, report a panic to the error hook, count the close.
+pub(crate) fn serve_connection<P: Protocol>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocol: P,
+    shared: &Shared,
+) {
+    let index = shared.live().insert(stream.as_raw_fd());
+    let id = ConnId {
+        index: index as u32,
+        gen: 0,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| drive(&stream, protocol, id, shared)));
+    shared.live().remove(index);
+    let reason = match outcome {
+        Ok(reason) => reason,
+        Err(payload) => {
+            let report = ErrorReport {
+                conn: id,
+                peer: Some(peer),
+                message: panic_message(payload.as_ref()),
+            };
+            (shared.on_error)(&report);
+            CloseReason::Panic
+        }
+    };
+    metrics::shared_add(reason.counter(&shared.stats), 1);
+    log::debug!("{peer}: closed ({reason:?})");
+    drop(stream);
+    metrics::shared_sub(&shared.stats.active, 1);
+}
+
+/// The blocking connection loop: write what is pending, close if asked, else wait for input,
+/// the protocol's timer, or the idle timeout, whichever comes first.
+fn drive<P: Protocol>(stream: &TcpStream, protocol: P, id: ConnId, shared: &Shared) -> CloseReason {
+    let config = &shared.config;
+    let stats = &shared.stats;
+    let mut socket = stream;
+    let mut session = Session::with_id(protocol, id);
+    let mut chunk = vec![0u8; config.read_chunk_bytes];
+    let mut last_active = Instant::now();
+    let mut read_timeout: Option<Duration> = None;
+    let mut shutdown_delivered = false;
+    if shared.shutting_down.load(Ordering::Acquire) {
+        session.shutdown();
+        shutdown_delivered = true;
+    }
+    loop {
+        let pending = session.pending_output();
+        if pending > 0 {
+            if pending > config.write_hard_limit {
+                return CloseReason::OverLimit;
+            }
+            metrics::shared_raise(&stats.peak_pending_output, pending as u64);
+            match session.write_output(&mut socket) {
+                Ok(()) => metrics::shared_add(&stats.bytes_out, pending as u64),
+                Err(error) if would_block(&error) => return CloseReason::Idle, // write timed out
+                Err(error) => return closed_by(&error),
+            }
+            last_active = Instant::now();
+        }
+        match session.close_request() {
+            Some(CloseRequest::Abort) => return CloseReason::Protocol,
+            Some(request) => {
+                linger(stream, config.linger_timeout, session.is_eof());
+                return match request {
+                    CloseRequest::Failed(_) => CloseReason::ProtocolError,
+                    _ if session.is_eof() => CloseReason::PeerClosed,
+                    _ if shutdown_delivered => CloseReason::Shutdown,
+                    _ => CloseReason::Protocol,
+                };
+            }
+            None if session.is_eof() => return CloseReason::PeerClosed,
+            None => {}
+        }
+
+        let now = Instant::now();
+        session.set_now(now);
+        if session
+            .timer_deadline()
+            .is_some_and(|deadline| deadline <= now)
+        {
+            session.fire_timer();
+            continue;
+        }
+        let idle_deadline = config.idle_timeout.map(|idle| last_active + idle);
+        if idle_deadline.is_some_and(|deadline| deadline <= now) {
+            return CloseReason::Idle;
+        }
+        let wake = match (session.timer_deadline(), idle_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Zero would mean "no timeout" to the socket: wait at least a millisecond.
+        let timeout = wake.map(|at| {
+            at.saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        });
+        if timeout != read_timeout {
+            if let Err(error) = stream.set_read_timeout(timeout) {
+                return closed_by(&error);
+            }
+            read_timeout = timeout;
+        }
+        match socket.read(&mut chunk) {
+            Ok(0) if shared.shutting_down.load(Ordering::Acquire) && !shutdown_delivered => {
+                shutdown_delivered = true;
+                session.shutdown();
+            }
+            Ok(0) => session.eof(),
+            Ok(count) => {
+                last_active = Instant::now();
+                metrics::shared_add(&stats.bytes_in, count as u64);
+                session.feed(&chunk[..count]);
+                if session.buffered_input().len() >= config.max_input_bytes {
+                    return CloseReason::OverLimit;
+                }
+            }
+            // A read timeout: loop round to fire the timer or close as idle.
+            Err(error) if would_block(&error) || interrupted(&error) => {}
+            Err(error) => return closed_by(&error),
+        }
+    }
+}
+
+fn closed_by(error: &io::Error) -> CloseReason {
+    if is_disconnect(error) {
+        CloseReason::Reset
+    } else {
+        log::warn!("I/O error: {error}");
+        CloseReason::IoError
+    }
+}
+
+/// Lingering close on a blocking socket: shut the write side, then read and discard until end
+/// of stream, an error, or `linger` has passed (see the reactor's lingering close).
+fn linger(stream: &TcpStream, linger: Duration, peer_done: bool) {
+    if peer_done || linger.is_zero() || stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + linger;
+    let mut socket = stream;
+    let mut sink = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match socket.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
