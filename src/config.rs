@@ -75,6 +75,14 @@ pub struct Config {
     /// Accepted connections waiting for a pool thread; over it a connection is closed at once
     /// (counted as refused over capacity). Default 1,024; range 1..=1,048,576.
     pub pool_queue: usize,
+    /// Set SO_REUSEPORT on the listener, so several listeners (the reactors of one server, or
+    /// several processes) can share the port and the kernel spreads connections between them.
+    /// Default false: any process of the same user could otherwise bind the port too. The
+    /// `reactors` model turns it on.
+    pub reuse_port: bool,
+    /// TCP keepalive on accepted connections: probe a silent peer after this long, so dead peers
+    /// are found even without an idle timeout. Default `None` (off).
+    pub tcp_keepalive: Option<Duration>,
     /// Set TCP_NODELAY on accepted connections, so small answers leave at once instead of
     /// waiting for the peer's delayed ACK (Nagle). Default true.
     pub tcp_nodelay: bool,
@@ -106,6 +114,8 @@ impl Default for Config {
             max_frame_bytes: 1024 * 1024,
             pool_threads: 64,
             pool_queue: 1024,
+            reuse_port: false,
+            tcp_keepalive: None,
             tcp_nodelay: true,
             handle_signals: true,
         }

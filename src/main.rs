@@ -1,6 +1,6 @@
 //! The `socketserver` command: a thin layer of argument parsing over the library.
 //!
-//! `socketserver serve --protocol echo|line|frame --model reactor|threads|pool --addr HOST:PORT`
+//! `socketserver serve --protocol echo|line|frame --model reactor|reactors|threads|pool --addr HOST:PORT`
 //! prints exactly
 //! `listening on <addr>` as its first line on stdout (so scripts can bind port 0 and read the
 //! port), then serves until SIGINT/SIGTERM. `RUST_LOG` sets the log level (env_logger).
@@ -44,6 +44,8 @@ enum ProtocolName {
 enum ModelName {
     /// One thread, one event loop, every connection (the default).
     Reactor,
+    /// One event loop per thread (--threads of them), each with its own SO_REUSEPORT listener.
+    Reactors,
     /// A thread per connection.
     Threads,
     /// A fixed pool of threads fed by a bounded queue of connections.
@@ -55,10 +57,10 @@ struct ServeArgs {
     /// The concurrency model.
     #[arg(long, value_enum, default_value = "reactor")]
     model: ModelName,
-    /// Threads of the pool model.
-    #[arg(long, default_value_t = Config::default().pool_threads as u64,
-          value_parser = clap::value_parser!(u64).range(1..=4096))]
-    threads: u64,
+    /// Threads of the pool model (default 64), or event loops of the reactors model (default:
+    /// the machine's parallelism).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    threads: Option<u64>,
     /// The protocol to serve.
     #[arg(long, value_enum, default_value = "echo")]
     protocol: ProtocolName,
@@ -91,21 +93,35 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
         workers: args.workers as usize,
         max_line_bytes: args.max_line_bytes,
         max_frame_bytes: args.max_frame_bytes,
-        pool_threads: args.threads as usize,
+        pool_threads: args
+            .threads
+            .map_or(Config::default().pool_threads, |n| n as usize),
+        reuse_port: matches!(args.model, ModelName::Reactors),
         ..Config::default()
     };
+    let reactors = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| (n as usize).min(1024),
+    );
     let server = Server::bind_with(args.addr.as_str(), config.clone())?;
     println!("listening on {}", server.local_addr());
     // The first line is a contract with scripts: make sure it leaves now, not at exit.
     let _ = std::io::stdout().flush();
+    let (max_line, max_frame) = (config.max_line_bytes, config.max_frame_bytes);
+    if matches!(args.model, ModelName::Reactors) {
+        return match args.protocol {
+            ProtocolName::Echo => server.serve_reactors(reactors, || Echo),
+            ProtocolName::Line => server.serve_reactors(reactors, move || Line::new(max_line)),
+            ProtocolName::Frame => server.serve_reactors(reactors, move || Frame::new(max_frame)),
+        };
+    }
     let model = match args.model {
-        ModelName::Reactor => None,
+        ModelName::Reactor | ModelName::Reactors => None,
         ModelName::Threads => Some(Model::ThreadPerConnection {
             block_on_close: true,
         }),
         ModelName::Pool => Some(Model::ThreadPool),
     };
-    let (max_line, max_frame) = (config.max_line_bytes, config.max_frame_bytes);
     match (args.protocol, model) {
         (ProtocolName::Echo, None) => server.serve(|| Echo),
         (ProtocolName::Line, None) => server.serve(move || Line::new(max_line)),

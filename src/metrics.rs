@@ -27,6 +27,15 @@ macro_rules! counters {
                 StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
             }
         }
+
+        impl StatsSnapshot {
+            /// Adds `other`'s counters to these (high-water marks take the larger).
+            pub fn merge(&mut self, other: &StatsSnapshot) {
+                let peak = self.peak_pending_output.max(other.peak_pending_output);
+                $( self.$name = self.$name.wrapping_add(other.$name); )*
+                self.peak_pending_output = peak;
+            }
+        }
     };
 }
 
@@ -86,6 +95,37 @@ counters! {
     /// Timer entries in the reactor's heap at the end of the last turn (cancelled and
     /// superseded ones included until they come due).
     timers,
+}
+
+/// The counters of every reactor (or driver) of one server, summed when read.
+#[derive(Debug, Default)]
+pub struct StatsSet {
+    parts: std::sync::Mutex<Vec<std::sync::Arc<Stats>>>,
+}
+
+impl StatsSet {
+    /// Adds a part (one per reactor) and returns it for its owner to write.
+    pub(crate) fn add_part(&self) -> std::sync::Arc<Stats> {
+        let part = std::sync::Arc::new(Stats::default());
+        self.lock().push(part.clone());
+        part
+    }
+
+    /// The sum of every part at one moment (each part read without stopping its writer).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut total = StatsSnapshot::default();
+        for part in self.lock().iter() {
+            total.merge(&part.snapshot());
+        }
+        total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Arc<Stats>>> {
+        // Parts are only ever pushed; a panic elsewhere cannot leave the list half-changed.
+        self.parts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Adds `amount` to a counter only this thread writes (no atomic read-modify-write needed).

@@ -18,7 +18,6 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,9 +27,9 @@ use mio::{Poll, Waker};
 use crate::blocking::{self, Model};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::metrics::{Stats, StatsSnapshot};
+use crate::metrics::{Stats, StatsSet, StatsSnapshot};
 use crate::protocol::Protocol;
-use crate::reactor::completions::{self, Notifier};
+use crate::reactor::completions::{self, Notifier, ShutdownSignal};
 use crate::reactor::token::{ConnId, WAKER};
 use crate::reactor::{ErrorHook, Parts, Reactor, VerifyHook};
 use crate::worker::WorkerPool;
@@ -55,8 +54,11 @@ pub struct Server {
     local_addr: SocketAddr,
     poll: Poll,
     waker: Arc<Waker>,
-    shutdown_requested: Arc<AtomicBool>,
-    stats: Arc<Stats>,
+    shutdown: Arc<ShutdownSignal>,
+    /// Counters of every loop of this server, summed when read.
+    stats: Arc<StatsSet>,
+    /// The counters of the first loop (the only one unless serving with several reactors).
+    first_stats: Arc<Stats>,
     verify: Option<VerifyHook>,
     on_error: ErrorHook,
 }
@@ -65,15 +67,39 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    waker: Arc<Waker>,
-    shutdown_requested: Arc<AtomicBool>,
-    stats: Arc<Stats>,
+    shutdown: Arc<ShutdownSignal>,
+    stats: Arc<StatsSet>,
 }
 
 /// A server running on its own thread.
 pub struct RunningServer {
     handle: ServerHandle,
     thread: JoinHandle<Result<()>>,
+}
+
+/// Applies the per-connection socket options of `config` (TCP_NODELAY, TCP keepalive).
+pub(crate) fn apply_socket_options(
+    stream: &impl std::os::fd::AsFd,
+    config: &Config,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    if config.tcp_nodelay {
+        socket.set_tcp_nodelay(true)?;
+    }
+    if let Some(idle) = config.tcp_keepalive {
+        socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle))?;
+    }
+    Ok(())
+}
+
+/// Starts the worker pool the configuration asks for (none for `workers = 0`).
+fn start_pool(config: &Config) -> Result<Option<Arc<WorkerPool>>> {
+    if config.workers == 0 {
+        return Ok(None);
+    }
+    WorkerPool::start(config.workers, config.job_queue)
+        .map(|pool| Some(Arc::new(pool)))
+        .map_err(|error| Error::io("starting worker threads", error))
 }
 
 fn default_error_hook(report: &ErrorReport) {
@@ -89,7 +115,7 @@ fn default_error_hook(report: &ErrorReport) {
 
 /// Creates a listening socket with SO_REUSEADDR and the configured backlog. On failure the
 /// socket is dropped (closed) before returning, so a failed bind leaks no descriptor.
-fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+fn listen(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -97,6 +123,10 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
         Some(IpProtocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if config.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    let backlog = config.listen_backlog;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
@@ -118,7 +148,7 @@ impl Server {
             .to_socket_addrs()
             .map_err(|error| Error::io("resolving the address", error))?;
         for addr in addrs {
-            match listen(addr, config.listen_backlog) {
+            match listen(addr, &config) {
                 Ok(listener) => return Server::from_listener(listener, config),
                 Err(error) => last_error = Some(Error::io(format!("binding {addr}"), error)),
             }
@@ -133,14 +163,17 @@ impl Server {
         let poll = Poll::new().map_err(|error| Error::io("creating the poll", error))?;
         let waker = Waker::new(poll.registry(), WAKER)
             .map_err(|error| Error::io("creating the waker", error))?;
+        let waker = Arc::new(waker);
+        let stats = Arc::new(StatsSet::default());
         Ok(Server {
             config,
             listener: mio::net::TcpListener::from_std(listener),
             local_addr,
             poll,
-            waker: Arc::new(waker),
-            shutdown_requested: Arc::new(AtomicBool::new(false)),
-            stats: Arc::new(Stats::default()),
+            shutdown: Arc::new(ShutdownSignal::new(waker.clone())),
+            waker,
+            first_stats: stats.add_part(),
+            stats,
             verify: None,
             on_error: Arc::new(default_error_hook),
         })
@@ -210,8 +243,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             local_addr: self.local_addr,
-            waker: self.waker.clone(),
-            shutdown_requested: self.shutdown_requested.clone(),
+            shutdown: self.shutdown.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -224,29 +256,117 @@ impl Server {
         F: FnMut() -> P,
     {
         self.config.validate()?;
+        let pool = start_pool(&self.config)?;
         let notifier = Notifier::new(self.waker.clone());
-        let (done, completions) = completions::channel(notifier);
-        let pool = if self.config.workers > 0 {
-            Some(
-                WorkerPool::start(self.config.workers, self.config.job_queue, done)
-                    .map_err(|error| Error::io("starting worker threads", error))?,
-            )
-        } else {
-            None
-        };
         let reactor = Reactor::new(Parts {
             config: self.config,
             poll: self.poll,
             listener: self.listener,
-            stats: self.stats,
+            stats: self.first_stats,
             pool,
-            completions,
-            shutdown_requested: self.shutdown_requested,
+            completions: completions::channel(notifier),
+            shutdown: self.shutdown,
             verify: self.verify,
             on_error: self.on_error,
             factory,
         })?;
         reactor.run()
+    }
+
+    /// Serves with `reactors` event loops on as many threads (the calling thread runs the first),
+    /// each with its own listener on the same port (SO_REUSEPORT: the kernel spreads new
+    /// connections between them) and its own connections; they share the worker pool, the
+    /// counters (summed) and shutdown. Needs [`Config::reuse_port`] set when binding.
+    pub fn serve_reactors<P, F>(self, reactors: usize, factory: F) -> Result<()>
+    where
+        P: Protocol,
+        F: FnMut() -> P + Clone + Send + 'static,
+    {
+        self.config.validate()?;
+        if !(1..=1024).contains(&reactors) {
+            return Err(Error::Config(format!(
+                "reactors {reactors} is outside 1..=1024"
+            )));
+        }
+        if reactors > 1 && !self.config.reuse_port {
+            return Err(Error::Config(
+                "several reactors need reuse_port set when binding".into(),
+            ));
+        }
+        let pool = start_pool(&self.config)?;
+        let mut threads = Vec::with_capacity(reactors - 1);
+        for number in 1..reactors {
+            let listener = listen(self.local_addr, &self.config)
+                .map_err(|error| Error::io(format!("binding {} again", self.local_addr), error))?;
+            let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
+            let waker = Waker::new(poll.registry(), WAKER)
+                .map_err(|error| Error::io("creating a waker", error))?;
+            let waker = Arc::new(waker);
+            self.shutdown.add_waker(waker.clone());
+            let parts = Parts {
+                // Signals are taken by the first reactor, which passes shutdown on to all.
+                config: Config {
+                    handle_signals: false,
+                    ..self.config.clone()
+                },
+                poll,
+                listener: mio::net::TcpListener::from_std(listener),
+                stats: self.stats.add_part(),
+                pool: pool.clone(),
+                completions: completions::channel(Notifier::new(waker)),
+                shutdown: self.shutdown.clone(),
+                verify: self.verify.clone(),
+                on_error: self.on_error.clone(),
+                factory: factory.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("socketserver-reactor-{number}"))
+                .spawn(move || Reactor::new(parts)?.run())
+                .map_err(|error| Error::io("spawning a reactor thread", error))?;
+            threads.push(thread);
+        }
+        let shutdown = self.shutdown.clone();
+        let notifier = Notifier::new(self.waker.clone());
+        let first = Reactor::new(Parts {
+            config: self.config,
+            poll: self.poll,
+            listener: self.listener,
+            stats: self.first_stats,
+            pool,
+            completions: completions::channel(notifier),
+            shutdown: self.shutdown,
+            verify: self.verify,
+            on_error: self.on_error,
+            factory,
+        })
+        .and_then(|reactor| reactor.run());
+        // Whatever ended the first loop, the others must end too before this returns.
+        shutdown.trigger();
+        let mut result = first;
+        for thread in threads {
+            let outcome = thread.join().unwrap_or_else(|payload| {
+                Err(Error::Panicked(crate::worker::panic_message(
+                    payload.as_ref(),
+                )))
+            });
+            result = result.and(outcome);
+        }
+        result
+    }
+
+    /// Like [`Server::serve_reactors`], on new threads.
+    pub fn spawn_reactors<P, F>(self, reactors: usize, factory: F) -> Result<RunningServer>
+    where
+        P: Protocol,
+        F: FnMut() -> P + Clone + Send + 'static,
+    {
+        self.config.validate()?;
+        let handle = self.handle();
+        let thread = std::thread::Builder::new()
+            .name("socketserver-reactor-0".into())
+            .spawn(move || self.serve_reactors(reactors, factory))
+            .map_err(|error| Error::io("spawning the reactor thread", error))?;
+        Ok(RunningServer { handle, thread })
     }
 
     /// Serves on the calling thread with a blocking [`Model`] instead of the reactor: the same
@@ -258,11 +378,11 @@ impl Server {
         F: FnMut() -> P,
     {
         self.config.validate()?;
-        let shared = blocking::Shared::new(self.config, self.stats, self.on_error);
+        let shared = blocking::Shared::new(self.config, self.first_stats, self.on_error);
         let acceptor = blocking::Acceptor {
             poll: self.poll,
             listener: self.listener,
-            shutdown_requested: self.shutdown_requested,
+            shutdown: self.shutdown,
             verify: self.verify,
         };
         match model {
@@ -313,10 +433,7 @@ impl ServerHandle {
     /// Starts a graceful shutdown: stop accepting, let protocols finish, close, exit by the
     /// configured deadline. Returns at once; calling it again does nothing more.
     pub fn shutdown(&self) {
-        self.shutdown_requested.store(true, Ordering::Release);
-        if let Err(error) = self.waker.wake() {
-            log::warn!("could not wake the reactor for shutdown: {error}");
-        }
+        self.shutdown.trigger();
     }
 
     /// A copy of the server's counters.

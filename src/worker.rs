@@ -1,10 +1,10 @@
 //! The worker pool: CPU-bound jobs run on N threads, off the event loop.
 //!
-//! The reactor hands a job over with `try_send` on a bounded crossbeam channel: a full queue is
-//! an immediate answer ([`OffloadError::Busy`]), never a stall of the loop. Each result goes back
-//! tagged with the [`ConnId`] that asked for it, through a [`CompletionSender`] that wakes the
-//! reactor; the reactor drops results whose connection has since closed (its generation no longer
-//! matches). A job that panics fails only itself: the worker catches the panic and reports it as
+//! A reactor hands a job over with `try_send` on a bounded crossbeam channel: a full queue is
+//! an immediate answer ([`OffloadError::Busy`]), never a stall of the loop. Each job carries the
+//! [`CompletionSender`] of the reactor that asked for it, so one pool serves any number of
+//! reactors; the result goes back tagged with the [`ConnId`] that asked, and wakes that reactor,
+//! which drops results whose connection has since closed (its generation no longer matches). A job that panics fails only itself: the worker catches the panic and reports it as
 //! that job's result.
 //!
 //! On shutdown the queue is closed; jobs still queued are dropped and the threads exit after the
@@ -69,6 +69,8 @@ pub(crate) struct Job {
     pub(crate) conn: ConnId,
     pub(crate) tag: u64,
     pub(crate) work: Box<dyn FnOnce() -> JobOutput + Send>,
+    /// Where the result goes: the asking reactor's completion channel.
+    pub(crate) reply: CompletionSender<Completion>,
 }
 
 /// A finished job on its way back to the reactor.
@@ -98,12 +100,8 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 impl WorkerPool {
-    /// Starts `threads` workers fed by a queue of `queue` jobs; results go to `done`.
-    pub(crate) fn start(
-        threads: usize,
-        queue: usize,
-        done: CompletionSender<Completion>,
-    ) -> std::io::Result<WorkerPool> {
+    /// Starts `threads` workers fed by a queue of `queue` jobs.
+    pub(crate) fn start(threads: usize, queue: usize) -> std::io::Result<WorkerPool> {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue);
         let stopping = Arc::new(AtomicBool::new(false));
         let mut pool = WorkerPool {
@@ -113,11 +111,10 @@ impl WorkerPool {
         };
         for number in 0..threads {
             let receiver = receiver.clone();
-            let done = done.clone();
             let stopping = pool.stopping.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("socketserver-worker-{number}"))
-                .spawn(move || work(receiver, done, stopping))?;
+                .spawn(move || work(receiver, stopping))?;
             pool.threads.push(thread);
         }
         Ok(pool)
@@ -154,17 +151,21 @@ impl Drop for WorkerPool {
     }
 }
 
-fn work(jobs: Receiver<Job>, done: CompletionSender<Completion>, stopping: Arc<AtomicBool>) {
+fn work(jobs: Receiver<Job>, stopping: Arc<AtomicBool>) {
     for job in jobs {
         if stopping.load(Ordering::Acquire) {
             continue;
         }
-        let Job { conn, tag, work } = job;
+        let Job {
+            conn,
+            tag,
+            work,
+            reply,
+        } = job;
         let result = catch_unwind(AssertUnwindSafe(work)).map_err(|payload| JobFailed {
             message: panic_message(payload.as_ref()),
         });
-        if done.send(Completion { conn, tag, result }).is_err() {
-            return; // the reactor is gone
-        }
+        // An error means that reactor is gone; the result has no one to go to.
+        let _ = reply.send(Completion { conn, tag, result });
     }
 }

@@ -31,7 +31,7 @@ fn serve_prints_its_address_first_and_serves_every_protocol() {
 
 #[test]
 fn every_model_serves_and_exits_cleanly_on_sigterm() {
-    for model in ["reactor", "threads", "pool"] {
+    for model in ["reactor", "reactors", "threads", "pool"] {
         let server = Cli::start(
             &[
                 "serve",

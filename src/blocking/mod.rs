@@ -43,6 +43,7 @@ use crate::config::Config;
 use crate::error::{interrupted, is_accept_transient, is_disconnect, would_block, Error, Result};
 use crate::metrics::{self, Stats};
 use crate::protocol::{CloseRequest, Protocol, Session};
+use crate::reactor::completions::ShutdownSignal;
 use crate::reactor::connection::CloseReason;
 use crate::reactor::token::{ConnId, LISTENER, SIGNALS};
 use crate::reactor::{ErrorHook, VerifyHook};
@@ -113,7 +114,7 @@ impl Shared {
 pub(crate) struct Acceptor {
     pub(crate) poll: Poll,
     pub(crate) listener: TcpListener,
-    pub(crate) shutdown_requested: Arc<AtomicBool>,
+    pub(crate) shutdown: Arc<ShutdownSignal>,
     pub(crate) verify: Option<VerifyHook>,
 }
 
@@ -153,7 +154,7 @@ impl Acceptor {
                 }
             }
             metrics::shared_add(&shared.stats.turns, 1);
-            if self.shutdown_requested.load(Ordering::Acquire) {
+            if self.shutdown.is_requested() {
                 return Ok(());
             }
             if let Some(signals) = &mut signals {
@@ -209,9 +210,7 @@ impl Acceptor {
 fn blocking_stream(stream: mio::net::TcpStream, config: &Config) -> io::Result<TcpStream> {
     let stream = TcpStream::from(std::os::fd::OwnedFd::from(stream));
     stream.set_nonblocking(false)?;
-    if config.tcp_nodelay {
-        stream.set_nodelay(true)?;
-    }
+    crate::server::apply_socket_options(&stream, config)?;
     // A peer that stops reading for a whole idle timeout is treated as gone.
     stream.set_write_timeout(config.idle_timeout)?;
     Ok(stream)

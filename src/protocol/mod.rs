@@ -119,6 +119,8 @@ pub(crate) enum Offload<'a> {
         max: u16,
         /// Where refusals are counted.
         stats: &'a crate::metrics::Stats,
+        /// The reactor's completion channel, handed to the job for its result.
+        reply: &'a crate::reactor::completions::CompletionSender<crate::worker::Completion>,
     },
     /// Run the job on the calling thread and deliver its result after the callback returns
     /// (blocking drivers and the test harness).
@@ -216,6 +218,7 @@ impl<'a> Context<'a> {
                 in_flight,
                 max,
                 stats,
+                reply,
             } => {
                 if **in_flight >= *max {
                     crate::metrics::add(&stats.jobs_rejected, 1);
@@ -225,6 +228,7 @@ impl<'a> Context<'a> {
                     conn: self.conn,
                     tag,
                     work,
+                    reply: (*reply).clone(),
                 };
                 if let Err(error) = pool.try_submit(job) {
                     crate::metrics::add(&stats.jobs_rejected, 1);

@@ -112,10 +112,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 return;
             }
         }
-        if core.config.tcp_nodelay {
-            if let Err(error) = stream.set_nodelay(true) {
-                log::debug!("{peer}: TCP_NODELAY failed: {error}");
-            }
+        if let Err(error) = crate::server::apply_socket_options(&stream, &core.config) {
+            log::debug!("{peer}: setting socket options failed: {error}");
         }
         let now = core.clock.now();
         let protocol = (self.factory)();

@@ -305,6 +305,7 @@ impl<P: Protocol> Connection<P> {
                 in_flight: &mut self.jobs_in_flight,
                 max: core.config.max_jobs_per_connection as u16,
                 stats: &core.stats,
+                reply: &core.completion_sender,
             },
             None => Offload::Unavailable,
         };

@@ -41,7 +41,6 @@ pub mod timer;
 pub mod token;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +49,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use self::accept::Acceptor;
 use self::buffer::WriteBuf;
-use self::completions::Completions;
+use self::completions::{CompletionSender, Completions, ShutdownSignal};
 use self::connection::{flag, CloseReason, Connection};
 use self::timer::{Clock, Timers};
 use self::token::{ConnId, Slots, LISTENER, SIGNALS, WAKER};
@@ -90,7 +89,10 @@ pub(crate) struct Core {
     pub(crate) timers: Timers<TimerEvent>,
     /// Scratch output for the callback running now; empty between callbacks.
     pub(crate) output: WriteBuf,
-    pub(crate) pool: Option<WorkerPool>,
+    /// The worker pool (shared by every reactor of a server), if it runs any threads.
+    pub(crate) pool: Option<Arc<WorkerPool>>,
+    /// This reactor's completion channel; every offloaded job carries a clone for its result.
+    pub(crate) completion_sender: CompletionSender<Completion>,
     pub(crate) stats: Arc<Stats>,
     /// Connections that stopped on their read budget with input left.
     pub(crate) ready_again: Vec<ConnId>,
@@ -111,8 +113,8 @@ pub(crate) struct Reactor<P, F> {
     pub(crate) acceptor: Acceptor,
     pub(crate) factory: F,
     completions: Completions<Completion>,
-    /// Set by a `ServerHandle` before it wakes the loop.
-    shutdown_requested: Arc<AtomicBool>,
+    /// Set (and this loop woken) by a `ServerHandle`, or by a signal in any loop of the server.
+    shutdown: Arc<ShutdownSignal>,
     signals: Option<Signals>,
 }
 
@@ -122,9 +124,9 @@ pub(crate) struct Parts<F> {
     pub(crate) poll: Poll,
     pub(crate) listener: mio::net::TcpListener,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) pool: Option<WorkerPool>,
-    pub(crate) completions: Completions<Completion>,
-    pub(crate) shutdown_requested: Arc<AtomicBool>,
+    pub(crate) pool: Option<Arc<WorkerPool>>,
+    pub(crate) completions: (CompletionSender<Completion>, Completions<Completion>),
+    pub(crate) shutdown: Arc<ShutdownSignal>,
     pub(crate) verify: Option<VerifyHook>,
     pub(crate) on_error: ErrorHook,
     pub(crate) factory: F,
@@ -139,8 +141,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             mut listener,
             stats,
             pool,
-            completions,
-            shutdown_requested,
+            completions: (completion_sender, completions),
+            shutdown,
             verify,
             on_error,
             factory,
@@ -171,6 +173,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 timers: Timers::default(),
                 output: WriteBuf::default(),
                 pool,
+                completion_sender,
                 stats,
                 ready_again: Vec::new(),
                 graveyard: Vec::new(),
@@ -180,7 +183,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             },
             factory,
             completions,
-            shutdown_requested,
+            shutdown,
             signals,
         })
     }
@@ -193,9 +196,6 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             if self.core.draining && self.connections.is_empty() {
                 break;
             }
-        }
-        if let Some(pool) = &mut self.core.pool {
-            pool.stop();
         }
         log::debug!("reactor stopped");
         Ok(())
@@ -347,7 +347,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 _ => metrics::add(&self.core.stats.stale_completions, 1),
             }
         }
-        if self.shutdown_requested.load(Ordering::Acquire) {
+        if self.shutdown.is_requested() {
             self.begin_shutdown();
         }
     }
@@ -358,6 +358,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         };
         if signals.pending().next().is_some() {
             log::info!("signal received: shutting down gracefully");
+            // Tell the server's other loops too; this one starts at once.
+            self.shutdown.trigger();
             self.begin_shutdown();
         }
     }
