@@ -59,6 +59,7 @@ pub mod blocking;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod reactor;
 pub mod server;

@@ -67,6 +67,9 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: String,
+    /// Listen on a Unix-domain stream socket at this path instead of TCP.
+    #[arg(long, conflicts_with = "addr")]
+    unix: Option<std::path::PathBuf>,
     /// Most connections held at once; clients over the cap are closed at once.
     #[arg(long, default_value_t = Config::default().max_connections as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -103,8 +106,11 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| (n as usize).min(1024),
     );
-    let server = Server::bind_with(args.addr.as_str(), config.clone())?;
-    println!("listening on {}", server.local_addr());
+    let server = match &args.unix {
+        Some(path) => Server::bind_unix_with(path, config.clone())?,
+        None => Server::bind_with(args.addr.as_str(), config.clone())?,
+    };
+    println!("listening on {}", server.listen_addr());
     // The first line is a contract with scripts: make sure it leaves now, not at exit.
     let _ = std::io::stdout().flush();
     let (max_line, max_frame) = (config.max_line_bytes, config.max_frame_bytes);

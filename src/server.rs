@@ -16,8 +16,8 @@
 //! (SIGINT/SIGTERM, or [`ServerHandle::shutdown`] from another thread). [`Server::spawn`] runs it
 //! on a thread of its own and returns a [`RunningServer`].
 
-use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use crate::blocking::{self, Model};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::{Stats, StatsSet, StatsSnapshot};
+use crate::net::{self, ListenAddr, Listener};
 use crate::protocol::Protocol;
 use crate::reactor::completions::{self, Notifier, ShutdownSignal};
 use crate::reactor::token::{ConnId, WAKER};
@@ -50,8 +51,8 @@ pub struct ErrorReport {
 /// [`spawn`](Server::spawn).
 pub struct Server {
     config: Config,
-    listener: mio::net::TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
+    listen_addr: ListenAddr,
     poll: Poll,
     waker: Arc<Waker>,
     shutdown: Arc<ShutdownSignal>,
@@ -66,7 +67,7 @@ pub struct Server {
 /// Controls a server from any thread: read its address and counters, ask it to shut down.
 #[derive(Clone)]
 pub struct ServerHandle {
-    local_addr: SocketAddr,
+    listen_addr: ListenAddr,
     shutdown: Arc<ShutdownSignal>,
     stats: Arc<StatsSet>,
 }
@@ -77,19 +78,12 @@ pub struct RunningServer {
     thread: JoinHandle<Result<()>>,
 }
 
-/// Applies the per-connection socket options of `config` (TCP_NODELAY, TCP keepalive).
-pub(crate) fn apply_socket_options(
-    stream: &impl std::os::fd::AsFd,
-    config: &Config,
-) -> io::Result<()> {
-    let socket = socket2::SockRef::from(stream);
-    if config.tcp_nodelay {
-        socket.set_tcp_nodelay(true)?;
+/// The TCP address of `addr`, or the unspecified address for a Unix socket.
+fn tcp_addr(addr: &ListenAddr) -> SocketAddr {
+    match addr {
+        ListenAddr::Tcp(addr) => *addr,
+        ListenAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
     }
-    if let Some(idle) = config.tcp_keepalive {
-        socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle))?;
-    }
-    Ok(())
 }
 
 /// Starts the worker pool the configuration asks for (none for `workers = 0`).
@@ -113,26 +107,6 @@ fn default_error_hook(report: &ErrorReport) {
     );
 }
 
-/// Creates a listening socket with SO_REUSEADDR and the configured backlog. On failure the
-/// socket is dropped (closed) before returning, so a failed bind leaks no descriptor.
-fn listen(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(IpProtocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    if config.reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    let backlog = config.listen_backlog;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(socket.into())
-}
-
 impl Server {
     /// Binds `addr` with the default [`Config`]. Port 0 picks a free port; see
     /// [`Server::local_addr`].
@@ -148,7 +122,7 @@ impl Server {
             .to_socket_addrs()
             .map_err(|error| Error::io("resolving the address", error))?;
         for addr in addrs {
-            match listen(addr, &config) {
+            match net::listen_tcp(addr, &config) {
                 Ok(listener) => return Server::from_listener(listener, config),
                 Err(error) => last_error = Some(Error::io(format!("binding {addr}"), error)),
             }
@@ -156,10 +130,30 @@ impl Server {
         Err(last_error.unwrap_or_else(|| Error::Config("the address resolved to nothing".into())))
     }
 
-    fn from_listener(listener: std::net::TcpListener, config: Config) -> Result<Server> {
-        let local_addr = listener
-            .local_addr()
-            .map_err(|error| Error::io("reading the bound address", error))?;
+    /// Binds a Unix-domain stream socket at `path` with the default [`Config`]. A stale socket
+    /// file left by a server that is gone is replaced; the file is removed when the server stops.
+    pub fn bind_unix(path: impl AsRef<Path>) -> Result<Server> {
+        Server::bind_unix_with(path, Config::default())
+    }
+
+    /// Binds a Unix-domain stream socket at `path` with `config`.
+    pub fn bind_unix_with(path: impl AsRef<Path>, config: Config) -> Result<Server> {
+        config.validate()?;
+        let path = path.as_ref();
+        let listener = net::listen_unix(path, &config)
+            .map_err(|error| Error::io(format!("binding {}", path.display()), error))?;
+        Server::from_listener(listener, config)
+    }
+
+    fn from_listener(listener: Listener, config: Config) -> Result<Server> {
+        let listen_addr = match &listener {
+            Listener::Tcp(listener) => ListenAddr::Tcp(
+                listener
+                    .local_addr()
+                    .map_err(|error| Error::io("reading the bound address", error))?,
+            ),
+            Listener::Unix(_, path) => ListenAddr::Unix(path.path().to_path_buf()),
+        };
         let poll = Poll::new().map_err(|error| Error::io("creating the poll", error))?;
         let waker = Waker::new(poll.registry(), WAKER)
             .map_err(|error| Error::io("creating the waker", error))?;
@@ -167,8 +161,8 @@ impl Server {
         let stats = Arc::new(StatsSet::default());
         Ok(Server {
             config,
-            listener: mio::net::TcpListener::from_std(listener),
-            local_addr,
+            listener,
+            listen_addr,
             poll,
             shutdown: Arc::new(ShutdownSignal::new(waker.clone())),
             waker,
@@ -179,9 +173,16 @@ impl Server {
         })
     }
 
-    /// The address actually bound (with the real port when port 0 was asked for).
+    /// The TCP address actually bound (with the real port when port 0 was asked for). A Unix
+    /// socket server has none and answers the unspecified address `0.0.0.0:0`; see
+    /// [`Server::listen_addr`].
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        tcp_addr(&self.listen_addr)
+    }
+
+    /// Where this server listens, for either transport.
+    pub fn listen_addr(&self) -> &ListenAddr {
+        &self.listen_addr
     }
 
     /// The configuration this server will run with.
@@ -242,7 +243,7 @@ impl Server {
     /// A handle for shutting the server down and reading its counters from another thread.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
-            local_addr: self.local_addr,
+            listen_addr: self.listen_addr.clone(),
             shutdown: self.shutdown.clone(),
             stats: self.stats.clone(),
         }
@@ -293,11 +294,18 @@ impl Server {
                 "several reactors need reuse_port set when binding".into(),
             ));
         }
+        let addr = match &self.listen_addr {
+            ListenAddr::Tcp(addr) => *addr,
+            ListenAddr::Unix(_) if reactors == 1 => SocketAddr::from(([0, 0, 0, 0], 0)),
+            ListenAddr::Unix(_) => {
+                return Err(Error::Config("several reactors need a TCP listener".into()));
+            }
+        };
         let pool = start_pool(&self.config)?;
         let mut threads = Vec::with_capacity(reactors - 1);
         for number in 1..reactors {
-            let listener = listen(self.local_addr, &self.config)
-                .map_err(|error| Error::io(format!("binding {} again", self.local_addr), error))?;
+            let listener = net::listen_tcp(addr, &self.config)
+                .map_err(|error| Error::io(format!("binding {addr} again"), error))?;
             let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
             let waker = Waker::new(poll.registry(), WAKER)
                 .map_err(|error| Error::io("creating a waker", error))?;
@@ -310,7 +318,7 @@ impl Server {
                     ..self.config.clone()
                 },
                 poll,
-                listener: mio::net::TcpListener::from_std(listener),
+                listener,
                 stats: self.stats.add_part(),
                 pool: pool.clone(),
                 completions: completions::channel(Notifier::new(waker)),
@@ -425,9 +433,14 @@ impl Server {
 }
 
 impl ServerHandle {
-    /// The address the server is bound to.
+    /// The TCP address the server is bound to (`0.0.0.0:0` for a Unix socket server).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        tcp_addr(&self.listen_addr)
+    }
+
+    /// Where the server listens, for either transport.
+    pub fn listen_addr(&self) -> &ListenAddr {
+        &self.listen_addr
     }
 
     /// Starts a graceful shutdown: stop accepting, let protocols finish, close, exit by the
@@ -448,9 +461,14 @@ impl RunningServer {
         &self.handle
     }
 
-    /// The address the server is bound to.
+    /// The TCP address the server is bound to (`0.0.0.0:0` for a Unix socket server).
     pub fn local_addr(&self) -> SocketAddr {
-        self.handle.local_addr
+        self.handle.local_addr()
+    }
+
+    /// Where the server listens, for either transport.
+    pub fn listen_addr(&self) -> &ListenAddr {
+        &self.handle.listen_addr
     }
 
     /// A copy of the server's counters.

@@ -14,8 +14,13 @@ where
     P: Protocol,
     F: FnMut() -> P + Clone + Send + 'static,
 {
-    let config = Config { reuse_port: true, ..config };
-    bind(config).spawn_reactors(reactors, factory).expect("spawn reactors")
+    let config = Config {
+        reuse_port: true,
+        ..config
+    };
+    bind(config)
+        .spawn_reactors(reactors, factory)
+        .expect("spawn reactors")
 }
 
 /// Greets each connection with the name of the thread (reactor) serving it, then echoes.
@@ -23,7 +28,10 @@ struct WhoServes;
 
 impl Protocol for WhoServes {
     fn on_open(&mut self, ctx: &mut Context<'_>) {
-        let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
         ctx.write(format!("{name}\n").as_bytes());
     }
     fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
@@ -41,7 +49,11 @@ fn connections_are_spread_over_every_reactor() {
     for stream in &mut streams {
         assert_eq!(round_trip(stream, b"ok"), b"ok");
     }
-    assert_eq!(server.stats().accepted, 64, "counters are summed over the reactors");
+    assert_eq!(
+        server.stats().accepted,
+        64,
+        "counters are summed over the reactors"
+    );
     drop(streams);
     server.shutdown().expect("clean shutdown");
 }
@@ -59,14 +71,19 @@ fn a_line_is_echoed_three_times_then_every_reactor_shuts_down() {
     let handle = server.handle().clone();
     drop(streams);
     server.shutdown().expect("every reactor exits");
-    assert!(std::net::TcpStream::connect(addr).is_err(), "every listener is closed");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "every listener is closed"
+    );
     assert_eq!(handle.stats().active, 0);
 }
 
 #[test]
 fn twenty_servers_of_several_reactors_start_and_stop() {
     for _ in 0..20 {
-        start_reactors(2, test_config(), || Echo).shutdown().expect("clean shutdown");
+        start_reactors(2, test_config(), || Echo)
+            .shutdown()
+            .expect("clean shutdown");
     }
 }
 
@@ -78,12 +95,18 @@ fn offloaded_jobs_come_back_to_the_reactor_that_asked() {
     for (i, stream) in streams.iter_mut().enumerate() {
         std::io::Write::write_all(stream, format!("wait {i}\n").as_bytes()).expect("write");
     }
-    wait_for("every job to be in flight", || server.stats().jobs_in_flight == 8);
+    wait_for("every job to be in flight", || {
+        server.stats().jobs_in_flight == 8
+    });
     for _ in 0..8 {
         open.send(()).expect("release a job");
     }
     for (i, stream) in streams.iter_mut().enumerate() {
-        assert_eq!(read_line(stream), format!("done {i}\n"), "each answer on its own connection");
+        assert_eq!(
+            read_line(stream),
+            format!("done {i}\n"),
+            "each answer on its own connection"
+        );
     }
     drop(streams);
     server.shutdown().expect("clean shutdown");

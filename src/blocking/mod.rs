@@ -27,14 +27,13 @@ pub(crate) mod pool;
 pub(crate) mod threads;
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -42,6 +41,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::error::{interrupted, is_accept_transient, is_disconnect, would_block, Error, Result};
 use crate::metrics::{self, Stats};
+use crate::net::{BlockingStream, Listener};
 use crate::protocol::{CloseRequest, Protocol, Session};
 use crate::reactor::completions::ShutdownSignal;
 use crate::reactor::connection::CloseReason;
@@ -113,7 +113,7 @@ impl Shared {
 /// Everything the acceptor needs, taken from the [`Server`](crate::Server).
 pub(crate) struct Acceptor {
     pub(crate) poll: Poll,
-    pub(crate) listener: TcpListener,
+    pub(crate) listener: Listener,
     pub(crate) shutdown: Arc<ShutdownSignal>,
     pub(crate) verify: Option<VerifyHook>,
 }
@@ -124,7 +124,7 @@ impl Acceptor {
     pub(crate) fn run(
         mut self,
         shared: &Shared,
-        mut dispatch: impl FnMut(TcpStream, SocketAddr),
+        mut dispatch: impl FnMut(BlockingStream, Option<SocketAddr>),
     ) -> Result<()> {
         let registry = self.poll.registry();
         registry
@@ -171,15 +171,17 @@ impl Acceptor {
             loop {
                 match self.listener.accept() {
                     Ok((stream, peer)) => {
-                        if let Some(verify) = &self.verify {
+                        if let (Some(verify), Some(peer)) = (&self.verify, peer) {
                             if !verify(peer) {
                                 metrics::shared_add(&shared.stats.refused_by_verify, 1);
                                 continue;
                             }
                         }
-                        match blocking_stream(stream, &shared.config) {
+                        match stream.into_blocking(&shared.config) {
                             Ok(stream) => dispatch(stream, peer),
-                            Err(error) => log::debug!("{peer}: could not set up socket: {error}"),
+                            Err(error) => {
+                                log::debug!("could not set up an accepted socket: {error}")
+                            }
                         }
                     }
                     Err(error) if would_block(&error) => break,
@@ -206,21 +208,11 @@ impl Acceptor {
     }
 }
 
-/// Turns an accepted non-blocking socket into a blocking one with the configured options.
-fn blocking_stream(stream: mio::net::TcpStream, config: &Config) -> io::Result<TcpStream> {
-    let stream = TcpStream::from(std::os::fd::OwnedFd::from(stream));
-    stream.set_nonblocking(false)?;
-    crate::server::apply_socket_options(&stream, config)?;
-    // A peer that stops reading for a whole idle timeout is treated as gone.
-    stream.set_write_timeout(config.idle_timeout)?;
-    Ok(stream)
-}
-
 /// Serves one connection to the end on the calling thread: register it for shutdown, drive the
 /// protocol, report a panic to the error hook, count the close.
 pub(crate) fn serve_connection<P: Protocol>(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: BlockingStream,
+    peer: Option<SocketAddr>,
     protocol: P,
     shared: &Shared,
 ) {
@@ -236,7 +228,7 @@ pub(crate) fn serve_connection<P: Protocol>(
         Err(payload) => {
             let report = ErrorReport {
                 conn: id,
-                peer: Some(peer),
+                peer,
                 message: panic_message(payload.as_ref()),
             };
             (shared.on_error)(&report);
@@ -244,14 +236,19 @@ pub(crate) fn serve_connection<P: Protocol>(
         }
     };
     metrics::shared_add(reason.counter(&shared.stats), 1);
-    log::debug!("{peer}: closed ({reason:?})");
+    log::debug!("{id:?}: closed ({reason:?})");
     drop(stream);
     metrics::shared_sub(&shared.stats.active, 1);
 }
 
 /// The blocking connection loop: write what is pending, close if asked, else wait for input,
 /// the protocol's timer, or the idle timeout, whichever comes first.
-fn drive<P: Protocol>(stream: &TcpStream, protocol: P, id: ConnId, shared: &Shared) -> CloseReason {
+fn drive<P: Protocol>(
+    stream: &BlockingStream,
+    protocol: P,
+    id: ConnId,
+    shared: &Shared,
+) -> CloseReason {
     let config = &shared.config;
     let stats = &shared.stats;
     let mut socket = stream;
@@ -353,7 +350,7 @@ fn closed_by(error: &io::Error) -> CloseReason {
 
 /// Lingering close on a blocking socket: shut the write side, then read and discard until end
 /// of stream, an error, or `linger` has passed (see the reactor's lingering close).
-fn linger(stream: &TcpStream, linger: Duration, peer_done: bool) {
+fn linger(stream: &BlockingStream, linger: Duration, peer_done: bool) {
     if peer_done || linger.is_zero() || stream.shutdown(std::net::Shutdown::Write).is_err() {
         return;
     }

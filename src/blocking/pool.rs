@@ -50,7 +50,7 @@ where
                 // The refused stream is dropped with the error: closed at once.
                 metrics::shared_sub(&stats.active, 1);
                 metrics::shared_add(&stats.refused_over_capacity, 1);
-                log::debug!("{peer}: refused, every pool thread is busy and the queue is full");
+                log::debug!("refused {peer:?}: every pool thread is busy and the queue is full");
             }
         }
     });

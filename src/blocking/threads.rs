@@ -49,7 +49,7 @@ where
             }
             Err(error) => {
                 // The stream moved into the closure that failed to start and is closed with it.
-                log::warn!("{peer}: could not start a handler thread: {error}");
+                log::warn!("could not start a handler thread for {peer:?}: {error}");
                 metrics::shared_sub(&stats.active, 1);
                 metrics::shared_add(&stats.refused_over_capacity, 1);
             }

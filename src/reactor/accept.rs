@@ -11,13 +11,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
 use super::connection::Connection;
 use super::{Core, Reactor, TimerEvent};
 use crate::error::{interrupted, is_accept_transient, is_fd_exhaustion, would_block};
 use crate::metrics;
+use crate::net::{Listener, Stream};
 use crate::protocol::Protocol;
 
 /// Minimum time between two "out of descriptors" warnings.
@@ -26,7 +26,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// The listening socket and what the accept loop remembers between turns.
 pub(crate) struct Acceptor {
     /// The listener; `None` once shutdown has begun (dropping it stops new connections).
-    pub(crate) listener: Option<TcpListener>,
+    pub(crate) listener: Option<Listener>,
     /// Accepting is paused until the resume timer fires.
     pub(crate) paused: bool,
     /// The accept budget ran out with connections possibly still waiting.
@@ -36,7 +36,7 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: TcpListener) -> Self {
+    pub(crate) fn new(listener: Listener) -> Self {
         Acceptor {
             listener: Some(listener),
             paused: false,
@@ -94,26 +94,28 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
     }
 
     /// Turns an accepted socket into a connection, or refuses it at once.
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, stream: Stream, peer: Option<SocketAddr>) {
+        let shown = peer.map_or_else(|| "unix peer".to_string(), |peer| peer.to_string());
         let core = &mut self.core;
         if self.connections.len() >= core.config.max_connections {
             // Dropping the socket closes it now: the client sees end of stream, not a hang.
             metrics::add(&core.stats.refused_over_capacity, 1);
             log::debug!(
-                "refused {peer}: {} connections open",
+                "refused {shown}: {} connections open",
                 self.connections.len()
             );
             return;
         }
-        if let Some(verify) = &core.verify {
+        // Unix peers have no address to verify: the socket file's permissions guard them.
+        if let (Some(verify), Some(peer)) = (&core.verify, peer) {
             if !verify(peer) {
                 metrics::add(&core.stats.refused_by_verify, 1);
                 log::debug!("refused {peer}: rejected by the verify hook");
                 return;
             }
         }
-        if let Err(error) = crate::server::apply_socket_options(&stream, &core.config) {
-            log::debug!("{peer}: setting socket options failed: {error}");
+        if let Err(error) = stream.apply_options(&core.config) {
+            log::debug!("{shown}: setting socket options failed: {error}");
         }
         let now = core.clock.now();
         let protocol = (self.factory)();
@@ -128,7 +130,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 .registry()
                 .register(&mut conn.stream, id.token(), Interest::READABLE)
         {
-            log::warn!("{peer}: register failed: {error}");
+            log::warn!("{shown}: register failed: {error}");
             self.connections.remove(id);
             return;
         }
@@ -137,7 +139,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         if let Some(idle) = core.config.idle_timeout {
             core.timers.schedule(now + idle, TimerEvent::Idle(id));
         }
-        log::debug!("{id:?}: accepted {peer}");
+        log::debug!("{id:?}: accepted {shown}");
         conn.call(core, |protocol, ctx| protocol.on_open(ctx));
         conn.conclude(core);
     }

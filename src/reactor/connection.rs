@@ -9,7 +9,6 @@ use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use mio::net::TcpStream;
 use mio::Interest;
 
 use super::buffer::{ReadBuf, WriteBuf};
@@ -17,6 +16,7 @@ use super::token::ConnId;
 use super::{Core, TimerEvent};
 use crate::error::{interrupted, is_disconnect, would_block};
 use crate::metrics::{self, Stats};
+use crate::net::Stream;
 use crate::protocol::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
 use crate::server::ErrorReport;
 use crate::worker::panic_message;
@@ -82,7 +82,7 @@ pub(crate) struct Connection<P> {
     /// This connection's identity (slot and generation), as packed into its poll token.
     pub(crate) id: ConnId,
     /// The socket; closed when the connection is removed from the table.
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// The protocol state machine.
     pub(crate) protocol: P,
     /// Input the protocol left unconsumed; `None` when there is none.
@@ -105,7 +105,7 @@ pub(crate) struct Connection<P> {
 }
 
 impl<P: Protocol> Connection<P> {
-    pub(crate) fn new(id: ConnId, stream: TcpStream, protocol: P, now: Instant) -> Self {
+    pub(crate) fn new(id: ConnId, stream: Stream, protocol: P, now: Instant) -> Self {
         Connection {
             id,
             stream,
@@ -333,7 +333,7 @@ impl<P: Protocol> Connection<P> {
                 core.output.clear();
                 let report = ErrorReport {
                     conn: self.id,
-                    peer: self.stream.peer_addr().ok(),
+                    peer: self.stream.peer_addr(),
                     message: panic_message(payload.as_ref()),
                 };
                 (core.on_error)(&report);
@@ -537,11 +537,7 @@ impl<P: Protocol> Connection<P> {
 
 /// Writes from `buffer` until it is empty or the socket would block. Disconnects and other
 /// errors are returned; `WouldBlock` is not an error here.
-fn write_all_possible(
-    buffer: &mut WriteBuf,
-    stream: &mut TcpStream,
-    stats: &Stats,
-) -> io::Result<()> {
+fn write_all_possible(buffer: &mut WriteBuf, stream: &mut Stream, stats: &Stats) -> io::Result<()> {
     while !buffer.is_empty() {
         match buffer.write_to(stream) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

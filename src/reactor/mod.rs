@@ -122,7 +122,7 @@ pub(crate) struct Reactor<P, F> {
 pub(crate) struct Parts<F> {
     pub(crate) config: Config,
     pub(crate) poll: Poll,
-    pub(crate) listener: mio::net::TcpListener,
+    pub(crate) listener: crate::net::Listener,
     pub(crate) stats: Arc<Stats>,
     pub(crate) pool: Option<Arc<WorkerPool>>,
     pub(crate) completions: (CompletionSender<Completion>, Completions<Completion>),
