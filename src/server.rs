@@ -283,6 +283,13 @@ impl Server {
         P: Protocol,
         F: FnMut() -> P + Clone + Send + 'static,
     {
+        let listeners = self.bind_more_listeners(reactors)?;
+        self.run_reactors(listeners, factory)
+    }
+
+    /// Binds the listeners of reactors 1.. (reactor 0 has the server's own), all before any
+    /// client can connect, so the kernel spreads connections over every one from the start.
+    fn bind_more_listeners(&self, reactors: usize) -> Result<Vec<Listener>> {
         self.config.validate()?;
         if !(1..=1024).contains(&reactors) {
             return Err(Error::Config(format!(
@@ -301,11 +308,23 @@ impl Server {
                 return Err(Error::Config("several reactors need a TCP listener".into()));
             }
         };
+        (1..reactors)
+            .map(|_| {
+                net::listen_tcp(addr, &self.config)
+                    .map_err(|error| Error::io(format!("binding {addr} again"), error))
+            })
+            .collect()
+    }
+
+    fn run_reactors<P, F>(self, listeners: Vec<Listener>, factory: F) -> Result<()>
+    where
+        P: Protocol,
+        F: FnMut() -> P + Clone + Send + 'static,
+    {
         let pool = start_pool(&self.config)?;
-        let mut threads = Vec::with_capacity(reactors - 1);
-        for number in 1..reactors {
-            let listener = net::listen_tcp(addr, &self.config)
-                .map_err(|error| Error::io(format!("binding {addr} again"), error))?;
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let number = index + 1;
             let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
             let waker = Waker::new(poll.registry(), WAKER)
                 .map_err(|error| Error::io("creating a waker", error))?;
@@ -368,11 +387,11 @@ impl Server {
         P: Protocol,
         F: FnMut() -> P + Clone + Send + 'static,
     {
-        self.config.validate()?;
+        let listeners = self.bind_more_listeners(reactors)?;
         let handle = self.handle();
         let thread = std::thread::Builder::new()
             .name("socketserver-reactor-0".into())
-            .spawn(move || self.serve_reactors(reactors, factory))
+            .spawn(move || self.run_reactors(listeners, factory))
             .map_err(|error| Error::io("spawning the reactor thread", error))?;
         Ok(RunningServer { handle, thread })
     }

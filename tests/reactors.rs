@@ -40,6 +40,8 @@ impl Protocol for WhoServes {
     }
 }
 
+/// Also a regression test: the extra listeners were once bound on the server's thread after
+/// `spawn_reactors` had returned, so clients connecting at once all reached the first reactor.
 #[test]
 fn connections_are_spread_over_every_reactor() {
     let server = start_reactors(2, test_config(), || WhoServes);
