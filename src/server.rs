@@ -258,8 +258,13 @@ impl Server {
     {
         self.config.validate()?;
         let pool = start_pool(&self.config)?;
+        Reactor::new(self.into_first_reactor(pool, factory))?.run()
+    }
+
+    /// The parts of the loop that runs on this server's own poll and listener.
+    fn into_first_reactor<F>(self, pool: Option<Arc<WorkerPool>>, factory: F) -> Parts<F> {
         let notifier = Notifier::new(self.waker.clone());
-        let reactor = Reactor::new(Parts {
+        Parts {
             config: self.config,
             poll: self.poll,
             listener: self.listener,
@@ -270,8 +275,7 @@ impl Server {
             verify: self.verify,
             on_error: self.on_error,
             factory,
-        })?;
-        reactor.run()
+        }
     }
 
     /// Serves with `reactors` event loops on as many threads (the calling thread runs the first),
@@ -353,20 +357,7 @@ impl Server {
             threads.push(thread);
         }
         let shutdown = self.shutdown.clone();
-        let notifier = Notifier::new(self.waker.clone());
-        let first = Reactor::new(Parts {
-            config: self.config,
-            poll: self.poll,
-            listener: self.listener,
-            stats: self.first_stats,
-            pool,
-            completions: completions::channel(notifier),
-            shutdown: self.shutdown,
-            verify: self.verify,
-            on_error: self.on_error,
-            factory,
-        })
-        .and_then(|reactor| reactor.run());
+        let first = Reactor::new(self.into_first_reactor(pool, factory)).and_then(Reactor::run);
         // Whatever ended the first loop, the others must end too before this returns.
         shutdown.trigger();
         let mut result = first;

@@ -78,15 +78,15 @@ pub fn read_to_end(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// True when the server ended the connection: a read returns end of stream or a reset
-/// (not a timeout). Drains any bytes still in flight first.
+/// True when the server ended the connection: a read returns end of stream or an error that
+/// means the connection is gone (reset, aborted) — not a timeout. Drains bytes still in flight.
 pub fn is_closed_by_server(stream: &mut TcpStream) -> bool {
     let mut buffer = [0u8; 4096];
     loop {
         match stream.read(&mut buffer) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => return true,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error)
                 if matches!(
                     error.kind(),
@@ -95,7 +95,7 @@ pub fn is_closed_by_server(stream: &mut TcpStream) -> bool {
             {
                 return false
             }
-            Err(error) => panic!("unexpected read error: {error}"),
+            Err(_) => return true,
         }
     }
 }
