@@ -380,11 +380,9 @@ impl Server {
     {
         let listeners = self.bind_more_listeners(reactors)?;
         let handle = self.handle();
-        let thread = std::thread::Builder::new()
-            .name("socketserver-reactor-0".into())
-            .spawn(move || self.run_reactors(listeners, factory))
-            .map_err(|error| Error::io("spawning the reactor thread", error))?;
-        Ok(RunningServer { handle, thread })
+        RunningServer::start(handle, "socketserver-reactor-0", move || {
+            self.run_reactors(listeners, factory)
+        })
     }
 
     /// Serves on the calling thread with a blocking [`Model`] instead of the reactor: the same
@@ -419,11 +417,9 @@ impl Server {
     {
         self.config.validate()?;
         let handle = self.handle();
-        let thread = std::thread::Builder::new()
-            .name("socketserver-acceptor".into())
-            .spawn(move || self.serve_blocking(model, factory))
-            .map_err(|error| Error::io("spawning the acceptor thread", error))?;
-        Ok(RunningServer { handle, thread })
+        RunningServer::start(handle, "socketserver-acceptor", move || {
+            self.serve_blocking(model, factory)
+        })
     }
 
     /// Serves on a new thread; the returned [`RunningServer`] can shut it down and join it.
@@ -434,11 +430,7 @@ impl Server {
     {
         self.config.validate()?;
         let handle = self.handle();
-        let thread = std::thread::Builder::new()
-            .name("socketserver-reactor".into())
-            .spawn(move || self.serve(factory))
-            .map_err(|error| Error::io("spawning the reactor thread", error))?;
-        Ok(RunningServer { handle, thread })
+        RunningServer::start(handle, "socketserver-reactor", move || self.serve(factory))
     }
 }
 
@@ -466,6 +458,19 @@ impl ServerHandle {
 }
 
 impl RunningServer {
+    /// Runs `serve` on a new thread named `name`.
+    fn start(
+        handle: ServerHandle,
+        name: &str,
+        serve: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<RunningServer> {
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(serve)
+            .map_err(|error| Error::io(format!("spawning the thread {name}"), error))?;
+        Ok(RunningServer { handle, thread })
+    }
+
     /// A handle to this server.
     pub fn handle(&self) -> &ServerHandle {
         &self.handle

@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll};
-use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
@@ -43,9 +42,11 @@ use crate::error::{interrupted, is_accept_transient, is_disconnect, would_block,
 use crate::metrics::{self, Stats};
 use crate::net::{BlockingStream, Listener};
 use crate::protocol::{CloseRequest, Protocol, Session};
+use crate::reactor::accept::WARN_INTERVAL;
 use crate::reactor::completions::ShutdownSignal;
 use crate::reactor::connection::CloseReason;
-use crate::reactor::token::{ConnId, LISTENER, SIGNALS};
+use crate::reactor::register_signals;
+use crate::reactor::token::{ConnId, LISTENER};
 use crate::reactor::{ErrorHook, VerifyHook};
 use crate::server::ErrorReport;
 use crate::worker::panic_message;
@@ -130,17 +131,7 @@ impl Acceptor {
         registry
             .register(&mut self.listener, LISTENER, Interest::READABLE)
             .map_err(|error| Error::io("registering the listener", error))?;
-        let mut signals = if shared.config.handle_signals {
-            let mut signals =
-                Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-                    .map_err(|error| Error::io("installing signal handlers", error))?;
-            registry
-                .register(&mut signals, SIGNALS, Interest::READABLE)
-                .map_err(|error| Error::io("registering signals", error))?;
-            Some(signals)
-        } else {
-            None
-        };
+        let mut signals = register_signals(registry, &shared.config)?;
         // Waker events need no handling of their own: they only end the poll so that the
         // shutdown flag is looked at.
         let mut events = Events::with_capacity(16);
@@ -190,9 +181,7 @@ impl Acceptor {
                         // Out of descriptors (or worse): back off, never spin.
                         let now = Instant::now();
                         metrics::shared_add(&shared.stats.accept_pauses, 1);
-                        if warned_at
-                            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
-                        {
+                        if warned_at.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL) {
                             warned_at = Some(now);
                             log::warn!(
                                 "accept failed ({error}); pausing accepts for {:?}",

@@ -1,4 +1,4 @@
-//! A protocol driven from memory: bytes in, output and wishes collected. The test session for
+//! A protocol driven from memory: bytes in, output and wishes collected. The test harness for
 //! every protocol, and the core of the blocking drivers, which add only the socket calls.
 
 use std::collections::VecDeque;
@@ -130,15 +130,12 @@ impl<P: Protocol> Session<P> {
         self.output.len()
     }
 
-    /// Writes all pending output to `sink` (blocking drivers: a blocking socket).
+    /// Writes all pending output to `sink` (blocking drivers: a blocking socket, where
+    /// `WouldBlock` means its write timeout passed and is returned as an error).
     pub fn write_output(&mut self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
-        while !self.output.is_empty() {
-            match self.output.write_to(sink) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
+        self.output.write_until_blocked(sink)?;
+        if !self.output.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
         }
         self.output.release();
         Ok(())

@@ -21,7 +21,7 @@ use crate::net::{Listener, Stream};
 use crate::protocol::Protocol;
 
 /// Minimum time between two "out of descriptors" warnings.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The listening socket and what the accept loop remembers between turns.
 pub(crate) struct Acceptor {

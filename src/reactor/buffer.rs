@@ -171,6 +171,23 @@ impl WriteBuf {
         Ok(written)
     }
 
+    /// Writes until the buffer is empty or `sink` would block (`WouldBlock` is not an error here:
+    /// the caller sees what is left with [`WriteBuf::len`]). Retries on EINTR; a sink that takes
+    /// nothing is a `WriteZero` error. Returns the bytes written.
+    pub fn write_until_blocked(&mut self, sink: &mut impl Write) -> io::Result<usize> {
+        let mut written = 0;
+        while !self.is_empty() {
+            match self.write_to(sink) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(count) => written += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(written)
+    }
+
     /// Drops the first `count` unwritten bytes. When that empties the buffer, the last chunk is
     /// kept (cleared) so a buffer that is filled and drained over and over reuses its storage.
     pub fn advance(&mut self, mut count: usize) {

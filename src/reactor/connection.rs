@@ -538,14 +538,7 @@ impl<P: Protocol> Connection<P> {
 /// Writes from `buffer` until it is empty or the socket would block. Disconnects and other
 /// errors are returned; `WouldBlock` is not an error here.
 fn write_all_possible(buffer: &mut WriteBuf, stream: &mut Stream, stats: &Stats) -> io::Result<()> {
-    while !buffer.is_empty() {
-        match buffer.write_to(stream) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(count) => metrics::add(&stats.bytes_out, count as u64),
-            Err(error) if would_block(&error) => return Ok(()),
-            Err(error) if interrupted(&error) => {}
-            Err(error) => return Err(error),
-        }
-    }
+    let written = buffer.write_until_blocked(stream)?;
+    metrics::add(&stats.bytes_out, written as u64);
     Ok(())
 }

@@ -60,6 +60,22 @@ use crate::protocol::Protocol;
 use crate::server::ErrorReport;
 use crate::worker::{Completion, WorkerPool};
 
+/// SIGINT and SIGTERM as readiness on the `SIGNALS` token, if `config` asks for signal handling.
+pub(crate) fn register_signals(
+    registry: &mio::Registry,
+    config: &Config,
+) -> Result<Option<Signals>> {
+    if !config.handle_signals {
+        return Ok(None);
+    }
+    let mut signals = Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|error| Error::io("installing signal handlers", error))?;
+    registry
+        .register(&mut signals, SIGNALS, mio::Interest::READABLE)
+        .map_err(|error| Error::io("registering signals", error))?;
+    Ok(Some(signals))
+}
+
 /// What a timer is for. Connection timers carry the id (and sequence) they were armed for and
 /// are dropped when those no longer match.
 #[derive(Debug, Clone, Copy)]
@@ -150,17 +166,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         poll.registry()
             .register(&mut listener, LISTENER, mio::Interest::READABLE)
             .map_err(|error| Error::io("registering the listener", error))?;
-        let signals = if config.handle_signals {
-            let mut signals =
-                Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-                    .map_err(|error| Error::io("installing signal handlers", error))?;
-            poll.registry()
-                .register(&mut signals, SIGNALS, mio::Interest::READABLE)
-                .map_err(|error| Error::io("registering signals", error))?;
-            Some(signals)
-        } else {
-            None
-        };
+        let signals = register_signals(poll.registry(), &config)?;
         let capacity = config.max_connections.min(65_536);
         Ok(Reactor {
             connections: Slots::with_capacity(capacity),
