@@ -25,7 +25,8 @@ pub struct Config {
     /// Connections accepted per turn before other work gets a go. Default 64; range 1..=65,536.
     pub accept_budget: usize,
     /// Reads from one connection per turn before the next connection gets a go (fairness);
-    /// the connection goes on the ready-again list. Default 16; range 1..=1,024.
+    /// the connection goes on the ready-again list. A datagram server takes this many datagrams
+    /// per turn. Default 16; range 1..=1,024.
     pub read_budget: usize,
     /// Size of the one read buffer the reactor shares between all connections. Default 64 KiB;
     /// range 512 B..=16 MiB. Input a protocol leaves unconsumed is copied to the connection.
@@ -75,6 +76,15 @@ pub struct Config {
     /// Accepted connections waiting for a pool thread; over it a connection is closed at once
     /// (counted as refused over capacity). Default 1,024; range 1..=1,048,576.
     pub pool_queue: usize,
+    /// Largest datagram a datagram server takes in. A bigger one is dropped whole (and counted in
+    /// `datagrams_dropped`), never truncated and handed on. Default 65,507 (the largest UDP
+    /// payload over IPv4); range 1..=16 MiB (Unix datagrams can be larger than UDP's).
+    pub max_datagram_bytes: usize,
+    /// Answers a datagram server holds while the socket cannot take them. While it is full the
+    /// server stops receiving (the kernel's receive buffer absorbs, then drops, what arrives);
+    /// an answer that still finds it full is dropped and counted. Default 1,024 datagrams;
+    /// range 1..=1,048,576.
+    pub datagram_queue: usize,
     /// Set SO_REUSEPORT on the listener, so several listeners (the reactors of one server, or
     /// several processes) can share the port and the kernel spreads connections between them.
     /// Default false: any process of the same user could otherwise bind the port too. The
@@ -114,6 +124,8 @@ impl Default for Config {
             max_frame_bytes: 1024 * 1024,
             pool_threads: 64,
             pool_queue: 1024,
+            max_datagram_bytes: 65_507,
+            datagram_queue: 1024,
             reuse_port: false,
             tcp_keepalive: None,
             tcp_nodelay: true,
@@ -212,6 +224,18 @@ impl Config {
         )?;
         check(self.max_frame_bytes + 4 <= self.max_input_bytes, || {
             "max_frame_bytes must leave room for its 4-byte header within max_input_bytes".into()
+        })?;
+        check((1..=16 << 20).contains(&self.max_datagram_bytes), || {
+            format!(
+                "max_datagram_bytes {} is outside 1..=16777216",
+                self.max_datagram_bytes
+            )
+        })?;
+        check((1..=1 << 20).contains(&self.datagram_queue), || {
+            format!(
+                "datagram_queue {} is outside 1..=1048576",
+                self.datagram_queue
+            )
         })?;
         Ok(())
     }

@@ -18,7 +18,11 @@
 //! ```
 //!
 //! Beside the reactor, [`blocking`] drives the same protocols over blocking sockets (a thread per
-//! connection, or a bounded pool), so the two designs can be compared on identical code.
+//! connection, or a bounded pool), so the two designs can be compared on identical code. The
+//! rest of the family serves the same protocols too: several reactors on one port
+//! ([`Server::serve_reactors`]), pre-forked worker processes ([`prefork`]), and Unix-domain
+//! sockets. UDP and Unix datagram sockets are served by [`DatagramServer`] with a
+//! [`DatagramProtocol`](protocol::DatagramProtocol), on a datagram loop or blocking receivers.
 //!
 //! ## The loop's phases
 //!
@@ -60,6 +64,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod net;
+pub mod prefork;
 pub mod protocol;
 pub mod reactor;
 pub mod server;
@@ -70,4 +75,4 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use metrics::{Stats, StatsSnapshot};
 pub use reactor::token::ConnId;
-pub use server::{ErrorReport, RunningServer, Server, ServerHandle};
+pub use server::{DatagramServer, ErrorReport, RunningServer, Server, ServerHandle};

@@ -1,7 +1,7 @@
 //! The `socketserver` command: a thin layer of argument parsing over the library.
 //!
-//! `socketserver serve --protocol echo|line|frame --model reactor|reactors|threads|pool --addr HOST:PORT`
-//! prints exactly
+//! `socketserver serve --protocol echo|line|frame --model reactor|reactors|threads|pool|prefork
+//! [--addr HOST:PORT | --unix PATH] [--udp]` prints exactly
 //! `listening on <addr>` as its first line on stdout (so scripts can bind port 0 and read the
 //! port), then serves until SIGINT/SIGTERM. `RUST_LOG` sets the log level (env_logger).
 
@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use socketserver::protocol::{Echo, Frame, Line};
-use socketserver::{Config, Model, Server};
+use socketserver::prefork::{self, Inherited, Supervisor};
+use socketserver::protocol::{Echo, Frame, Line, Protocol};
+use socketserver::{Config, DatagramServer, Error, Model, Server};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,9 @@ enum ModelName {
     Threads,
     /// A fixed pool of threads fed by a bounded queue of connections.
     Pool,
+    /// A supervisor and --processes worker processes, each one reactor on the shared socket;
+    /// a worker that dies is replaced.
+    Prefork,
 }
 
 #[derive(clap::Args)]
@@ -61,13 +65,19 @@ struct ServeArgs {
     /// the machine's parallelism).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     threads: Option<u64>,
+    /// Worker processes of the prefork model (default: the machine's parallelism).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    processes: Option<u64>,
+    /// Serve datagrams: UDP on --addr, or a Unix datagram socket with --unix (echo only).
+    #[arg(long)]
+    udp: bool,
     /// The protocol to serve.
     #[arg(long, value_enum, default_value = "echo")]
     protocol: ProtocolName,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: String,
-    /// Listen on a Unix-domain stream socket at this path instead of TCP.
+    /// Listen on a Unix-domain socket at this path instead of TCP (or UDP).
     #[arg(long, conflicts_with = "addr")]
     unix: Option<std::path::PathBuf>,
     /// Most connections held at once; clients over the cap are closed at once.
@@ -89,6 +99,14 @@ struct ServeArgs {
     max_frame_bytes: usize,
 }
 
+/// How the bound socket is served.
+#[derive(Clone, Copy)]
+enum Run {
+    Reactor,
+    Reactors(usize),
+    Blocking(Model),
+}
+
 fn serve(args: ServeArgs) -> socketserver::Result<()> {
     let config = Config {
         max_connections: args.max_connections as usize,
@@ -102,43 +120,119 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
         reuse_port: matches!(args.model, ModelName::Reactors),
         ..Config::default()
     };
-    let reactors = args.threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| (n as usize).min(1024),
-    );
-    let server = match &args.unix {
-        Some(path) => Server::bind_unix_with(path, config.clone())?,
-        None => Server::bind_with(args.addr.as_str(), config.clone())?,
-    };
-    println!("listening on {}", server.listen_addr());
-    // The first line is a contract with scripts: make sure it leaves now, not at exit.
-    let _ = std::io::stdout().flush();
-    let (max_line, max_frame) = (config.max_line_bytes, config.max_frame_bytes);
-    if matches!(args.model, ModelName::Reactors) {
-        return match args.protocol {
-            ProtocolName::Echo => server.serve_reactors(reactors, || Echo),
-            ProtocolName::Line => server.serve_reactors(reactors, move || Line::new(max_line)),
-            ProtocolName::Frame => server.serve_reactors(reactors, move || Frame::new(max_frame)),
+    if args.udp && !matches!(args.protocol, ProtocolName::Echo) {
+        return Err(Error::Config(
+            "datagram servers (--udp) serve the echo protocol only".into(),
+        ));
+    }
+    // A prefork worker serves the socket its supervisor handed over, on one reactor.
+    if let Some(inherited) = prefork::inherited(config.clone())? {
+        return match inherited {
+            Inherited::Stream(server) => serve_stream(server, args.protocol, Run::Reactor),
+            Inherited::Datagram(server) => serve_datagrams(server, Run::Reactor),
         };
     }
-    let model = match args.model {
-        ModelName::Reactor | ModelName::Reactors => None,
-        ModelName::Threads => Some(Model::ThreadPerConnection {
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = match args.model {
+        ModelName::Reactor | ModelName::Prefork => Run::Reactor,
+        ModelName::Reactors => Run::Reactors(args.threads.map_or(parallelism, |n| n as usize)),
+        ModelName::Threads => Run::Blocking(Model::ThreadPerConnection {
             block_on_close: true,
         }),
-        ModelName::Pool => Some(Model::ThreadPool),
+        ModelName::Pool => Run::Blocking(Model::ThreadPool),
     };
-    match (args.protocol, model) {
-        (ProtocolName::Echo, None) => server.serve(|| Echo),
-        (ProtocolName::Line, None) => server.serve(move || Line::new(max_line)),
-        (ProtocolName::Frame, None) => server.serve(move || Frame::new(max_frame)),
-        (ProtocolName::Echo, Some(model)) => server.serve_blocking(model, || Echo),
-        (ProtocolName::Line, Some(model)) => {
-            server.serve_blocking(model, move || Line::new(max_line))
-        }
-        (ProtocolName::Frame, Some(model)) => {
-            server.serve_blocking(model, move || Frame::new(max_frame))
-        }
+    let bound = match (&args.unix, args.udp) {
+        (Some(path), false) => Bound::Stream(Server::bind_unix_with(path, config)?),
+        (None, false) => Bound::Stream(Server::bind_with(args.addr.as_str(), config)?),
+        (Some(path), true) => Bound::Datagram(DatagramServer::bind_unix_with(path, config)?),
+        (None, true) => Bound::Datagram(DatagramServer::bind_with(args.addr.as_str(), config)?),
+    };
+    let listen_addr = match &bound {
+        Bound::Stream(server) => server.listen_addr().clone(),
+        Bound::Datagram(server) => server.listen_addr().clone(),
+    };
+    println!("listening on {listen_addr}");
+    // The first line is a contract with scripts: make sure it leaves now, not at exit.
+    let _ = std::io::stdout().flush();
+    if matches!(args.model, ModelName::Prefork) {
+        let processes = args.processes.map_or(parallelism, |n| n as usize);
+        return supervise(&bound, processes, &args);
+    }
+    match bound {
+        Bound::Stream(server) => serve_stream(server, args.protocol, run),
+        Bound::Datagram(server) => serve_datagrams(server, run),
+    }
+}
+
+/// A bound socket of either kind.
+enum Bound {
+    Stream(Server),
+    Datagram(DatagramServer),
+}
+
+fn serve_stream(server: Server, protocol: ProtocolName, run: Run) -> socketserver::Result<()> {
+    let (max_line, max_frame) = (
+        server.config().max_line_bytes,
+        server.config().max_frame_bytes,
+    );
+    match protocol {
+        ProtocolName::Echo => run_stream(server, run, || Echo),
+        ProtocolName::Line => run_stream(server, run, move || Line::new(max_line)),
+        ProtocolName::Frame => run_stream(server, run, move || Frame::new(max_frame)),
+    }
+}
+
+fn run_stream<P, F>(server: Server, run: Run, factory: F) -> socketserver::Result<()>
+where
+    P: Protocol + Send,
+    F: FnMut() -> P + Clone + Send + 'static,
+{
+    match run {
+        Run::Reactor => server.serve(factory),
+        Run::Reactors(loops) => server.serve_reactors(loops, factory),
+        Run::Blocking(model) => server.serve_blocking(model, factory),
+    }
+}
+
+fn serve_datagrams(server: DatagramServer, run: Run) -> socketserver::Result<()> {
+    match run {
+        Run::Reactor => server.serve(|| Echo),
+        Run::Reactors(loops) => server.serve_reactors(loops, || Echo),
+        Run::Blocking(model) => server.serve_blocking(model, || Echo),
+    }
+}
+
+/// Runs `processes` copies of this program as prefork workers on the bound socket.
+fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver::Result<()> {
+    let program = std::env::current_exe()
+        .map_err(|error| Error::io("finding this program to start workers", error))?;
+    let protocol = args
+        .protocol
+        .to_possible_value()
+        .map(|value| value.get_name().to_string())
+        .unwrap_or_default();
+    let mut worker_args = vec![
+        "serve".to_string(),
+        "--model=reactor".into(),
+        format!("--protocol={protocol}"),
+        format!("--max-connections={}", args.max_connections),
+        format!("--idle-timeout={}", args.idle_timeout),
+        format!("--workers={}", args.workers),
+        format!("--max-line-bytes={}", args.max_line_bytes),
+        format!("--max-frame-bytes={}", args.max_frame_bytes),
+    ];
+    if args.udp {
+        worker_args.push("--udp".into());
+    }
+    let supervisor = Supervisor::new(processes)?;
+    let command = |_index| {
+        let mut command = std::process::Command::new(&program);
+        command.args(&worker_args);
+        command
+    };
+    match bound {
+        Bound::Stream(server) => supervisor.run(server, command),
+        Bound::Datagram(server) => supervisor.run(server, command),
     }
 }
 

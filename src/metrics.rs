@@ -92,6 +92,19 @@ counters! {
     /// server joins finished ones as it accepts, so this stays near the number of open
     /// connections; a pool holds its fixed number.
     handler_threads,
+    /// Datagrams received and handed to the protocol.
+    datagrams_in,
+    /// Datagrams sent.
+    datagrams_out,
+    /// Datagrams dropped: too large to take in, answers to a full queue, or answers to a peer
+    /// without an address (an unnamed Unix socket).
+    datagrams_dropped,
+    /// Send or receive errors on a datagram socket (ICMP-reported unreachable peers, a vanished
+    /// Unix socket path): the datagram is lost, the server goes on.
+    datagram_errors,
+    /// Datagrams whose protocol callback panicked (its answers are discarded and a fresh
+    /// protocol instance takes over).
+    datagram_panics,
     /// Timer entries in the reactor's heap at the end of the last turn (cancelled and
     /// superseded ones included until they come due).
     timers,

@@ -1,6 +1,7 @@
-//! Transports: TCP and Unix-domain stream sockets behind one [`Listener`] and one `Stream`, so
-//! the reactor and the blocking drivers never name a transport; and binding (SO_REUSEADDR,
-//! SO_REUSEPORT, the listen backlog, stale Unix socket files), plus per-connection options.
+//! Transports: TCP and Unix-domain stream sockets behind one [`Listener`] and one `Stream`, UDP
+//! and Unix-domain datagram sockets behind one `DatagramSocket`, so the reactor and the
+//! blocking drivers never name a transport; and binding (SO_REUSEADDR, SO_REUSEPORT, the listen
+//! backlog, stale Unix socket files), plus per-connection options.
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
@@ -13,14 +14,29 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use crate::config::Config;
+use crate::protocol::Peer;
 
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     /// A TCP address (with the real port when port 0 was asked for).
     Tcp(SocketAddr),
-    /// The path of a Unix-domain socket.
+    /// The path of a Unix-domain stream socket.
     Unix(PathBuf),
+    /// A UDP address.
+    Udp(SocketAddr),
+    /// The path of a Unix-domain datagram socket.
+    UnixDatagram(PathBuf),
+}
+
+impl ListenAddr {
+    /// The IP address and port, for TCP and UDP.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(addr) | ListenAddr::Udp(addr) => Some(*addr),
+            ListenAddr::Unix(_) | ListenAddr::UnixDatagram(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for ListenAddr {
@@ -28,6 +44,8 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Tcp(addr) => write!(f, "{addr}"),
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Udp(addr) => write!(f, "udp:{addr}"),
+            ListenAddr::UnixDatagram(path) => write!(f, "unixgram:{}", path.display()),
         }
     }
 }
@@ -35,13 +53,6 @@ impl fmt::Display for ListenAddr {
 /// Removes a Unix socket file when dropped, i.e. when its listener closes.
 #[derive(Debug)]
 pub(crate) struct UnlinkOnDrop(PathBuf);
-
-impl UnlinkOnDrop {
-    /// The socket file's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
 
 impl Drop for UnlinkOnDrop {
     fn drop(&mut self) {
@@ -55,8 +66,13 @@ impl Drop for UnlinkOnDrop {
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(mio::net::TcpListener),
-    /// The guard removes the socket file when the listener is dropped.
-    Unix(mio::net::UnixListener, UnlinkOnDrop),
+    /// The guard removes the socket file when the listener is dropped (absent for an
+    /// inherited listener, whose file belongs to the process that bound it).
+    Unix(
+        mio::net::UnixListener,
+        #[allow(dead_code, reason = "held for its Drop, which removes the socket file")]
+        Option<UnlinkOnDrop>,
+    ),
 }
 
 /// An accepted connection of either transport (non-blocking, for the reactor).
@@ -276,33 +292,40 @@ pub(crate) fn listen_tcp(addr: SocketAddr, config: &Config) -> io::Result<Listen
     )))
 }
 
+/// Clears the way for binding a Unix socket of `kind` at `path`: a stale socket file (nobody
+/// bound to it any more) is removed; a live one, or a file that is not a socket, is an
+/// "address in use" error.
+fn remove_stale_socket(path: &Path, kind: socket2::Type) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "exists and is not a socket",
+        ));
+    }
+    let probe = socket2::Socket::new(socket2::Domain::UNIX, kind, None)?;
+    match probe.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "a server is bound there",
+        )),
+        // Nobody is bound to it: a socket file left behind by a server that is gone.
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// A non-blocking Unix-domain listener at `path`. A stale socket file (nobody accepting on it)
 /// is removed first; a live one, or a file that is not a socket, is an "address in use" error.
 /// The file is removed again when the listener closes.
 pub(crate) fn listen_unix(path: &Path, config: &Config) -> io::Result<Listener> {
     use socket2::{Domain, SockAddr, Socket, Type};
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(metadata) = std::fs::symlink_metadata(path) {
-        if !metadata.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "exists and is not a socket",
-            ));
-        }
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "a server is listening there",
-                ))
-            }
-            // Nobody accepts on it: a socket file left behind by a server that is gone.
-            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path)?
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    remove_stale_socket(path, Type::STREAM)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SockAddr::unix(path)?)?;
@@ -311,12 +334,28 @@ pub(crate) fn listen_unix(path: &Path, config: &Config) -> io::Result<Listener> 
     let listener = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
     Ok(Listener::Unix(
         mio::net::UnixListener::from_std(listener),
-        guard,
+        Some(guard),
     ))
 }
 
 fn backlog(config: &Config) -> i32 {
     config.listen_backlog.min(i32::MAX as u32) as i32
+}
+
+impl Listener {
+    /// Where the listener is bound.
+    pub(crate) fn listen_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().map(ListenAddr::Tcp),
+            Listener::Unix(listener, _) => {
+                let addr = listener.local_addr()?;
+                let path = addr.as_pathname().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
+                })?;
+                Ok(ListenAddr::Unix(path.to_path_buf()))
+            }
+        }
+    }
 }
 
 impl AsFd for Listener {
@@ -326,4 +365,166 @@ impl AsFd for Listener {
             Listener::Unix(listener, _) => listener.as_fd(),
         }
     }
+}
+
+/// A datagram socket of either transport: UDP, or Unix-domain datagrams. The reactor uses it
+/// non-blocking, the blocking drivers blocking; both share it between threads by reference
+/// (`recv_from` and `send_to` take `&self`).
+#[derive(Debug)]
+pub(crate) enum DatagramSocket {
+    Udp(std::net::UdpSocket),
+    /// The guard (absent for an inherited socket, whose owner removes the file) removes the
+    /// socket file when the socket is dropped.
+    Unix(
+        std::os::unix::net::UnixDatagram,
+        #[allow(dead_code, reason = "held for its Drop, which removes the socket file")]
+        Option<UnlinkOnDrop>,
+    ),
+}
+
+impl DatagramSocket {
+    /// Receives one datagram into `buf`; the count is the datagram's length even when it was
+    /// longer than `buf` (MSG_TRUNC), so oversize datagrams can be recognised and dropped.
+    pub(crate) fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Peer)> {
+        let socket = socket2::SockRef::from(self);
+        // SAFETY: `recv_from_with_flags` only writes initialised bytes into the buffer, so
+        // viewing the initialised `buf` as `MaybeUninit` and back is sound.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        let (count, addr) = socket.recv_from_with_flags(uninit, libc::MSG_TRUNC)?;
+        let peer = match self {
+            DatagramSocket::Udp(_) => Peer::Inet(addr.as_socket().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "a UDP peer without an address")
+            })?),
+            DatagramSocket::Unix(..) => Peer::Unix(addr.as_pathname().map(Path::to_path_buf)),
+        };
+        Ok((count, peer))
+    }
+
+    /// Sends one datagram to `to`.
+    pub(crate) fn send_to(&self, data: &[u8], to: &Peer) -> io::Result<usize> {
+        match (self, to) {
+            (DatagramSocket::Udp(socket), Peer::Inet(addr)) => socket.send_to(data, addr),
+            (DatagramSocket::Unix(socket, _), Peer::Unix(Some(path))) => socket.send_to(data, path),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no address of this socket's family to send to",
+            )),
+        }
+    }
+
+    /// Switches between blocking and non-blocking mode.
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            DatagramSocket::Udp(socket) => socket.set_nonblocking(nonblocking),
+            DatagramSocket::Unix(socket, _) => socket.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Bounds how long a blocking send may wait for room (`None`: forever).
+    pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            DatagramSocket::Udp(socket) => socket.set_write_timeout(timeout),
+            DatagramSocket::Unix(socket, _) => socket.set_write_timeout(timeout),
+        }
+    }
+
+    /// Where the socket is bound.
+    pub(crate) fn listen_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            DatagramSocket::Udp(socket) => socket.local_addr().map(ListenAddr::Udp),
+            DatagramSocket::Unix(socket, _) => {
+                let addr = socket.local_addr()?;
+                let path = addr.as_pathname().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
+                })?;
+                Ok(ListenAddr::UnixDatagram(path.to_path_buf()))
+            }
+        }
+    }
+}
+
+impl AsFd for DatagramSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DatagramSocket::Udp(socket) => socket.as_fd(),
+            DatagramSocket::Unix(socket, _) => socket.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for DatagramSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr` (SO_REUSEPORT if configured). SO_REUSEADDR is not
+/// set: on UDP it would let a second server bind the same port and silently take its datagrams.
+pub(crate) fn bind_udp(addr: SocketAddr, config: &Config) -> io::Result<DatagramSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if config.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(DatagramSocket::Udp(socket.into()))
+}
+
+/// A non-blocking Unix-domain datagram socket bound at `path`; a stale socket file is replaced,
+/// a live one refused, and the file is removed when the socket closes.
+pub(crate) fn bind_unix_datagram(path: &Path) -> io::Result<DatagramSocket> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    remove_stale_socket(path, Type::DGRAM)?;
+    let socket = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    let guard = UnlinkOnDrop(path.to_path_buf());
+    Ok(DatagramSocket::Unix(
+        std::os::unix::net::UnixDatagram::from(OwnedFd::from(socket)),
+        Some(guard),
+    ))
+}
+
+/// A socket handed over by a parent process: a listener, or a datagram socket.
+#[derive(Debug)]
+pub(crate) enum Adopted {
+    Listener(Listener),
+    Datagram(DatagramSocket),
+}
+
+/// Takes over `fd`, a socket bound by another process, switching it to non-blocking mode. Its
+/// kind (TCP or Unix, stream or datagram) is read from the socket itself; a stream socket must
+/// be listening. A Unix socket file stays where it is when the socket closes here: it belongs to
+/// the process that bound it.
+pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Adopted> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::from(fd);
+    let (domain, kind) = (socket.domain()?, socket.r#type()?);
+    let inet = domain == Domain::IPV4 || domain == Domain::IPV6;
+    if kind == Type::STREAM && !socket.is_listener()? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the inherited stream socket is not listening",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    let fd = OwnedFd::from(socket);
+    Ok(match (inet, domain == Domain::UNIX, kind) {
+        (true, _, Type::STREAM) => Adopted::Listener(Listener::Tcp(
+            mio::net::TcpListener::from_std(std::net::TcpListener::from(fd)),
+        )),
+        (_, true, Type::STREAM) => Adopted::Listener(Listener::Unix(
+            mio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)),
+            None,
+        )),
+        (true, _, Type::DGRAM) => Adopted::Datagram(DatagramSocket::Udp(fd.into())),
+        (_, true, Type::DGRAM) => Adopted::Datagram(DatagramSocket::Unix(fd.into(), None)),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the inherited socket is not a TCP, UDP or Unix socket",
+            ))
+        }
+    })
 }

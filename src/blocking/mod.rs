@@ -23,6 +23,7 @@
 //! The acceptor waits on a `mio::Poll` (listener plus waker plus signals) so that a
 //! [`ServerHandle`](crate::ServerHandle) can wake it; handlers never touch the poll.
 
+pub(crate) mod datagram;
 pub(crate) mod pool;
 pub(crate) mod threads;
 
@@ -216,7 +217,7 @@ pub(crate) fn serve_connection<P: Protocol>(
         Ok(reason) => reason,
         Err(payload) => {
             let report = ErrorReport {
-                conn: id,
+                conn: Some(id),
                 peer,
                 message: panic_message(payload.as_ref()),
             };

@@ -25,6 +25,7 @@
 //! why the tests feed every protocol one byte at a time), and that a wish to close is honoured
 //! before the peer's own close or reset is noticed.
 
+mod datagram;
 mod echo;
 mod frame;
 mod line;
@@ -32,6 +33,7 @@ mod session;
 
 use std::time::{Duration, Instant};
 
+pub use datagram::{DatagramProtocol, Outbox, Outgoing, Peer};
 pub use echo::Echo;
 pub use frame::Frame;
 pub use line::Line;

@@ -332,7 +332,7 @@ impl<P: Protocol> Connection<P> {
             Err(payload) => {
                 core.output.clear();
                 let report = ErrorReport {
-                    conn: self.id,
+                    conn: Some(self.id),
                     peer: self.stream.peer_addr(),
                     message: panic_message(payload.as_ref()),
                 };

@@ -37,6 +37,7 @@ pub(crate) mod accept;
 pub mod buffer;
 pub mod completions;
 pub(crate) mod connection;
+pub(crate) mod datagram;
 pub mod timer;
 pub mod token;
 

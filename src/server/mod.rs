@@ -16,6 +16,10 @@
 //! (SIGINT/SIGTERM, or [`ServerHandle::shutdown`] from another thread). [`Server::spawn`] runs it
 //! on a thread of its own and returns a [`RunningServer`].
 
+mod datagram;
+
+pub use datagram::DatagramServer;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -36,11 +40,12 @@ use crate::reactor::{ErrorHook, Parts, Reactor, VerifyHook};
 use crate::worker::WorkerPool;
 
 /// What the error hook is told when a protocol callback panics (the counterpart of Python
-/// socketserver's `handle_error(request, client_address)`). The connection is already closed.
+/// socketserver's `handle_error(request, client_address)`). The connection is already closed;
+/// for a datagram server, the datagram's answers are discarded.
 #[derive(Debug, Clone)]
 pub struct ErrorReport {
-    /// The connection whose protocol failed.
-    pub conn: ConnId,
+    /// The connection whose protocol failed (`None` for a datagram server, which has none).
+    pub conn: Option<ConnId>,
     /// Its peer's address, if the socket could still tell.
     pub peer: Option<SocketAddr>,
     /// The panic message.
@@ -78,12 +83,33 @@ pub struct RunningServer {
     thread: JoinHandle<Result<()>>,
 }
 
-/// The TCP address of `addr`, or the unspecified address for a Unix socket.
+/// The IP address of `addr`, or the unspecified address for a Unix socket.
 fn tcp_addr(addr: &ListenAddr) -> SocketAddr {
-    match addr {
-        ListenAddr::Tcp(addr) => *addr,
-        ListenAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+    addr.socket_addr()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Joins the threads of a server's other loops; the first error (or panic) wins over `first`'s
+/// success.
+fn join_all(first: Result<()>, threads: Vec<JoinHandle<Result<()>>>) -> Result<()> {
+    let mut result = first;
+    for thread in threads {
+        let outcome = thread.join().unwrap_or_else(|payload| {
+            Err(Error::Panicked(crate::worker::panic_message(
+                payload.as_ref(),
+            )))
+        });
+        result = result.and(outcome);
     }
+    result
+}
+
+/// A new poll and the waker that interrupts it (for shutdown and worker results).
+fn poll_with_waker() -> Result<(Poll, Arc<Waker>)> {
+    let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
+    let waker =
+        Waker::new(poll.registry(), WAKER).map_err(|error| Error::io("creating a waker", error))?;
+    Ok((poll, Arc::new(waker)))
 }
 
 /// Starts the worker pool the configuration asks for (none for `workers = 0`).
@@ -100,11 +126,13 @@ fn default_error_hook(report: &ErrorReport) {
     let peer = report
         .peer
         .map_or_else(|| "unknown peer".to_string(), |peer| peer.to_string());
-    log::error!(
-        "{:?} ({peer}): protocol panicked: {}",
-        report.conn,
-        report.message
-    );
+    match report.conn {
+        Some(conn) => log::error!("{conn:?} ({peer}): protocol panicked: {}", report.message),
+        None => log::error!(
+            "datagram from {peer}: protocol panicked: {}",
+            report.message
+        ),
+    }
 }
 
 impl Server {
@@ -145,19 +173,11 @@ impl Server {
         Server::from_listener(listener, config)
     }
 
-    fn from_listener(listener: Listener, config: Config) -> Result<Server> {
-        let listen_addr = match &listener {
-            Listener::Tcp(listener) => ListenAddr::Tcp(
-                listener
-                    .local_addr()
-                    .map_err(|error| Error::io("reading the bound address", error))?,
-            ),
-            Listener::Unix(_, path) => ListenAddr::Unix(path.path().to_path_buf()),
-        };
-        let poll = Poll::new().map_err(|error| Error::io("creating the poll", error))?;
-        let waker = Waker::new(poll.registry(), WAKER)
-            .map_err(|error| Error::io("creating the waker", error))?;
-        let waker = Arc::new(waker);
+    pub(crate) fn from_listener(listener: Listener, config: Config) -> Result<Server> {
+        let listen_addr = listener
+            .listen_addr()
+            .map_err(|error| Error::io("reading the bound address", error))?;
+        let (poll, waker) = poll_with_waker()?;
         let stats = Arc::new(StatsSet::default());
         Ok(Server {
             config,
@@ -305,10 +325,10 @@ impl Server {
                 "several reactors need reuse_port set when binding".into(),
             ));
         }
-        let addr = match &self.listen_addr {
-            ListenAddr::Tcp(addr) => *addr,
-            ListenAddr::Unix(_) if reactors == 1 => SocketAddr::from(([0, 0, 0, 0], 0)),
-            ListenAddr::Unix(_) => {
+        let addr = match self.listen_addr.socket_addr() {
+            Some(addr) => addr,
+            None if reactors == 1 => SocketAddr::from(([0, 0, 0, 0], 0)),
+            None => {
                 return Err(Error::Config("several reactors need a TCP listener".into()));
             }
         };
@@ -329,10 +349,7 @@ impl Server {
         let mut threads = Vec::with_capacity(listeners.len());
         for (index, listener) in listeners.into_iter().enumerate() {
             let number = index + 1;
-            let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
-            let waker = Waker::new(poll.registry(), WAKER)
-                .map_err(|error| Error::io("creating a waker", error))?;
-            let waker = Arc::new(waker);
+            let (poll, waker) = poll_with_waker()?;
             self.shutdown.add_waker(waker.clone());
             let parts = Parts {
                 // Signals are taken by the first reactor, which passes shutdown on to all.
@@ -360,16 +377,7 @@ impl Server {
         let first = Reactor::new(self.into_first_reactor(pool, factory)).and_then(Reactor::run);
         // Whatever ended the first loop, the others must end too before this returns.
         shutdown.trigger();
-        let mut result = first;
-        for thread in threads {
-            let outcome = thread.join().unwrap_or_else(|payload| {
-                Err(Error::Panicked(crate::worker::panic_message(
-                    payload.as_ref(),
-                )))
-            });
-            result = result.and(outcome);
-        }
-        result
+        join_all(first, threads)
     }
 
     /// Like [`Server::serve_reactors`], on new threads.
@@ -431,6 +439,13 @@ impl Server {
         self.config.validate()?;
         let handle = self.handle();
         RunningServer::start(handle, "socketserver-reactor", move || self.serve(factory))
+    }
+}
+
+impl std::os::fd::AsFd for Server {
+    /// The listening socket (for handing to a [`Supervisor`](crate::prefork::Supervisor)).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 }
 

@@ -1,0 +1,400 @@
+//! Pre-forked worker processes: a supervisor and N workers sharing one listening socket — the
+//! counterpart of Python socketserver's `ForkingMixIn`, shaped like PHP-FPM's static process
+//! manager.
+//!
+//! The supervisor binds the socket, then starts each worker by running a command (normally this
+//! same program again) with the socket left open across `exec` and its descriptor number in the
+//! environment variable [`LISTEN_FD_ENV`]. A worker calls [`inherited`] to build its server on
+//! that socket and serves it with the ordinary reactor. All workers wait on the one socket, so
+//! the kernel hands each new connection (or datagram) to one of them; there is no handoff and
+//! no per-worker port.
+//!
+//! * **Isolation.** A worker is a process: a crash (a segfault, an abort, SIGKILL) loses only
+//!   the connections that worker held. The supervisor sees it exit and starts a replacement —
+//!   at once if it had run a while, after a growing delay (100 ms doubling to 5 s) if it keeps
+//!   dying young, so a worker that cannot start does not become a fork loop.
+//! * **Shutdown.** SIGINT or SIGTERM to the supervisor (or [`SupervisorHandle::shutdown`]) is
+//!   forwarded as SIGTERM to every worker, each of which drains gracefully; a worker still alive
+//!   `shutdown_timeout` plus one second later is killed.
+//! * **Orphans.** On Linux each worker asks the kernel for SIGTERM when its supervisor dies
+//!   (`PR_SET_PDEATHSIG`), so killing the supervisor outright does not leave workers holding the
+//!   port. (The signal follows the *thread* that started the worker: run the supervisor on a
+//!   thread that lives as long as it does.)
+//!
+//! Not provided: counters across processes (each worker keeps its own), or passing live
+//! connections between workers.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Waker};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::Config;
+use crate::error::{interrupted, Error, Result};
+use crate::net::{self, Adopted};
+use crate::reactor::completions::ShutdownSignal;
+use crate::reactor::token::{SIGNALS, WAKER};
+use crate::server::{DatagramServer, Server};
+
+/// The environment variable through which a worker learns its inherited socket's descriptor.
+pub const LISTEN_FD_ENV: &str = "SOCKETSERVER_LISTEN_FD";
+
+/// A worker that lived at least this long is restarted at once when it dies.
+const STABLE_AFTER: Duration = Duration::from_secs(1);
+/// First delay before restarting a worker that died young; doubled each time it does again.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+/// Longest delay between restarts of a worker that keeps dying young.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// How much longer than its own shutdown timeout a worker gets before it is killed.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// A server built on the socket inherited from a supervisor.
+pub enum Inherited {
+    /// A TCP or Unix stream listener.
+    Stream(Server),
+    /// A UDP or Unix datagram socket.
+    Datagram(DatagramServer),
+}
+
+/// Set once the inherited descriptor has been taken, so it is never owned twice.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// If this process was started by a [`Supervisor`], the server on the socket it inherited,
+/// configured with `config`; `None` if [`LISTEN_FD_ENV`] is not set. The descriptor is taken
+/// once: a second call answers `None`. Settings applied at bind time (the backlog,
+/// SO_REUSEPORT) are the supervisor's.
+pub fn inherited(config: Config) -> Result<Option<Inherited>> {
+    let Some(value) = std::env::var_os(LISTEN_FD_ENV) else {
+        return Ok(None);
+    };
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(None);
+    }
+    config.validate()?;
+    let fd: RawFd = value
+        .to_str()
+        .and_then(|text| text.parse().ok())
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| Error::Config(format!("{LISTEN_FD_ENV} is not a descriptor number")))?;
+    // SAFETY: the supervisor left this descriptor open for this process alone, and `TAKEN`
+    // makes sure it is wrapped at most once. If it is not a socket, `adopt` fails and the
+    // wrapper closes it, which is right for a descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let adopted =
+        net::adopt(fd).map_err(|error| Error::io("adopting the inherited socket", error))?;
+    let server = match adopted {
+        Adopted::Listener(listener) => Inherited::Stream(Server::from_listener(listener, config)?),
+        Adopted::Datagram(socket) => {
+            Inherited::Datagram(DatagramServer::from_socket(socket, config)?)
+        }
+    };
+    Ok(Some(server))
+}
+
+/// Runs and watches the worker processes; see the [module documentation](self).
+pub struct Supervisor {
+    processes: usize,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+    poll: Poll,
+    shutdown: Arc<ShutdownSignal>,
+    pids: Arc<Mutex<Vec<u32>>>,
+}
+
+/// Controls a running [`Supervisor`] from another thread.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    shutdown: Arc<ShutdownSignal>,
+    pids: Arc<Mutex<Vec<u32>>>,
+}
+
+/// One worker slot: the process in it now, or when the next one starts.
+struct Slot {
+    child: Option<Child>,
+    started: Instant,
+    /// When to start a replacement (set while the slot is empty).
+    restart_at: Option<Instant>,
+    /// The delay before the next restart if this worker also dies young.
+    delay: Duration,
+}
+
+impl Supervisor {
+    /// A supervisor for `processes` workers (1..=1024), forwarding SIGINT/SIGTERM, giving workers
+    /// [`Config::shutdown_timeout`]'s default to drain.
+    pub fn new(processes: usize) -> Result<Supervisor> {
+        if !(1..=1024).contains(&processes) {
+            return Err(Error::Config(format!(
+                "processes {processes} is outside 1..=1024"
+            )));
+        }
+        let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|error| Error::io("creating a waker", error))?;
+        Ok(Supervisor {
+            processes,
+            shutdown_timeout: Config::default().shutdown_timeout,
+            handle_signals: true,
+            poll,
+            shutdown: Arc::new(ShutdownSignal::new(Arc::new(waker))),
+            pids: Arc::default(),
+        })
+    }
+
+    /// How long workers get to drain at shutdown (they should be configured the same); after
+    /// this plus a second, a worker still running is killed.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether SIGINT/SIGTERM to this process shut the workers down (default true).
+    pub fn handle_signals(mut self, handle: bool) -> Self {
+        self.handle_signals = handle;
+        self
+    }
+
+    /// A handle for stopping the supervisor and listing its workers from another thread.
+    pub fn handle(&self) -> SupervisorHandle {
+        SupervisorHandle {
+            shutdown: self.shutdown.clone(),
+            pids: self.pids.clone(),
+        }
+    }
+
+    /// Starts the workers on `socket`, each from `command(index)`, then keeps them running until
+    /// shutdown. The commands get [`LISTEN_FD_ENV`] set and standard input closed; the rest of
+    /// their environment and output is theirs. Fails at once if the first workers cannot start.
+    pub fn run(
+        mut self,
+        socket: &impl AsFd,
+        mut command: impl FnMut(usize) -> Command,
+    ) -> Result<()> {
+        let fd = socket.as_fd().as_raw_fd();
+        let mut signals = if self.handle_signals {
+            Signals::new([SIGINT, SIGTERM, SIGCHLD])
+        } else {
+            Signals::new([SIGCHLD])
+        }
+        .map_err(|error| Error::io("installing signal handlers", error))?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|error| Error::io("registering signals", error))?;
+        let mut slots = Vec::with_capacity(self.processes);
+        for index in 0..self.processes {
+            let started = Instant::now();
+            let child = start_worker(&mut command(index), fd)
+                .map_err(|error| Error::io(format!("starting worker {index}"), error));
+            match child {
+                Ok(child) => {
+                    log::info!("worker {index} started (pid {})", child.id());
+                    slots.push(Slot {
+                        child: Some(child),
+                        started,
+                        restart_at: None,
+                        delay: FIRST_RESTART_DELAY,
+                    })
+                }
+                Err(error) => {
+                    stop_all(&mut slots);
+                    return Err(error);
+                }
+            }
+        }
+        self.publish_pids(&slots);
+        let mut events = Events::with_capacity(8);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let wake_at = slots
+                .iter()
+                .filter_map(|slot| slot.restart_at)
+                .chain(deadline)
+                .min();
+            let timeout = wake_at.map(|at| at.saturating_duration_since(now));
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if !interrupted(&error) {
+                    stop_all(&mut slots);
+                    return Err(Error::io("polling", error));
+                }
+            }
+            let mut stop_requested = self.shutdown.is_requested();
+            for signal in signals.pending() {
+                if signal != SIGCHLD {
+                    stop_requested = true;
+                }
+            }
+            let now = Instant::now();
+            reap(&mut slots, now, deadline.is_none());
+            if stop_requested && deadline.is_none() {
+                log::info!("shutting down: asking every worker to drain");
+                deadline = Some(now + self.shutdown_timeout + KILL_GRACE);
+                for slot in &mut slots {
+                    slot.restart_at = None;
+                    if let Some(child) = &slot.child {
+                        signal_worker(child, libc::SIGTERM);
+                    }
+                }
+            }
+            match deadline {
+                Some(_) if slots.iter().all(|slot| slot.child.is_none()) => break,
+                Some(at) if now >= at => {
+                    log::warn!("workers still running at the shutdown deadline: killing them");
+                    stop_all(&mut slots);
+                    break;
+                }
+                Some(_) => {}
+                None => restart_due(&mut slots, &mut command, fd, now),
+            }
+            self.publish_pids(&slots);
+        }
+        self.publish_pids(&slots);
+        log::debug!("supervisor stopped");
+        Ok(())
+    }
+
+    fn publish_pids(&self, slots: &[Slot]) {
+        let pids = slots
+            .iter()
+            .filter_map(|slot| slot.child.as_ref().map(Child::id))
+            .collect();
+        *lock(&self.pids) = pids;
+    }
+}
+
+impl SupervisorHandle {
+    /// Starts the shutdown: every worker is asked to drain; returns at once.
+    pub fn shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// The process ids of the workers running now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        lock(&self.pids).clone()
+    }
+}
+
+fn lock(pids: &Mutex<Vec<u32>>) -> std::sync::MutexGuard<'_, Vec<u32>> {
+    // The list is replaced whole under the lock; a poisoned lock still holds a whole list.
+    pids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts one worker with `fd` left open across exec and named in its environment.
+fn start_worker(command: &mut Command, fd: RawFd) -> io::Result<Child> {
+    // SAFETY: `getpid` has no preconditions.
+    let supervisor = unsafe { libc::getpid() };
+    command
+        .env(LISTEN_FD_ENV, fd.to_string())
+        .stdin(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec, and calls only fcntl, prctl
+    // and getppid, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // The socket was opened close-on-exec; keep it open for this one child.
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            #[cfg(target_os = "linux")]
+            {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The supervisor may have died before the request took effect.
+                if libc::getppid() != supervisor {
+                    return Err(io::Error::other("the supervisor exited"));
+                }
+            }
+            Ok(())
+        })
+    };
+    #[cfg(not(target_os = "linux"))]
+    let _ = supervisor;
+    command.spawn()
+}
+
+/// Collects workers that exited; if `restart`, schedules their replacements.
+fn reap(slots: &mut [Slot], now: Instant, restart: bool) {
+    for (index, slot) in slots.iter_mut().enumerate() {
+        let Some(child) = &mut slot.child else {
+            continue;
+        };
+        let status = match child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            Err(error) => {
+                log::warn!("waiting for worker {index}: {error}");
+                continue;
+            }
+        };
+        let pid = child.id();
+        slot.child = None;
+        if !restart {
+            log::debug!("worker {index} (pid {pid}) exited: {status}");
+            continue;
+        }
+        let delay = if now.duration_since(slot.started) >= STABLE_AFTER {
+            slot.delay = FIRST_RESTART_DELAY;
+            Duration::ZERO
+        } else {
+            let delay = slot.delay;
+            slot.delay = (slot.delay * 2).min(MAX_RESTART_DELAY);
+            delay
+        };
+        log::warn!("worker {index} (pid {pid}) exited ({status}); restarting in {delay:?}");
+        slot.restart_at = Some(now + delay);
+    }
+}
+
+/// Starts the replacements that are due.
+fn restart_due(
+    slots: &mut [Slot],
+    command: &mut impl FnMut(usize) -> Command,
+    fd: RawFd,
+    now: Instant,
+) {
+    for (index, slot) in slots.iter_mut().enumerate() {
+        if slot.restart_at.is_none_or(|at| at > now) {
+            continue;
+        }
+        slot.started = now;
+        match start_worker(&mut command(index), fd) {
+            Ok(child) => {
+                log::info!("worker {index} started (pid {})", child.id());
+                slot.child = Some(child);
+                slot.restart_at = None;
+            }
+            Err(error) => {
+                log::error!("starting worker {index}: {error}");
+                slot.restart_at = Some(now + slot.delay);
+                slot.delay = (slot.delay * 2).min(MAX_RESTART_DELAY);
+            }
+        }
+    }
+}
+
+fn signal_worker(child: &Child, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: `pid` is a child not yet waited for, so it cannot have been reused.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Kills and waits for every worker still running.
+fn stop_all(slots: &mut [Slot]) {
+    for slot in slots.iter_mut() {
+        slot.restart_at = None;
+        if let Some(mut child) = slot.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
