@@ -31,7 +31,7 @@ fn serve_prints_its_address_first_and_serves_every_protocol() {
 
 #[test]
 fn every_model_serves_and_exits_cleanly_on_sigterm() {
-    for model in ["reactor", "reactors", "threads", "pool"] {
+    for model in ["reactor", "reactors", "threads", "pool", "prefork"] {
         let server = Cli::start(
             &[
                 "serve",
@@ -41,6 +41,8 @@ fn every_model_serves_and_exits_cleanly_on_sigterm() {
                 model,
                 "--threads",
                 "4",
+                "--processes",
+                "2",
             ],
             None,
         );
@@ -65,6 +67,41 @@ fn every_model_serves_and_exits_cleanly_on_sigterm() {
 }
 
 #[test]
+fn every_model_serves_udp_and_exits_cleanly_on_sigterm() {
+    for model in ["reactor", "reactors", "threads", "pool", "prefork"] {
+        let server = Cli::start(
+            &[
+                "serve",
+                "--udp",
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--processes",
+                "2",
+            ],
+            None,
+        );
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+        client.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        for round in 0..3 {
+            let message = format!("{model} {round}");
+            client
+                .send_to(message.as_bytes(), server.addr)
+                .expect("send");
+            let mut answer = [0; 64];
+            let count = client.recv(&mut answer).expect("an answer");
+            assert_eq!(&answer[..count], message.as_bytes(), "{model}");
+        }
+        let (status, stderr) = server.terminate();
+        assert!(
+            status.success(),
+            "{model}: exit status {status:?}, stderr: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn sigterm_closes_connections_and_exits_cleanly() {
     let server = Cli::start(&["serve", "--protocol", "echo"], None);
     let mut stream = connect(server.addr);
@@ -81,8 +118,10 @@ fn sigterm_closes_connections_and_exits_cleanly() {
 
 #[test]
 fn bad_arguments_get_a_clear_message_and_a_failing_exit() {
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 8] = [
         &["serve", "--protocol", "gopher"],
+        &["serve", "--udp", "--protocol", "line"],
+        &["serve", "--model", "prefork", "--processes", "0"],
         &["serve", "--model", "fibers"],
         &["serve", "--model", "pool", "--threads", "0"],
         &["serve", "--max-connections", "0"],

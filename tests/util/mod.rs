@@ -204,15 +204,29 @@ pub struct Cli {
 
 impl Cli {
     /// Starts `socketserver ARGS` (with `--addr 127.0.0.1:0`) and waits for its first line,
-    /// which must be exactly `listening on <addr>`. `max_files` lowers RLIMIT_NOFILE in the
-    /// child only.
+    /// which must be exactly `listening on <addr>` (`udp:<addr>` for a UDP server).
+    /// `max_files` lowers RLIMIT_NOFILE in the child only.
     pub fn start(args: &[&str], max_files: Option<u64>) -> Cli {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--addr", "127.0.0.1:0"]);
+        let (child, listening) = Cli::spawn(&all, max_files);
+        let addr = listening
+            .strip_prefix("udp:")
+            .unwrap_or(&listening)
+            .parse()
+            .unwrap_or_else(|_| panic!("not an address: {listening:?}"));
+        Cli { child, addr }
+    }
+
+    /// Starts `socketserver ARGS` as given and returns the child and what its first line says
+    /// after `listening on `.
+    pub fn spawn(args: &[&str], max_files: Option<u64>) -> (std::process::Child, String) {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_socketserver"));
-        command.args(args).args(["--addr", "127.0.0.1:0"]);
+        command.args(args);
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(limit) = max_files {
             let rlimit = libc::rlimit {
@@ -241,13 +255,12 @@ impl Cli {
         let first = receiver
             .recv_timeout(TIMEOUT)
             .expect("the server printed its first line");
-        let addr = first
+        let listening = first
             .strip_prefix("listening on ")
             .and_then(|rest| rest.strip_suffix('\n'))
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .expect("an address on the first line");
-        Cli { child, addr }
+            .to_string();
+        (child, listening)
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
