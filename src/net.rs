@@ -1,4 +1,4 @@
-//! Transports: TCP and Unix-domain stream sockets behind one [`Listener`] and one `Stream`, UDP
+//! Transports: TCP and Unix-domain stream sockets behind one `Listener` and one `Stream`, UDP
 //! and Unix-domain datagram sockets behind one `DatagramSocket`, so the reactor and the
 //! blocking drivers never name a transport; and binding (SO_REUSEADDR, SO_REUSEPORT, the listen
 //! backlog, stale Unix socket files), plus per-connection options.

@@ -41,7 +41,15 @@ impl fmt::Display for Peer {
     }
 }
 
-/// A sans-IO datagram protocol. See the [module documentation](self) for the contract.
+/// A sans-IO datagram protocol: one whole datagram in with its sender's [`Peer`], answers out
+/// through an [`Outbox`]; the driver owns the socket.
+///
+/// One instance serves one socket on one thread, so it may keep state across datagrams. A
+/// panic discards the answers that call queued and the instance itself: the driver reports it
+/// to the error hook, makes a fresh instance from the factory, and goes on. Datagrams over
+/// [`Config::max_datagram_bytes`](crate::Config::max_datagram_bytes) are dropped before any
+/// protocol sees them; the outbox holds at most
+/// [`Config::datagram_queue`](crate::Config::datagram_queue) answers.
 pub trait DatagramProtocol: 'static {
     /// One whole datagram from `from`. Queue answers in `out`; they are sent in order.
     fn on_datagram(&mut self, datagram: &[u8], from: &Peer, out: &mut Outbox);
