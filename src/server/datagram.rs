@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use mio::Poll;
 
-use super::{default_error_hook, poll_with_waker, ErrorReport, RunningServer, ServerHandle};
+use super::{
+    bind_first, default_error_hook, more_sockets, poll_with_waker, ErrorReport, RunningServer,
+    ServerHandle,
+};
 use crate::blocking::datagram::DatagramDriver;
 use crate::blocking::Model;
 use crate::config::Config;
@@ -54,17 +57,8 @@ impl DatagramServer {
     /// Binds a UDP socket at `addr` with `config` (validated first).
     pub fn bind_with(addr: impl ToSocketAddrs, config: Config) -> Result<DatagramServer> {
         config.validate()?;
-        let mut last_error = None;
-        let addrs = addr
-            .to_socket_addrs()
-            .map_err(|error| Error::io("resolving the address", error))?;
-        for addr in addrs {
-            match net::bind_udp(addr, &config) {
-                Ok(socket) => return DatagramServer::from_socket(socket, config),
-                Err(error) => last_error = Some(Error::io(format!("binding {addr}"), error)),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::Config("the address resolved to nothing".into())))
+        let socket = bind_first(addr, |addr| net::bind_udp(addr, &config))?;
+        DatagramServer::from_socket(socket, config)
     }
 
     /// Binds a Unix-domain datagram socket at `path` with the default [`Config`]. A stale socket
@@ -217,27 +211,9 @@ impl DatagramServer {
 
     /// Binds the sockets of loops 1.. before any datagram can arrive.
     fn bind_more_sockets(&self, loops: usize) -> Result<Vec<DatagramSocket>> {
-        self.config.validate()?;
-        if !(1..=1024).contains(&loops) {
-            return Err(Error::Config(format!("loops {loops} is outside 1..=1024")));
-        }
-        if loops == 1 {
-            return Ok(Vec::new());
-        }
-        if !self.config.reuse_port {
-            return Err(Error::Config(
-                "several loops need reuse_port set when binding".into(),
-            ));
-        }
-        let Some(addr) = self.listen_addr.socket_addr() else {
-            return Err(Error::Config("several loops need a UDP socket".into()));
-        };
-        (1..loops)
-            .map(|_| {
-                net::bind_udp(addr, &self.config)
-                    .map_err(|error| Error::io(format!("binding {addr} again"), error))
-            })
-            .collect()
+        more_sockets(&self.config, &self.listen_addr, loops, |addr| {
+            net::bind_udp(addr, &self.config)
+        })
     }
 
     fn run_loops<P, F>(self, sockets: Vec<DatagramSocket>, factory: F) -> Result<()>

@@ -89,6 +89,56 @@ fn tcp_addr(addr: &ListenAddr) -> SocketAddr {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
+/// Binds the first address `addr` resolves to that `bind` succeeds with; the error says which
+/// address failed last.
+fn bind_first<T>(
+    addr: impl ToSocketAddrs,
+    mut bind: impl FnMut(SocketAddr) -> std::io::Result<T>,
+) -> Result<T> {
+    let mut last_error = None;
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|error| Error::io("resolving the address", error))?;
+    for addr in addrs {
+        match bind(addr) {
+            Ok(socket) => return Ok(socket),
+            Err(error) => last_error = Some(Error::io(format!("binding {addr}"), error)),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::Config("the address resolved to nothing".into())))
+}
+
+/// The sockets of loops 1..`loops` of a server bound at `listen_addr` (loop 0 has the server's
+/// own), each bound by `bind` on the same address with SO_REUSEPORT, all before any client can
+/// arrive so that the kernel spreads them over every loop from the start.
+fn more_sockets<T>(
+    config: &Config,
+    listen_addr: &ListenAddr,
+    loops: usize,
+    bind: impl Fn(SocketAddr) -> std::io::Result<T>,
+) -> Result<Vec<T>> {
+    config.validate()?;
+    if !(1..=1024).contains(&loops) {
+        return Err(Error::Config(format!("loops {loops} is outside 1..=1024")));
+    }
+    if loops == 1 {
+        return Ok(Vec::new());
+    }
+    if !config.reuse_port {
+        return Err(Error::Config(
+            "several loops need reuse_port set when binding".into(),
+        ));
+    }
+    let Some(addr) = listen_addr.socket_addr() else {
+        return Err(Error::Config(
+            "several loops need a TCP or UDP socket (SO_REUSEPORT)".into(),
+        ));
+    };
+    (1..loops)
+        .map(|_| bind(addr).map_err(|error| Error::io(format!("binding {addr} again"), error)))
+        .collect()
+}
+
 /// Joins the threads of a server's other loops; the first error (or panic) wins over `first`'s
 /// success.
 fn join_all(first: Result<()>, threads: Vec<JoinHandle<Result<()>>>) -> Result<()> {
@@ -145,17 +195,8 @@ impl Server {
     /// Binds `addr` with `config` (validated first; the backlog is applied at bind time).
     pub fn bind_with(addr: impl ToSocketAddrs, config: Config) -> Result<Server> {
         config.validate()?;
-        let mut last_error = None;
-        let addrs = addr
-            .to_socket_addrs()
-            .map_err(|error| Error::io("resolving the address", error))?;
-        for addr in addrs {
-            match net::listen_tcp(addr, &config) {
-                Ok(listener) => return Server::from_listener(listener, config),
-                Err(error) => last_error = Some(Error::io(format!("binding {addr}"), error)),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::Config("the address resolved to nothing".into())))
+        let listener = bind_first(addr, |addr| net::listen_tcp(addr, &config))?;
+        Server::from_listener(listener, config)
     }
 
     /// Binds a Unix-domain stream socket at `path` with the default [`Config`]. A stale socket
@@ -314,30 +355,9 @@ impl Server {
     /// Binds the listeners of reactors 1.. (reactor 0 has the server's own), all before any
     /// client can connect, so the kernel spreads connections over every one from the start.
     fn bind_more_listeners(&self, reactors: usize) -> Result<Vec<Listener>> {
-        self.config.validate()?;
-        if !(1..=1024).contains(&reactors) {
-            return Err(Error::Config(format!(
-                "reactors {reactors} is outside 1..=1024"
-            )));
-        }
-        if reactors > 1 && !self.config.reuse_port {
-            return Err(Error::Config(
-                "several reactors need reuse_port set when binding".into(),
-            ));
-        }
-        let addr = match self.listen_addr.socket_addr() {
-            Some(addr) => addr,
-            None if reactors == 1 => SocketAddr::from(([0, 0, 0, 0], 0)),
-            None => {
-                return Err(Error::Config("several reactors need a TCP listener".into()));
-            }
-        };
-        (1..reactors)
-            .map(|_| {
-                net::listen_tcp(addr, &self.config)
-                    .map_err(|error| Error::io(format!("binding {addr} again"), error))
-            })
-            .collect()
+        more_sockets(&self.config, &self.listen_addr, reactors, |addr| {
+            net::listen_tcp(addr, &self.config)
+        })
     }
 
     fn run_reactors<P, F>(self, listeners: Vec<Listener>, factory: F) -> Result<()>
