@@ -473,3 +473,16 @@ fn many_peers_are_all_answered_by_several_loops() {
     });
     server.shutdown().expect("clean shutdown");
 }
+
+#[test]
+fn blocking_receivers_serve_with_a_zero_shutdown_timeout() {
+    // Regression: a zero send timeout is refused by the socket; the driver must not pass one on.
+    let config = Config {
+        shutdown_timeout: std::time::Duration::ZERO,
+        ..config_for(Flavour::Pool)
+    };
+    let server = start(bind_udp(Flavour::Pool, config), Flavour::Pool, || Echo);
+    let client = Client::for_server(&server, "zero-timeout");
+    assert_eq!(client.round_trip(b"still served"), b"still served");
+    server.shutdown().expect("clean shutdown");
+}

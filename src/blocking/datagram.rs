@@ -16,6 +16,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::{Events, Poll};
 
@@ -60,7 +61,11 @@ impl<F> DatagramDriver<F> {
         } = self;
         socket
             .set_nonblocking(false)
-            .and_then(|()| socket.set_write_timeout(Some(config.shutdown_timeout)))
+            // A zero timeout would mean "wait forever" to the socket: wait at least 1 ms.
+            .and_then(|()| {
+                let timeout = config.shutdown_timeout.max(Duration::from_millis(1));
+                socket.set_write_timeout(Some(timeout))
+            })
             .map_err(|error| Error::io("setting up the socket", error))?;
         let mut signals = register_signals(poll.registry(), &config)?;
         let socket = Arc::new(socket);
