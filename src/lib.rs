@@ -62,6 +62,7 @@
 pub mod blocking;
 pub mod config;
 pub mod error;
+pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod prefork;

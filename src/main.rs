@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use socketserver::load::{LoadConfig, LoadProtocol};
 use socketserver::prefork::{self, Inherited, Supervisor};
 use socketserver::protocol::{Echo, Frame, Line, Protocol};
 use socketserver::{Config, DatagramServer, Error, Model, Server};
@@ -29,6 +30,71 @@ struct Cli {
 enum Command {
     /// Run a server until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Put a server under load for a bounded time and report throughput and latency.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The server to load.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: std::net::SocketAddr,
+    /// The request format (each answer is the request itself).
+    #[arg(long, value_enum, default_value = "echo")]
+    protocol: ProtocolName,
+    /// Connections to open.
+    #[arg(long, default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    connections: u64,
+    /// Seconds of measurement, after the warm-up.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Payload bytes per request.
+    #[arg(long, default_value_t = 64)]
+    message_bytes: usize,
+    /// Open loop at this many requests per second in all (latency from each request's intended
+    /// send time); without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load(args: LoadArgs) -> socketserver::Result<()> {
+    let seconds = |value: f64, name: &str| {
+        if value.is_finite() && (0.0..=3600.0).contains(&value) {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(Error::Config(format!(
+                "{name} must be within 0..=3600 seconds"
+            )))
+        }
+    };
+    let config = LoadConfig {
+        addr: args.addr,
+        protocol: match args.protocol {
+            ProtocolName::Echo => LoadProtocol::Echo,
+            ProtocolName::Line => LoadProtocol::Line,
+            ProtocolName::Frame => LoadProtocol::Frame,
+        },
+        connections: args.connections as usize,
+        duration: seconds(args.duration, "--duration")?,
+        warmup: seconds(args.warmup, "--warmup")?,
+        message_bytes: args.message_bytes,
+        rate: args.rate,
+        ..LoadConfig::default()
+    };
+    let report = socketserver::load::run(&config)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -241,6 +307,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Load(args) => load(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

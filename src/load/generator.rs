@@ -1,0 +1,435 @@
+//! The load generator's loop: every connection on one `mio::Poll`, open-loop schedules in a
+//! min-heap of due times, latencies into one HdrHistogram.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use super::{Latency, LoadConfig, Report};
+use crate::error::{interrupted, would_block, Error, Result};
+
+/// Connections per loopback source address: well inside the usual ephemeral port range.
+const PER_SOURCE: usize = 25_000;
+/// The largest latency recorded exactly (an hour, in microseconds); longer ones saturate.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Ready,
+    Gone,
+}
+
+/// One client connection.
+struct Client {
+    stream: Option<TcpStream>,
+    state: State,
+    /// A request is written (or being written) and its answer is not complete.
+    in_flight: bool,
+    /// Bytes of the request in flight written so far.
+    written: usize,
+    /// Bytes of the answer in flight received so far.
+    received: usize,
+    /// When the request in flight was meant to be sent (closed loop: when it was sent).
+    intended: Instant,
+    /// Open loop: the index, in this connection's schedule, of its next request.
+    next_index: u32,
+    /// Open loop: when this connection's request 0 is due.
+    first_due: Instant,
+}
+
+/// Counters of one run.
+#[derive(Default)]
+struct Counts {
+    connected: usize,
+    failed_connects: usize,
+    errors: usize,
+    requests_sent: u64,
+    answers: u64,
+    in_flight: usize,
+}
+
+/// Runs one load as `config` describes; see the [module documentation](super).
+pub fn run(config: &LoadConfig) -> Result<Report> {
+    validate(config)?;
+    let request = config.protocol.request(config.message_bytes);
+    let mut poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
+    let histogram = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .map_err(|error| Error::Config(format!("latency histogram: {error}")))?;
+    let start = Instant::now();
+    let record_from = start + config.warmup;
+    let stop_at = record_from + config.duration;
+    let connect_deadline = start + config.connect_timeout;
+    // Open loop: each connection sends every `interval`, the connections evenly staggered.
+    let interval = config
+        .rate
+        .map(|rate| Duration::from_secs_f64(config.connections as f64 / rate));
+    let mut counts = Counts::default();
+    let mut clients = Vec::with_capacity(config.connections);
+    for index in 0..config.connections {
+        let first_due = interval.map_or(start, |interval| {
+            start + interval.mul_f64(index as f64 / config.connections as f64)
+        });
+        let mut client = Client {
+            stream: None,
+            state: State::Gone,
+            in_flight: false,
+            written: 0,
+            received: 0,
+            intended: start,
+            next_index: 0,
+            first_due,
+        };
+        match open(config.addr, index, config.connections) {
+            Ok(mut stream) => {
+                poll.registry()
+                    .register(
+                        &mut stream,
+                        Token(index),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(|error| Error::io("registering a connection", error))?;
+                client.stream = Some(stream);
+                client.state = State::Connecting;
+            }
+            Err(error) => {
+                log::debug!("connection {index}: {error}");
+                counts.failed_connects += 1;
+            }
+        }
+        clients.push(client);
+    }
+    let mut connecting = clients
+        .iter()
+        .filter(|client| client.state == State::Connecting)
+        .count();
+
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut events = Events::with_capacity(1024);
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut draining: Option<Instant> = None;
+    let mut run = Run {
+        request: &request,
+        interval,
+        record_from,
+        counts,
+        histogram,
+    };
+    loop {
+        let now = Instant::now();
+        if draining.is_none() && now >= stop_at {
+            draining = Some(now + config.drain_timeout);
+            due.clear();
+        }
+        if let Some(deadline) = draining {
+            if run.counts.in_flight == 0 || now >= deadline {
+                break;
+            }
+        }
+        if connecting > 0 && now >= connect_deadline {
+            for client in clients.iter_mut().filter(|c| c.state == State::Connecting) {
+                run.drop_client(client, &poll, false);
+                run.counts.failed_connects += 1;
+            }
+            connecting = 0;
+        }
+        let wake_at = [
+            due.peek().map(|Reverse((at, _))| *at),
+            Some(draining.unwrap_or(stop_at)),
+            (connecting > 0).then_some(connect_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        // The poll's timeout has millisecond granularity and rounds up, which would send
+        // open-loop requests up to a millisecond late and charge that to the server: sleep
+        // through all but the last millisecond, then poll without sleeping until it is due.
+        let timeout = wake_at.map(|at| {
+            at.saturating_duration_since(now)
+                .saturating_sub(Duration::from_millis(1))
+        });
+        if let Err(error) = poll.poll(&mut events, timeout) {
+            if !interrupted(&error) {
+                return Err(Error::io("polling", error));
+            }
+        }
+        let now = Instant::now();
+        let sending = draining.is_none();
+        for event in events.iter() {
+            let index = event.token().0;
+            let Some(client) = clients.get_mut(index) else {
+                continue;
+            };
+            match client.state {
+                State::Connecting
+                    if event.is_writable() || event.is_error() || event.is_write_closed() =>
+                {
+                    connecting -= 1;
+                    if !connected(client) {
+                        run.drop_client(client, &poll, false);
+                        run.counts.failed_connects += 1;
+                        continue;
+                    }
+                    client.state = State::Ready;
+                    run.counts.connected += 1;
+                    if sending {
+                        run.next_request(client, index, now, &mut due, &poll);
+                    }
+                }
+                State::Ready => {
+                    if event.is_writable() && client.in_flight {
+                        run.write(client, &poll);
+                    }
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        run.read(client, index, &mut scratch, sending, &mut due, &poll);
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(Reverse((at, index))) = due.peek().copied() {
+            if at > now || !sending {
+                break;
+            }
+            due.pop();
+            let client = &mut clients[index];
+            if client.state == State::Ready && !client.in_flight {
+                run.send(client, at, &poll);
+            }
+        }
+    }
+    let Run {
+        counts, histogram, ..
+    } = run;
+    let seconds = config.duration.as_secs_f64();
+    let recorded = histogram.len();
+    let quantile = |q: f64| histogram.value_at_quantile(q) as f64;
+    Ok(Report {
+        connections: config.connections,
+        connected: counts.connected,
+        failed_connects: counts.failed_connects,
+        errors: counts.errors,
+        requests_sent: counts.requests_sent,
+        answers: counts.answers,
+        recorded,
+        rate: recorded as f64 / seconds,
+        target_rate: config.rate,
+        seconds,
+        latency: if recorded == 0 {
+            Latency::default()
+        } else {
+            Latency {
+                p50_us: quantile(0.50),
+                p90_us: quantile(0.90),
+                p99_us: quantile(0.99),
+                p999_us: quantile(0.999),
+                max_us: histogram.max() as f64,
+            }
+        },
+    })
+}
+
+fn validate(config: &LoadConfig) -> Result<()> {
+    let check = |ok: bool, message: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Config(message.into()))
+        }
+    };
+    check(
+        (1..=100_000).contains(&config.connections),
+        "connections must be within 1..=100000",
+    )?;
+    check(
+        (1..=1 << 20).contains(&config.message_bytes),
+        "message_bytes must be within 1..=1048576",
+    )?;
+    check(
+        config.duration > Duration::ZERO && config.duration <= Duration::from_secs(3600),
+        "duration must be within (0, 1h]",
+    )?;
+    check(
+        config.warmup <= Duration::from_secs(3600),
+        "warmup must be at most 1h",
+    )?;
+    check(
+        config
+            .rate
+            .is_none_or(|rate| rate.is_finite() && (1.0..=10_000_000.0).contains(&rate)),
+        "rate must be within 1..=10000000 requests per second",
+    )?;
+    check(
+        config.connect_timeout > Duration::ZERO && config.drain_timeout <= Duration::from_secs(60),
+        "connect_timeout must be positive and drain_timeout at most 60s",
+    )
+}
+
+/// Starts a non-blocking connect; past `PER_SOURCE` connections to a loopback IPv4 address,
+/// from 127.0.0.2, 127.0.0.3, … so that each source has its own ephemeral ports.
+fn open(addr: SocketAddr, index: usize, connections: usize) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let IpAddr::V4(ip) = addr.ip() {
+        if ip.is_loopback() && connections > PER_SOURCE {
+            let host = 1 + (index / PER_SOURCE) as u8;
+            let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0));
+            socket.bind(&source.into())?;
+        }
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) || would_block(&error) => {}
+        Err(error) => return Err(error),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// Whether a connect that reported writable succeeded.
+fn connected(client: &Client) -> bool {
+    let Some(stream) = &client.stream else {
+        return false;
+    };
+    match stream.take_error() {
+        Ok(None) => stream.peer_addr().is_ok(),
+        _ => false,
+    }
+}
+
+/// What the per-connection steps share.
+struct Run<'a> {
+    request: &'a [u8],
+    interval: Option<Duration>,
+    record_from: Instant,
+    counts: Counts,
+    histogram: Histogram<u64>,
+}
+
+impl Run<'_> {
+    /// Sends this connection's next request: at once in closed loop; in open loop at its due
+    /// time, which may already have passed (then it leaves now, charged from that time).
+    fn next_request(
+        &mut self,
+        client: &mut Client,
+        index: usize,
+        now: Instant,
+        due: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+        poll: &Poll,
+    ) {
+        let Some(interval) = self.interval else {
+            self.send(client, now, poll);
+            return;
+        };
+        let at = client.first_due + interval * client.next_index;
+        if at <= now {
+            self.send(client, at, poll);
+        } else {
+            due.push(Reverse((at, index)));
+        }
+    }
+
+    fn send(&mut self, client: &mut Client, intended: Instant, poll: &Poll) {
+        client.in_flight = true;
+        client.written = 0;
+        client.received = 0;
+        client.intended = intended;
+        client.next_index = client.next_index.saturating_add(1);
+        self.counts.requests_sent += 1;
+        self.counts.in_flight += 1;
+        self.write(client, poll);
+    }
+
+    /// Writes what is left of the request; the rest waits for the next writable event.
+    fn write(&mut self, client: &mut Client, poll: &Poll) {
+        let Some(stream) = client.stream.as_mut() else {
+            return;
+        };
+        while client.written < self.request.len() {
+            match stream.write(&self.request[client.written..]) {
+                Ok(count) => client.written += count,
+                Err(error) if would_block(&error) => return,
+                Err(error) if interrupted(&error) => {}
+                Err(error) => {
+                    log::debug!("write: {error}");
+                    self.drop_client(client, poll, true);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads until `WouldBlock`, completing answers; a connection closed by the server, or an
+    /// answer longer than the request, is lost.
+    fn read(
+        &mut self,
+        client: &mut Client,
+        index: usize,
+        scratch: &mut [u8],
+        sending: bool,
+        due: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+        poll: &Poll,
+    ) {
+        loop {
+            let Some(stream) = client.stream.as_mut() else {
+                return;
+            };
+            let count = match stream.read(scratch) {
+                Ok(0) => {
+                    self.drop_client(client, poll, true);
+                    return;
+                }
+                Ok(count) => count,
+                Err(error) if would_block(&error) => return,
+                Err(error) if interrupted(&error) => continue,
+                Err(error) => {
+                    log::debug!("read: {error}");
+                    self.drop_client(client, poll, true);
+                    return;
+                }
+            };
+            client.received += count;
+            if !client.in_flight || client.received > self.request.len() {
+                log::debug!("an answer longer than its request");
+                self.drop_client(client, poll, true);
+                return;
+            }
+            if client.received == self.request.len() {
+                let now = Instant::now();
+                client.in_flight = false;
+                self.counts.in_flight -= 1;
+                self.counts.answers += 1;
+                if client.intended >= self.record_from {
+                    let micros = now.saturating_duration_since(client.intended).as_micros();
+                    self.histogram
+                        .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
+                }
+                if sending {
+                    self.next_request(client, index, now, due, poll);
+                }
+            }
+        }
+    }
+
+    /// Closes a connection; `lost` counts it as an error (it had been established).
+    fn drop_client(&mut self, client: &mut Client, poll: &Poll, lost: bool) {
+        if let Some(mut stream) = client.stream.take() {
+            let _ = poll.registry().deregister(&mut stream);
+        }
+        if client.in_flight {
+            client.in_flight = false;
+            self.counts.in_flight -= 1;
+        }
+        client.state = State::Gone;
+        if lost {
+            self.counts.errors += 1;
+        }
+    }
+}

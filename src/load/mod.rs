@@ -1,0 +1,207 @@
+//! Load generation: many client connections on one mio loop, and what they measured.
+//!
+//! [`run`] opens [`LoadConfig::connections`] connections to a server and sends requests of the
+//! chosen protocol (echo, line, frame: each answer is the request itself) for a bounded time:
+//!
+//! * **Closed loop** (no rate): each connection sends its next request as soon as the answer to
+//!   the last one is in. Throughput is whatever the server sustains; latency is send-to-answer.
+//! * **Open loop** (`rate` requests per second in all): each connection has a schedule of
+//!   intended send times, spread evenly. Latency is measured from the *intended* time, so a
+//!   server that stalls is charged for every request that should have been sent during the stall
+//!   (coordinated omission, corrected the way wrk2 does it). A connection still waiting for an
+//!   answer sends the overdue requests, one at a time, as soon as it can.
+//!
+//! Answers to requests sent during the warm-up are not recorded. At the end no new request is
+//! sent, the answers in flight are awaited (up to [`LoadConfig::drain_timeout`]), then every
+//! connection closes, so the counts of requests sent and answered match what the server saw.
+//! Past about 25,000 connections to a loopback address, connections are spread over several
+//! 127.0.0.x source addresses, each with its own ephemeral port range.
+
+mod generator;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use generator::run;
+
+/// The request format a load run sends; every protocol here answers with the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadProtocol {
+    /// The message bytes as they are.
+    Echo,
+    /// The message as one line (its last byte replaced by a newline).
+    Line,
+    /// The message behind a u32 big-endian length.
+    Frame,
+}
+
+impl LoadProtocol {
+    /// One request carrying `message_bytes` bytes of payload (at least one byte).
+    pub fn request(self, message_bytes: usize) -> Vec<u8> {
+        let payload: Vec<u8> = (0..message_bytes.max(1))
+            .map(|index| b'a' + (index % 26) as u8)
+            .collect();
+        match self {
+            LoadProtocol::Echo => payload,
+            LoadProtocol::Line => {
+                let mut line = payload;
+                if let Some(last) = line.last_mut() {
+                    *last = b'\n';
+                }
+                line
+            }
+            LoadProtocol::Frame => {
+                let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&payload);
+                frame
+            }
+        }
+    }
+}
+
+/// What a load run does. Every run is bounded by `warmup + duration + drain_timeout` plus the
+/// connect timeout.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The request format.
+    pub protocol: LoadProtocol,
+    /// Connections opened at the start (1..=100,000).
+    pub connections: usize,
+    /// How long answers are recorded, after the warm-up.
+    pub duration: Duration,
+    /// How long the load runs before answers are recorded.
+    pub warmup: Duration,
+    /// Payload bytes per request (1..=1 MiB).
+    pub message_bytes: usize,
+    /// Open loop at this many requests per second in all; `None` for closed loop.
+    pub rate: Option<f64>,
+    /// How long a connection may take to be established before it counts as failed.
+    pub connect_timeout: Duration,
+    /// How long to wait at the end for answers still in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            protocol: LoadProtocol::Echo,
+            connections: 16,
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            message_bytes: 64,
+            rate: None,
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Latency percentiles of the recorded answers, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// The slowest answer.
+    pub max_us: f64,
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Connections asked for.
+    pub connections: usize,
+    /// Connections established.
+    pub connected: usize,
+    /// Connections that could not be established (refused, reset, timed out).
+    pub failed_connects: usize,
+    /// Connections lost during the run (closed or reset by the server, or a wrong answer).
+    pub errors: usize,
+    /// Requests sent, warm-up included.
+    pub requests_sent: u64,
+    /// Answers received in full, warm-up included.
+    pub answers: u64,
+    /// Answers recorded (after the warm-up).
+    pub recorded: u64,
+    /// Recorded answers per second of the measured window.
+    pub rate: f64,
+    /// The open-loop rate asked for, if any.
+    pub target_rate: Option<f64>,
+    /// The measured window, in seconds.
+    pub seconds: f64,
+    /// Latency of the recorded answers.
+    pub latency: Latency,
+}
+
+impl Report {
+    /// The report as one JSON object (field names as in this struct).
+    pub fn to_json(&self) -> String {
+        let latency = &self.latency;
+        let target = self
+            .target_rate
+            .map_or_else(|| "null".to_string(), |rate| format!("{rate:.1}"));
+        format!(
+            concat!(
+                "{{\"connections\":{},\"connected\":{},\"failed_connects\":{},\"errors\":{},",
+                "\"requests_sent\":{},\"answers\":{},\"recorded\":{},\"rate\":{:.1},",
+                "\"target_rate\":{},\"seconds\":{:.3},\"latency\":{{\"p50_us\":{:.1},",
+                "\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1}}}}}"
+            ),
+            self.connections,
+            self.connected,
+            self.failed_connects,
+            self.errors,
+            self.requests_sent,
+            self.answers,
+            self.recorded,
+            self.rate,
+            target,
+            self.seconds,
+            latency.p50_us,
+            latency.p90_us,
+            latency.p99_us,
+            latency.p999_us,
+            latency.max_us,
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    /// A small table for people.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let latency = &self.latency;
+        let mode = match self.target_rate {
+            Some(rate) => format!("open loop at {rate:.0}/s"),
+            None => "closed loop".to_string(),
+        };
+        writeln!(
+            f,
+            "{} connections ({} connected, {} failed, {} lost), {mode}, {:.1} s measured",
+            self.connections, self.connected, self.failed_connects, self.errors, self.seconds
+        )?;
+        writeln!(
+            f,
+            "{:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "requests/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+        )?;
+        write!(
+            f,
+            "{:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            self.rate,
+            latency.p50_us,
+            latency.p90_us,
+            latency.p99_us,
+            latency.p999_us,
+            latency.max_us
+        )
+    }
+}

@@ -1,0 +1,170 @@
+//! The load generator: its counts match what the server saw, open loop shows a stall that
+//! closed loop hides, and refused or dropped connections are reported, not fatal.
+
+mod util;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socketserver::load::{self, LoadConfig, LoadProtocol, Report};
+use socketserver::protocol::{Context, Echo, Frame, Line, Protocol};
+use socketserver::Config;
+use util::*;
+
+fn short_run(addr: std::net::SocketAddr) -> LoadConfig {
+    LoadConfig {
+        addr,
+        connections: 4,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(200),
+        ..LoadConfig::default()
+    }
+}
+
+#[test]
+fn the_counts_match_what_the_server_received_and_sent() {
+    for protocol in [LoadProtocol::Echo, LoadProtocol::Line, LoadProtocol::Frame] {
+        let server = match protocol {
+            LoadProtocol::Echo => start(|| Echo),
+            LoadProtocol::Line => start(Line::default),
+            LoadProtocol::Frame => start(Frame::default),
+        };
+        let config = LoadConfig {
+            protocol,
+            ..short_run(server.local_addr())
+        };
+        let report = load::run(&config).expect("load run");
+        assert_eq!(
+            (report.connected, report.failed_connects, report.errors),
+            (4, 0, 0)
+        );
+        assert!(
+            report.recorded > 0 && report.recorded <= report.answers,
+            "{report:?}"
+        );
+        // Every request sent was answered: the run waits for answers in flight at the end.
+        assert_eq!(report.answers, report.requests_sent, "{protocol:?}");
+        let request_bytes = protocol.request(config.message_bytes).len() as u64;
+        wait_for("the server to count every byte", || {
+            let stats = server.stats();
+            stats.bytes_in == report.requests_sent * request_bytes
+                && stats.bytes_out == report.answers * request_bytes
+        });
+        server.shutdown().expect("clean shutdown");
+    }
+}
+
+/// Echoes; the first read at or after `stall_at` blocks the whole server for 200 ms.
+struct StallOnce {
+    stall_at: Instant,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Protocol for StallOnce {
+    fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
+        if ctx.now() >= self.stall_at && !self.stalled.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ctx.write(input);
+        input.len()
+    }
+}
+
+fn run_against_a_stall(rate: Option<f64>) -> Report {
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stall_at = Instant::now() + Duration::from_millis(800);
+    let flag = stalled.clone();
+    let server = start(move || StallOnce {
+        stall_at,
+        stalled: flag.clone(),
+    });
+    let config = LoadConfig {
+        rate,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        ..short_run(server.local_addr())
+    };
+    let report = load::run(&config).expect("load run");
+    assert!(
+        stalled.load(Ordering::SeqCst),
+        "the stall happened during the run"
+    );
+    server.shutdown().expect("clean shutdown");
+    report
+}
+
+#[test]
+fn open_loop_shows_a_stall_in_p99_that_closed_loop_hides() {
+    let open = run_against_a_stall(Some(1000.0));
+    // About 200 of the 1,500 requests were due during the stall: they are charged from their
+    // intended send times, so well over 1 % of answers took over 100 ms.
+    assert!(open.latency.p99_us >= 100_000.0, "open loop: {open:?}");
+    let closed = run_against_a_stall(None);
+    // Closed loop sent nothing during the stall: 4 slow answers among tens of thousands.
+    assert!(
+        closed.latency.max_us >= 150_000.0,
+        "closed loop saw the stall: {closed:?}"
+    );
+    assert!(closed.latency.p99_us < 100_000.0, "closed loop: {closed:?}");
+}
+
+#[test]
+fn a_server_that_is_not_there_is_reported_as_failed_connects() {
+    // A port that was just free: connecting to it is refused.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let report = load::run(&short_run(addr)).expect("a run with nothing to connect to");
+    assert_eq!(
+        (report.connected, report.failed_connects),
+        (0, 4),
+        "{report:?}"
+    );
+    assert_eq!((report.requests_sent, report.recorded), (0, 0));
+}
+
+#[test]
+fn connections_the_server_drops_are_counted_and_the_rest_measured() {
+    let server = start_with(
+        Config {
+            max_connections: 2,
+            ..test_config()
+        },
+        || Echo,
+    );
+    let report = load::run(&short_run(server.local_addr())).expect("load run");
+    // Two connections are accepted and closed at once (over capacity); two are served.
+    assert_eq!(report.errors, 2, "{report:?}");
+    assert!(report.recorded > 0, "{report:?}");
+    // Each dropped connection lost at most the one request it had in flight.
+    assert!(report.answers + 2 >= report.requests_sent && report.answers <= report.requests_sent);
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn the_json_report_has_every_documented_field() {
+    let server = start(|| Echo);
+    let report = load::run(&short_run(server.local_addr())).expect("load run");
+    let json = report.to_json();
+    for field in [
+        "\"connections\":4",
+        "\"connected\":4",
+        "\"failed_connects\":0",
+        "\"errors\":0",
+        "\"requests_sent\":",
+        "\"answers\":",
+        "\"recorded\":",
+        "\"rate\":",
+        "\"target_rate\":null",
+        "\"seconds\":0.500",
+        "\"p50_us\":",
+        "\"p90_us\":",
+        "\"p99_us\":",
+        "\"p999_us\":",
+        "\"max_us\":",
+    ] {
+        assert!(json.contains(field), "{field} missing from {json}");
+    }
+    server.shutdown().expect("clean shutdown");
+}
