@@ -348,14 +348,17 @@ impl Listener {
         match self {
             Listener::Tcp(listener) => listener.local_addr().map(ListenAddr::Tcp),
             Listener::Unix(listener, _) => {
-                let addr = listener.local_addr()?;
-                let path = addr.as_pathname().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
-                })?;
-                Ok(ListenAddr::Unix(path.to_path_buf()))
+                bound_path(&listener.local_addr()?).map(ListenAddr::Unix)
             }
         }
     }
+}
+
+/// The path a Unix socket is bound to (a server's socket always has one).
+fn bound_path(addr: &std::os::unix::net::SocketAddr) -> io::Result<PathBuf> {
+    addr.as_pathname()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket"))
 }
 
 impl AsFd for Listener {
@@ -433,11 +436,7 @@ impl DatagramSocket {
         match self {
             DatagramSocket::Udp(socket) => socket.local_addr().map(ListenAddr::Udp),
             DatagramSocket::Unix(socket, _) => {
-                let addr = socket.local_addr()?;
-                let path = addr.as_pathname().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
-                })?;
-                Ok(ListenAddr::UnixDatagram(path.to_path_buf()))
+                bound_path(&socket.local_addr()?).map(ListenAddr::UnixDatagram)
             }
         }
     }

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Waker};
+use mio::{Events, Interest, Poll};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -40,7 +40,8 @@ use crate::config::Config;
 use crate::error::{interrupted, Error, Result};
 use crate::net::{self, Adopted};
 use crate::reactor::completions::ShutdownSignal;
-use crate::reactor::token::{SIGNALS, WAKER};
+use crate::reactor::poll_with_waker;
+use crate::reactor::token::SIGNALS;
 use crate::server::{DatagramServer, Server};
 
 /// The environment variable through which a worker learns its inherited socket's descriptor.
@@ -134,15 +135,13 @@ impl Supervisor {
                 "processes {processes} is outside 1..=1024"
             )));
         }
-        let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
-        let waker = Waker::new(poll.registry(), WAKER)
-            .map_err(|error| Error::io("creating a waker", error))?;
+        let (poll, waker) = poll_with_waker()?;
         Ok(Supervisor {
             processes,
             shutdown_timeout: Config::default().shutdown_timeout,
             handle_signals: true,
             poll,
-            shutdown: Arc::new(ShutdownSignal::new(Arc::new(waker))),
+            shutdown: Arc::new(ShutdownSignal::new(waker)),
             pids: Arc::default(),
         })
     }

@@ -27,7 +27,7 @@ use crate::net::DatagramSocket;
 use crate::protocol::DatagramProtocol;
 use crate::reactor::completions::ShutdownSignal;
 use crate::reactor::datagram::{DatagramHandler, Hooks};
-use crate::reactor::register_signals;
+use crate::reactor::{register_signals, shutdown_signalled};
 
 /// Everything the blocking datagram driver runs with, taken from the
 /// [`DatagramServer`](crate::DatagramServer).
@@ -99,11 +99,7 @@ impl<F> DatagramDriver<F> {
                     return Err(Error::io("polling", error));
                 }
             }
-            if signals
-                .as_mut()
-                .is_some_and(|s| s.pending().next().is_some())
-            {
-                log::info!("signal received: shutting down gracefully");
+            if shutdown_signalled(&mut signals) {
                 shutdown.trigger();
             }
         }

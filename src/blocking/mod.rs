@@ -46,8 +46,8 @@ use crate::protocol::{CloseRequest, Protocol, Session};
 use crate::reactor::accept::WARN_INTERVAL;
 use crate::reactor::completions::ShutdownSignal;
 use crate::reactor::connection::CloseReason;
-use crate::reactor::register_signals;
 use crate::reactor::token::{ConnId, LISTENER};
+use crate::reactor::{register_signals, shutdown_signalled};
 use crate::reactor::{ErrorHook, VerifyHook};
 use crate::server::ErrorReport;
 use crate::worker::panic_message;
@@ -149,11 +149,8 @@ impl Acceptor {
             if self.shutdown.is_requested() {
                 return Ok(());
             }
-            if let Some(signals) = &mut signals {
-                if signals.pending().next().is_some() {
-                    log::info!("signal received: shutting down gracefully");
-                    return Ok(());
-                }
+            if shutdown_signalled(&mut signals) {
+                return Ok(());
             }
             if paused_until.is_some_and(|until| Instant::now() < until) {
                 continue;

@@ -29,7 +29,7 @@ use mio::{Events, Interest, Poll};
 
 use super::completions::ShutdownSignal;
 use super::token::{LISTENER, SIGNALS};
-use super::{register_signals, ErrorHook, VerifyHook};
+use super::{register_signals, shutdown_signalled, ErrorHook, VerifyHook};
 use crate::config::Config;
 use crate::error::{interrupted, would_block, Error, Result};
 use crate::metrics::{self, Stats};
@@ -210,14 +210,7 @@ where
                     readable |= event.is_readable() || event.is_error();
                     writable |= event.is_writable() || event.is_error();
                 }
-                SIGNALS
-                    if signals
-                        .as_mut()
-                        .is_some_and(|s| s.pending().next().is_some()) =>
-                {
-                    log::info!("signal received: shutting down gracefully");
-                    shutdown.trigger();
-                }
+                SIGNALS if shutdown_signalled(&mut signals) => shutdown.trigger(),
                 // The waker (or a spurious signal wake-up) only ends the poll, so that the
                 // shutdown flag below is looked at.
                 _ => {}

@@ -77,6 +77,26 @@ pub(crate) fn register_signals(
     Ok(Some(signals))
 }
 
+/// True if SIGINT or SIGTERM arrived since the last look (logged once here); always false when
+/// signals are not handled.
+pub(crate) fn shutdown_signalled(signals: &mut Option<Signals>) -> bool {
+    let received = signals
+        .as_mut()
+        .is_some_and(|signals| signals.pending().next().is_some());
+    if received {
+        log::info!("signal received: shutting down gracefully");
+    }
+    received
+}
+
+/// A new poll and the waker that interrupts it (for shutdown and worker results).
+pub(crate) fn poll_with_waker() -> Result<(Poll, Arc<mio::Waker>)> {
+    let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)
+        .map_err(|error| Error::io("creating a waker", error))?;
+    Ok((poll, Arc::new(waker)))
+}
+
 /// What a timer is for. Connection timers carry the id (and sequence) they were armed for and
 /// are dropped when those no longer match.
 #[derive(Debug, Clone, Copy)]
@@ -360,11 +380,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
     }
 
     fn on_signals(&mut self) {
-        let Some(signals) = &mut self.signals else {
-            return;
-        };
-        if signals.pending().next().is_some() {
-            log::info!("signal received: shutting down gracefully");
+        if shutdown_signalled(&mut self.signals) {
             // Tell the server's other loops too; this one starts at once.
             self.shutdown.trigger();
             self.begin_shutdown();

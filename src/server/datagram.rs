@@ -17,8 +17,7 @@ use std::sync::Arc;
 use mio::Poll;
 
 use super::{
-    bind_first, default_error_hook, more_sockets, poll_with_waker, ErrorReport, RunningServer,
-    ServerHandle,
+    bind_first, default_error_hook, more_sockets, ErrorReport, RunningServer, ServerHandle,
 };
 use crate::blocking::datagram::DatagramDriver;
 use crate::blocking::Model;
@@ -29,7 +28,7 @@ use crate::net::{self, DatagramSocket, ListenAddr};
 use crate::protocol::DatagramProtocol;
 use crate::reactor::completions::ShutdownSignal;
 use crate::reactor::datagram::{self, DatagramParts, Hooks};
-use crate::reactor::{ErrorHook, VerifyHook};
+use crate::reactor::{poll_with_waker, ErrorHook, VerifyHook};
 
 /// A bound datagram socket waiting to serve; configure it, then [`serve`](DatagramServer::serve)
 /// or [`spawn`](DatagramServer::spawn). One protocol instance answers every datagram of a loop

@@ -35,8 +35,8 @@ use crate::metrics::{Stats, StatsSet, StatsSnapshot};
 use crate::net::{self, ListenAddr, Listener};
 use crate::protocol::Protocol;
 use crate::reactor::completions::{self, Notifier, ShutdownSignal};
-use crate::reactor::token::{ConnId, WAKER};
-use crate::reactor::{ErrorHook, Parts, Reactor, VerifyHook};
+use crate::reactor::token::ConnId;
+use crate::reactor::{poll_with_waker, ErrorHook, Parts, Reactor, VerifyHook};
 use crate::worker::WorkerPool;
 
 /// What the error hook is told when a protocol callback panics (the counterpart of Python
@@ -152,14 +152,6 @@ fn join_all(first: Result<()>, threads: Vec<JoinHandle<Result<()>>>) -> Result<(
         result = result.and(outcome);
     }
     result
-}
-
-/// A new poll and the waker that interrupts it (for shutdown and worker results).
-fn poll_with_waker() -> Result<(Poll, Arc<Waker>)> {
-    let poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
-    let waker =
-        Waker::new(poll.registry(), WAKER).map_err(|error| Error::io("creating a waker", error))?;
-    Ok((poll, Arc::new(waker)))
 }
 
 /// Starts the worker pool the configuration asks for (none for `workers = 0`).
