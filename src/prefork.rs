@@ -126,6 +126,15 @@ struct Slot {
     delay: Duration,
 }
 
+impl Slot {
+    /// The delay before restarting a worker that failed young; doubles the next one.
+    fn back_off(&mut self) -> Duration {
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(MAX_RESTART_DELAY);
+        delay
+    }
+}
+
 impl Supervisor {
     /// A supervisor for `processes` workers (1..=1024), forwarding SIGINT/SIGTERM, giving workers
     /// [`Config::shutdown_timeout`]'s default to drain.
@@ -343,9 +352,7 @@ fn reap(slots: &mut [Slot], now: Instant, restart: bool) {
             slot.delay = FIRST_RESTART_DELAY;
             Duration::ZERO
         } else {
-            let delay = slot.delay;
-            slot.delay = (slot.delay * 2).min(MAX_RESTART_DELAY);
-            delay
+            slot.back_off()
         };
         log::warn!("worker {index} (pid {pid}) exited ({status}); restarting in {delay:?}");
         slot.restart_at = Some(now + delay);
@@ -372,8 +379,7 @@ fn restart_due(
             }
             Err(error) => {
                 log::error!("starting worker {index}: {error}");
-                slot.restart_at = Some(now + slot.delay);
-                slot.delay = (slot.delay * 2).min(MAX_RESTART_DELAY);
+                slot.restart_at = Some(now + slot.back_off());
             }
         }
     }
