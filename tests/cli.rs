@@ -158,3 +158,34 @@ fn a_port_in_use_is_a_clear_error() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn sigterm_right_after_another_loop_answers_still_shuts_down_gracefully() {
+    // Regression: the loop that takes the signals registered them only after the other loops
+    // were already serving, so a SIGTERM sent after an answer from one of those could kill the
+    // process outright (exit by signal) instead of shutting it down.
+    for udp in [false, true] {
+        for _ in 0..10 {
+            let mut args = vec!["serve", "--model", "reactors", "--threads", "8"];
+            if udp {
+                args.push("--udp");
+            }
+            let server = Cli::start(&args, None);
+            if udp {
+                let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+                client.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                client.send_to(b"ping", server.addr).expect("send");
+                let mut answer = [0; 8];
+                assert_eq!(client.recv(&mut answer).expect("an answer"), 4);
+            } else {
+                let mut stream = connect(server.addr);
+                assert_eq!(round_trip(&mut stream, b"ping"), b"ping");
+            }
+            let (status, stderr) = server.terminate();
+            assert!(
+                status.success(),
+                "udp {udp}: exit {status:?}, stderr: {stderr}"
+            );
+        }
+    }
+}

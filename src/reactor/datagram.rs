@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use signal_hook_mio::v1_0::Signals;
 
 use super::completions::ShutdownSignal;
 use super::token::{LISTENER, SIGNALS};
@@ -164,89 +165,109 @@ pub(crate) struct DatagramParts<F> {
     pub(crate) factory: F,
 }
 
-/// Runs the datagram loop until a graceful shutdown completes.
-pub(crate) fn run<P, F>(parts: DatagramParts<F>) -> Result<()>
-where
-    P: DatagramProtocol,
-    F: FnMut() -> P,
-{
-    let DatagramParts {
-        config,
-        mut poll,
-        socket,
-        stats,
-        shutdown,
-        hooks,
-        factory,
-    } = parts;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-    poll.registry()
-        .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)
-        .map_err(|error| Error::io("registering the socket", error))?;
-    let mut signals = register_signals(poll.registry(), &config)?;
-    let mut handler = DatagramHandler::new(&config, factory, hooks, stats.clone());
-    let mut events = Events::with_capacity(64);
-    // Latched readiness (edge-triggered): set by an event, cleared by WouldBlock.
-    let mut readable = false;
-    let mut writable = true;
-    let mut want_write = false;
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let can_receive = readable && deadline.is_none() && !handler.outbox.is_full();
-        let timeout = if can_receive {
-            Some(Duration::ZERO)
-        } else {
-            deadline.map(|at| at.saturating_duration_since(Instant::now()))
-        };
-        if let Err(error) = poll.poll(&mut events, timeout) {
-            if !interrupted(&error) {
-                return Err(Error::io("polling", error));
-            }
-        }
-        metrics::add(&stats.turns, 1);
-        for event in events.iter() {
-            match event.token() {
-                LISTENER => {
-                    readable |= event.is_readable() || event.is_error();
-                    writable |= event.is_writable() || event.is_error();
-                }
-                SIGNALS if shutdown_signalled(&mut signals) => shutdown.trigger(),
-                // The waker (or a spurious signal wake-up) only ends the poll, so that the
-                // shutdown flag below is looked at.
-                _ => {}
-            }
-        }
-        if shutdown.is_requested() && deadline.is_none() {
-            deadline = Some(Instant::now() + config.shutdown_timeout);
-        }
-        if writable && handler.send_pending(&socket).is_err() {
-            writable = false;
-        }
-        if readable && deadline.is_none() {
-            readable = receive_batch(&mut handler, &socket, config.read_budget, &mut writable);
-        }
-        if let Some(at) = deadline {
-            if handler.outbox.is_empty() || Instant::now() >= at {
-                let left = handler.outbox.len() as u64;
-                metrics::add(&stats.datagrams_dropped, left);
-                break;
-            }
-        }
-        let wanted = !handler.outbox.is_empty();
-        if wanted != want_write {
-            want_write = wanted;
-            let interest = if wanted {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            poll.registry()
-                .reregister(&mut SourceFd(&fd), LISTENER, interest)
-                .map_err(|error| Error::io("reregistering the socket", error))?;
-        }
+/// A datagram loop with its socket and signals registered, ready to run.
+pub(crate) struct DatagramLoop<F> {
+    parts: DatagramParts<F>,
+    signals: Option<Signals>,
+}
+
+impl<F> DatagramLoop<F> {
+    /// Registers the socket (and the signals, if the config handles them).
+    pub(crate) fn new(parts: DatagramParts<F>) -> Result<Self> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&parts.socket);
+        parts
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)
+            .map_err(|error| Error::io("registering the socket", error))?;
+        let signals = register_signals(parts.poll.registry(), &parts.config)?;
+        Ok(DatagramLoop { parts, signals })
     }
-    log::debug!("datagram loop stopped");
-    Ok(())
+
+    /// Runs the loop until a graceful shutdown completes.
+    pub(crate) fn run<P>(self) -> Result<()>
+    where
+        P: DatagramProtocol,
+        F: FnMut() -> P,
+    {
+        let DatagramLoop {
+            parts:
+                DatagramParts {
+                    config,
+                    mut poll,
+                    socket,
+                    stats,
+                    shutdown,
+                    hooks,
+                    factory,
+                },
+            mut signals,
+        } = self;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        let mut handler = DatagramHandler::new(&config, factory, hooks, stats.clone());
+        let mut events = Events::with_capacity(64);
+        // Latched readiness (edge-triggered): set by an event, cleared by WouldBlock.
+        let mut readable = false;
+        let mut writable = true;
+        let mut want_write = false;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let can_receive = readable && deadline.is_none() && !handler.outbox.is_full();
+            let timeout = if can_receive {
+                Some(Duration::ZERO)
+            } else {
+                deadline.map(|at| at.saturating_duration_since(Instant::now()))
+            };
+            if let Err(error) = poll.poll(&mut events, timeout) {
+                if !interrupted(&error) {
+                    return Err(Error::io("polling", error));
+                }
+            }
+            metrics::add(&stats.turns, 1);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => {
+                        readable |= event.is_readable() || event.is_error();
+                        writable |= event.is_writable() || event.is_error();
+                    }
+                    SIGNALS if shutdown_signalled(&mut signals) => shutdown.trigger(),
+                    // The waker (or a spurious signal wake-up) only ends the poll, so that the
+                    // shutdown flag below is looked at.
+                    _ => {}
+                }
+            }
+            if shutdown.is_requested() && deadline.is_none() {
+                deadline = Some(Instant::now() + config.shutdown_timeout);
+            }
+            if writable && handler.send_pending(&socket).is_err() {
+                writable = false;
+            }
+            if readable && deadline.is_none() {
+                readable = receive_batch(&mut handler, &socket, config.read_budget, &mut writable);
+            }
+            if let Some(at) = deadline {
+                if handler.outbox.is_empty() || Instant::now() >= at {
+                    let left = handler.outbox.len() as u64;
+                    metrics::add(&stats.datagrams_dropped, left);
+                    break;
+                }
+            }
+            let wanted = !handler.outbox.is_empty();
+            if wanted != want_write {
+                want_write = wanted;
+                let interest = if wanted {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                poll.registry()
+                    .reregister(&mut SourceFd(&fd), LISTENER, interest)
+                    .map_err(|error| Error::io("reregistering the socket", error))?;
+            }
+        }
+        log::debug!("datagram loop stopped");
+        Ok(())
+    }
 }
 
 /// Receives up to `budget` datagrams, answering each at once. Returns whether the socket may

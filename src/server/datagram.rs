@@ -27,7 +27,7 @@ use crate::metrics::StatsSet;
 use crate::net::{self, DatagramSocket, ListenAddr};
 use crate::protocol::DatagramProtocol;
 use crate::reactor::completions::ShutdownSignal;
-use crate::reactor::datagram::{self, DatagramParts, Hooks};
+use crate::reactor::datagram::{DatagramLoop, DatagramParts, Hooks};
 use crate::reactor::{poll_with_waker, ErrorHook, VerifyHook};
 
 /// A bound datagram socket waiting to serve; configure it, then [`serve`](DatagramServer::serve)
@@ -157,8 +157,13 @@ impl DatagramServer {
         P: DatagramProtocol,
         F: FnMut() -> P,
     {
+        self.into_first_loop(factory)?.run()
+    }
+
+    /// The first loop, on this server's own poll and socket, registered and ready to run.
+    fn into_first_loop<F>(self, factory: F) -> Result<DatagramLoop<F>> {
         self.config.validate()?;
-        datagram::run(DatagramParts {
+        DatagramLoop::new(DatagramParts {
             stats: self.stats.add_part(),
             hooks: self.hooks(),
             config: self.config,
@@ -220,31 +225,39 @@ impl DatagramServer {
         P: DatagramProtocol,
         F: FnMut() -> P + Clone + Send + 'static,
     {
+        let (config, stats, shutdown, hooks) = (
+            self.config.clone(),
+            self.stats.clone(),
+            self.shutdown.clone(),
+            self.hooks(),
+        );
+        // The first loop takes the signals: it registers them before any other loop can answer
+        // a datagram, so no signal finds the process without its handler.
+        let first = self.into_first_loop(factory.clone())?;
         let mut threads = Vec::with_capacity(sockets.len());
         for (index, socket) in sockets.into_iter().enumerate() {
             let (poll, waker) = poll_with_waker()?;
-            self.shutdown.add_waker(waker);
+            shutdown.add_waker(waker);
             let parts = DatagramParts {
-                // Signals are taken by the first loop, which passes shutdown on to all.
+                // The first loop passes a signal's shutdown on to all.
                 config: Config {
                     handle_signals: false,
-                    ..self.config.clone()
+                    ..config.clone()
                 },
                 poll,
                 socket,
-                stats: self.stats.add_part(),
-                shutdown: self.shutdown.clone(),
-                hooks: self.hooks(),
+                stats: stats.add_part(),
+                shutdown: shutdown.clone(),
+                hooks: hooks.clone(),
                 factory: factory.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("socketserver-datagrams-{}", index + 1))
-                .spawn(move || datagram::run(parts))
+                .spawn(move || DatagramLoop::new(parts)?.run())
                 .map_err(|error| Error::io("spawning a datagram loop thread", error))?;
             threads.push(thread);
         }
-        let shutdown = self.shutdown.clone();
-        let first = self.serve(factory);
+        let first = first.run();
         // Whatever ended the first loop, the others must end too before this returns.
         shutdown.trigger();
         super::join_all(first, threads)

@@ -358,25 +358,34 @@ impl Server {
         F: FnMut() -> P + Clone + Send + 'static,
     {
         let pool = start_pool(&self.config)?;
+        let (config, stats, shutdown) = (
+            self.config.clone(),
+            self.stats.clone(),
+            self.shutdown.clone(),
+        );
+        let (verify, on_error) = (self.verify.clone(), self.on_error.clone());
+        // The first loop takes the signals: it registers them before any other loop can serve
+        // a client, so no signal finds the process without its handler.
+        let first = Reactor::new(self.into_first_reactor(pool.clone(), factory.clone()))?;
         let mut threads = Vec::with_capacity(listeners.len());
         for (index, listener) in listeners.into_iter().enumerate() {
             let number = index + 1;
             let (poll, waker) = poll_with_waker()?;
-            self.shutdown.add_waker(waker.clone());
+            shutdown.add_waker(waker.clone());
             let parts = Parts {
-                // Signals are taken by the first reactor, which passes shutdown on to all.
+                // The first reactor passes a signal's shutdown on to all.
                 config: Config {
                     handle_signals: false,
-                    ..self.config.clone()
+                    ..config.clone()
                 },
                 poll,
                 listener,
-                stats: self.stats.add_part(),
+                stats: stats.add_part(),
                 pool: pool.clone(),
                 completions: completions::channel(Notifier::new(waker)),
-                shutdown: self.shutdown.clone(),
-                verify: self.verify.clone(),
-                on_error: self.on_error.clone(),
+                shutdown: shutdown.clone(),
+                verify: verify.clone(),
+                on_error: on_error.clone(),
                 factory: factory.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -385,8 +394,7 @@ impl Server {
                 .map_err(|error| Error::io("spawning a reactor thread", error))?;
             threads.push(thread);
         }
-        let shutdown = self.shutdown.clone();
-        let first = Reactor::new(self.into_first_reactor(pool, factory)).and_then(Reactor::run);
+        let first = first.run();
         // Whatever ended the first loop, the others must end too before this returns.
         shutdown.trigger();
         join_all(first, threads)
