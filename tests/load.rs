@@ -122,6 +122,10 @@ fn a_server_that_is_not_there_is_reported_as_failed_connects() {
         "{report:?}"
     );
     assert_eq!((report.requests_sent, report.recorded), (0, 0));
+    let reason = report
+        .first_failure
+        .expect("a reason for the failed connects");
+    assert!(reason.contains("refused"), "{reason}");
 }
 
 #[test]
@@ -135,8 +139,16 @@ fn connections_the_server_drops_are_counted_and_the_rest_measured() {
     );
     let report = load::run(&short_run(server.local_addr())).expect("load run");
     // Two connections are accepted and closed at once (over capacity); two are served.
-    assert_eq!(report.errors, 2, "{report:?}");
+    assert_eq!((report.errors, report.served), (2, 2), "{report:?}");
     assert!(report.recorded > 0, "{report:?}");
+    let reason = report
+        .first_failure
+        .clone()
+        .expect("a reason for the lost connections");
+    assert!(
+        reason.contains("closed by the server") || reason.contains("reset"),
+        "{reason}"
+    );
     // Each dropped connection lost at most the one request it had in flight.
     assert!(report.answers + 2 >= report.requests_sent && report.answers <= report.requests_sent);
     server.shutdown().expect("clean shutdown");
@@ -157,7 +169,9 @@ fn the_json_report_has_every_documented_field() {
         "\"recorded\":",
         "\"rate\":",
         "\"target_rate\":null",
-        "\"seconds\":0.500",
+        "\"seconds\":0.5",
+        "\"served\":4",
+        "\"first_failure\":null",
         "\"p50_us\":",
         "\"p90_us\":",
         "\"p99_us\":",
@@ -166,5 +180,7 @@ fn the_json_report_has_every_documented_field() {
     ] {
         assert!(json.contains(field), "{field} missing from {json}");
     }
+    let parsed: load::Report = serde_json::from_str(&json).expect("the JSON reads back");
+    assert_eq!(parsed, report);
     server.shutdown().expect("clean shutdown");
 }

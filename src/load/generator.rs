@@ -42,6 +42,8 @@ struct Client {
     next_index: u32,
     /// Open loop: when this connection's request 0 is due.
     first_due: Instant,
+    /// At least one answer came back on this connection.
+    answered: bool,
 }
 
 /// Counters of one run.
@@ -53,10 +55,37 @@ struct Counts {
     requests_sent: u64,
     answers: u64,
     in_flight: usize,
+    /// Connections that received at least one answer.
+    served: usize,
+    /// The first reason a connection failed or was lost.
+    first_failure: Option<String>,
+}
+
+impl Counts {
+    fn failed(&mut self, reason: impl FnOnce() -> String) {
+        if self.first_failure.is_none() {
+            self.first_failure = Some(reason());
+        }
+    }
+}
+
+/// Where a load run is, for a caller that samples something alongside it (a server's CPU time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The warm-up is over: answers from here on are recorded.
+    Measuring,
+    /// The measured window is over: no more requests are sent.
+    Draining,
 }
 
 /// Runs one load as `config` describes; see the [module documentation](super).
 pub fn run(config: &LoadConfig) -> Result<Report> {
+    run_observed(config, |_| {})
+}
+
+/// [`run`], calling `observe` as the measured window opens and closes, from the load loop's
+/// thread, so a caller can sample the server over exactly the window the report covers.
+pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Result<Report> {
     validate(config)?;
     let request = config.protocol.request(config.message_bytes);
     let mut poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
@@ -85,6 +114,7 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
             intended: start,
             next_index: 0,
             first_due,
+            answered: false,
         };
         match open(config.addr, index, config.connections) {
             Ok(mut stream) => {
@@ -101,6 +131,7 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
             Err(error) => {
                 log::debug!("connection {index}: {error}");
                 counts.failed_connects += 1;
+                counts.failed(|| format!("connect: {error}"));
             }
         }
         clients.push(client);
@@ -114,6 +145,7 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; 64 * 1024];
     let mut draining: Option<Instant> = None;
+    let mut measuring = false;
     let mut run = Run {
         request: &request,
         interval,
@@ -123,9 +155,14 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
     };
     loop {
         let now = Instant::now();
+        if !measuring && now >= record_from {
+            measuring = true;
+            observe(Phase::Measuring);
+        }
         if draining.is_none() && now >= stop_at {
             draining = Some(now + config.drain_timeout);
             due.clear();
+            observe(Phase::Draining);
         }
         if let Some(deadline) = draining {
             if run.counts.in_flight == 0 || now >= deadline {
@@ -134,13 +171,15 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
         }
         if connecting > 0 && now >= connect_deadline {
             for client in clients.iter_mut().filter(|c| c.state == State::Connecting) {
-                run.drop_client(client, &poll, false);
+                run.drop_client(client, &poll, None);
                 run.counts.failed_connects += 1;
+                run.counts.failed(|| "connect: timed out".into());
             }
             connecting = 0;
         }
         let wake_at = [
             due.peek().map(|Reverse((at, _))| *at),
+            (!measuring).then_some(record_from),
             Some(draining.unwrap_or(stop_at)),
             (connecting > 0).then_some(connect_deadline),
         ]
@@ -171,9 +210,10 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
                     if event.is_writable() || event.is_error() || event.is_write_closed() =>
                 {
                     connecting -= 1;
-                    if !connected(client) {
-                        run.drop_client(client, &poll, false);
+                    if let Err(reason) = connected(client) {
+                        run.drop_client(client, &poll, None);
                         run.counts.failed_connects += 1;
+                        run.counts.failed(|| format!("connect: {reason}"));
                         continue;
                     }
                     client.state = State::Ready;
@@ -204,6 +244,9 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
             }
         }
     }
+    if !measuring {
+        observe(Phase::Measuring);
+    }
     let Run {
         counts, histogram, ..
     } = run;
@@ -213,8 +256,10 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
     Ok(Report {
         connections: config.connections,
         connected: counts.connected,
+        served: counts.served,
         failed_connects: counts.failed_connects,
         errors: counts.errors,
+        first_failure: counts.first_failure,
         requests_sent: counts.requests_sent,
         answers: counts.answers,
         recorded,
@@ -293,14 +338,17 @@ fn open(addr: SocketAddr, index: usize, connections: usize) -> io::Result<TcpStr
     Ok(TcpStream::from_std(socket.into()))
 }
 
-/// Whether a connect that reported writable succeeded.
-fn connected(client: &Client) -> bool {
+/// Whether a connect that reported writable succeeded, and if not, why.
+fn connected(client: &Client) -> std::result::Result<(), String> {
     let Some(stream) = &client.stream else {
-        return false;
+        return Err("no socket".into());
     };
     match stream.take_error() {
-        Ok(None) => stream.peer_addr().is_ok(),
-        _ => false,
+        Ok(None) => stream
+            .peer_addr()
+            .map(drop)
+            .map_err(|error| error.to_string()),
+        Ok(Some(error)) | Err(error) => Err(error.to_string()),
     }
 }
 
@@ -359,7 +407,7 @@ impl Run<'_> {
                 Err(error) if interrupted(&error) => {}
                 Err(error) => {
                     log::debug!("write: {error}");
-                    self.drop_client(client, poll, true);
+                    self.drop_client(client, poll, Some(&|| format!("write: {error}")));
                     return;
                 }
             }
@@ -383,7 +431,7 @@ impl Run<'_> {
             };
             let count = match stream.read(scratch) {
                 Ok(0) => {
-                    self.drop_client(client, poll, true);
+                    self.drop_client(client, poll, Some(&|| "closed by the server".into()));
                     return;
                 }
                 Ok(count) => count,
@@ -391,14 +439,15 @@ impl Run<'_> {
                 Err(error) if interrupted(&error) => continue,
                 Err(error) => {
                     log::debug!("read: {error}");
-                    self.drop_client(client, poll, true);
+                    self.drop_client(client, poll, Some(&|| format!("read: {error}")));
                     return;
                 }
             };
             client.received += count;
             if !client.in_flight || client.received > self.request.len() {
                 log::debug!("an answer longer than its request");
-                self.drop_client(client, poll, true);
+                let reason = || "an answer longer than its request".to_string();
+                self.drop_client(client, poll, Some(&reason));
                 return;
             }
             if client.received == self.request.len() {
@@ -406,6 +455,10 @@ impl Run<'_> {
                 client.in_flight = false;
                 self.counts.in_flight -= 1;
                 self.counts.answers += 1;
+                if !client.answered {
+                    client.answered = true;
+                    self.counts.served += 1;
+                }
                 if client.intended >= self.record_from {
                     let micros = now.saturating_duration_since(client.intended).as_micros();
                     self.histogram
@@ -418,8 +471,8 @@ impl Run<'_> {
         }
     }
 
-    /// Closes a connection; `lost` counts it as an error (it had been established).
-    fn drop_client(&mut self, client: &mut Client, poll: &Poll, lost: bool) {
+    /// Closes a connection; a `lost` reason counts it as an error (it had been established).
+    fn drop_client(&mut self, client: &mut Client, poll: &Poll, lost: Option<&dyn Fn() -> String>) {
         if let Some(mut stream) = client.stream.take() {
             let _ = poll.registry().deregister(&mut stream);
         }
@@ -428,8 +481,9 @@ impl Run<'_> {
             self.counts.in_flight -= 1;
         }
         client.state = State::Gone;
-        if lost {
+        if let Some(reason) = lost {
             self.counts.errors += 1;
+            self.counts.failed(reason);
         }
     }
 }

@@ -23,7 +23,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use generator::run;
+pub use generator::{run, run_observed, Phase};
 
 /// The request format a load run sends; every protocol here answers with the request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Default for LoadConfig {
 }
 
 /// Latency percentiles of the recorded answers, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -116,16 +116,21 @@ pub struct Latency {
 }
 
 /// What a load run measured.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Connections asked for.
     pub connections: usize,
     /// Connections established.
     pub connected: usize,
+    /// Connections that received at least one answer (fewer than `connected` when a server
+    /// holds connections it does not serve, as a full thread pool does).
+    pub served: usize,
     /// Connections that could not be established (refused, reset, timed out).
     pub failed_connects: usize,
     /// Connections lost during the run (closed or reset by the server, or a wrong answer).
     pub errors: usize,
+    /// Why the first failed or lost connection failed, if one did.
+    pub first_failure: Option<String>,
     /// Requests sent, warm-up included.
     pub requests_sent: u64,
     /// Answers received in full, warm-up included.
@@ -145,33 +150,8 @@ pub struct Report {
 impl Report {
     /// The report as one JSON object (field names as in this struct).
     pub fn to_json(&self) -> String {
-        let latency = &self.latency;
-        let target = self
-            .target_rate
-            .map_or_else(|| "null".to_string(), |rate| format!("{rate:.1}"));
-        format!(
-            concat!(
-                "{{\"connections\":{},\"connected\":{},\"failed_connects\":{},\"errors\":{},",
-                "\"requests_sent\":{},\"answers\":{},\"recorded\":{},\"rate\":{:.1},",
-                "\"target_rate\":{},\"seconds\":{:.3},\"latency\":{{\"p50_us\":{:.1},",
-                "\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1}}}}}"
-            ),
-            self.connections,
-            self.connected,
-            self.failed_connects,
-            self.errors,
-            self.requests_sent,
-            self.answers,
-            self.recorded,
-            self.rate,
-            target,
-            self.seconds,
-            latency.p50_us,
-            latency.p90_us,
-            latency.p99_us,
-            latency.p999_us,
-            latency.max_us,
-        )
+        // Plain data with string keys: serialising it cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -185,9 +165,17 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{} connections ({} connected, {} failed, {} lost), {mode}, {:.1} s measured",
-            self.connections, self.connected, self.failed_connects, self.errors, self.seconds
+            "{} connections ({} connected, {} answered, {} failed, {} lost), {mode}, {:.1} s measured",
+            self.connections,
+            self.connected,
+            self.served,
+            self.failed_connects,
+            self.errors,
+            self.seconds
         )?;
+        if let Some(reason) = &self.first_failure {
+            writeln!(f, "first failure: {reason}")?;
+        }
         writeln!(
             f,
             "{:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
