@@ -22,6 +22,9 @@ pub enum Error {
     /// The server's own thread panicked (a bug in the library or in a hook, not a protocol:
     /// protocol panics are caught per connection).
     Panicked(String),
+    /// The measuring tools (`load`, `compare`) could not do their job: a server under test that
+    /// would not start, a chart that could not be drawn.
+    Tool(String),
 }
 
 impl Error {
@@ -40,6 +43,7 @@ impl fmt::Display for Error {
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Config(message) => write!(f, "invalid configuration: {message}"),
             Error::Panicked(message) => write!(f, "the server thread panicked: {message}"),
+            Error::Tool(message) => f.write_str(message),
         }
     }
 }
@@ -48,7 +52,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
-            Error::Config(_) | Error::Panicked(_) => None,
+            Error::Config(_) | Error::Panicked(_) | Error::Tool(_) => None,
         }
     }
 }

@@ -24,6 +24,10 @@
 //! sockets. UDP and Unix datagram sockets are served by [`DatagramServer`] with a
 //! [`DatagramProtocol`](protocol::DatagramProtocol), on a datagram loop or blocking receivers.
 //!
+//! To see the designs side by side, [`load`] is a load generator on one event loop (closed or
+//! open loop, latency in HdrHistogram), and [`compare`] runs every model as a child process
+//! under the same load and reports throughput, latency percentiles, CPU per request and memory.
+//!
 //! ## The loop's phases
 //!
 //! Each turn: poll (sleep until news), read the clock once, dispatch the events (accept, drive
@@ -60,6 +64,7 @@
 #![warn(missing_docs)]
 
 pub mod blocking;
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod load;

@@ -32,6 +32,154 @@ enum Command {
     Serve(ServeArgs),
     /// Put a server under load for a bounded time and report throughput and latency.
     Load(LoadArgs),
+    /// Run every concurrency model under the same load and compare them: a table,
+    /// compare.svg and compare.json (or, with --idle N, idle capacity and idle.json).
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// The short run: 0.25 s of warm-up and 1 s measured per model and level (under a minute
+    /// on two cores) instead of 1 s and 5 s.
+    #[arg(long)]
+    quick: bool,
+    /// Measure idle capacity instead: hold this many idle connections against each model.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    idle: Option<u64>,
+    /// Models to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "threads,pool,reactor,reactors,prefork"
+    )]
+    models: Vec<ModelName>,
+    /// Concurrency levels (connections), in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024,4096",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    connections: Vec<u64>,
+    /// CPUs for the server, taken from the first of those this process may use; the load gets
+    /// the rest (default: half, at least one).
+    #[arg(long)]
+    server_cpus: Option<usize>,
+    /// Seconds measured per run (overrides --quick's).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds of warm-up per run (overrides --quick's).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Payload bytes per request.
+    #[arg(long, default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    message_bytes: u64,
+    /// The servers' --max-connections: a model capped below a level shows it as failed.
+    #[arg(long, default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Directory for compare.svg and compare.json (or idle.json).
+    #[arg(long, default_value = "target/compare")]
+    out: std::path::PathBuf,
+}
+
+fn compare(args: CompareArgs) -> socketserver::Result<()> {
+    use socketserver::compare::{self, chart, idle, CompareConfig, ModelKind};
+    let program = std::env::current_exe()
+        .map_err(|error| Error::io("finding this program to start servers", error))?;
+    let mut config = if args.quick {
+        CompareConfig::quick(program)
+    } else {
+        CompareConfig::new(program)
+    };
+    if let Some(count) = args.server_cpus {
+        config.server_cpu_count(count)?;
+    }
+    if let Some(duration) = args.duration {
+        config.duration = seconds(duration, "--duration")?;
+    }
+    if let Some(warmup) = args.warmup {
+        config.warmup = seconds(warmup, "--warmup")?;
+    }
+    config.models = args
+        .models
+        .iter()
+        .filter_map(|model| ModelKind::from_name(model.to_possible_value()?.get_name()))
+        .collect();
+    config.connections = args.connections.iter().map(|&n| n as usize).collect();
+    config.message_bytes = args.message_bytes as usize;
+    config.max_connections = args.max_connections as usize;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|error| Error::io(format!("creating {}", args.out.display()), error))?;
+    let mut progress = ProgressLine::new();
+    if let Some(target) = args.idle {
+        let result = idle::run(&config, target as usize, |step, steps, model| {
+            progress.show(&format!(
+                "[{step}/{steps}] {model}: {target} idle connections"
+            ));
+        })?;
+        progress.clear();
+        println!("{result}");
+        let json = args.out.join("idle.json");
+        write_file(&json, &result.to_json())?;
+        println!("wrote {}", json.display());
+        return Ok(());
+    }
+    let result = compare::run(&config, |step| {
+        progress.show(&format!(
+            "[{}/{}] {} at {} connections",
+            step.step, step.steps, step.model, step.connections
+        ));
+    })?;
+    progress.clear();
+    println!("{result}");
+    let (json, svg) = (args.out.join("compare.json"), args.out.join("compare.svg"));
+    write_file(&json, &result.to_json())?;
+    chart::write_svg(&result, &svg)?;
+    println!("wrote {} and {}", svg.display(), json.display());
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> socketserver::Result<()> {
+    std::fs::write(path, text)
+        .map_err(|error| Error::io(format!("writing {}", path.display()), error))
+}
+
+/// A progress line on stderr: rewritten in place on a terminal, one line per step otherwise.
+struct ProgressLine {
+    terminal: bool,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        use std::io::IsTerminal;
+        ProgressLine {
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self, text: &str) {
+        if self.terminal {
+            eprint!("\r\x1b[K{text}");
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.terminal {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// A number of seconds from the command line, within 0..=3600.
+fn seconds(value: f64, name: &str) -> socketserver::Result<Duration> {
+    if value.is_finite() && (0.0..=3600.0).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(Error::Config(format!(
+            "{name} must be within 0..=3600 seconds"
+        )))
+    }
 }
 
 #[derive(clap::Args)]
@@ -65,15 +213,6 @@ struct LoadArgs {
 }
 
 fn load(args: LoadArgs) -> socketserver::Result<()> {
-    let seconds = |value: f64, name: &str| {
-        if value.is_finite() && (0.0..=3600.0).contains(&value) {
-            Ok(Duration::from_secs_f64(value))
-        } else {
-            Err(Error::Config(format!(
-                "{name} must be within 0..=3600 seconds"
-            )))
-        }
-    };
     let config = LoadConfig {
         addr: args.addr,
         protocol: match args.protocol {
@@ -302,12 +441,38 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit, as servers and load generators
+/// holding many connections need (the soft limit is often 1,024; the hard limit much higher).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit from a live local; raising the soft limit up to
+        // the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            log::debug!(
+                "could not raise the descriptor limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    raise_descriptor_limit();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load(args),
+        Command::Compare(args) => compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

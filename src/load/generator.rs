@@ -4,18 +4,16 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{Latency, LoadConfig, Report};
+use super::{source_address, Latency, LoadConfig, Report};
 use crate::error::{interrupted, would_block, Error, Result};
 
-/// Connections per loopback source address: well inside the usual ephemeral port range.
-const PER_SOURCE: usize = 25_000;
 /// The largest latency recorded exactly (an hour, in microseconds); longer ones saturate.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -42,7 +40,7 @@ struct Client {
     next_index: u32,
     /// Open loop: when this connection's request 0 is due.
     first_due: Instant,
-    /// At least one answer came back on this connection.
+    /// At least one answer was recorded on this connection (in the measured window).
     answered: bool,
 }
 
@@ -55,7 +53,7 @@ struct Counts {
     requests_sent: u64,
     answers: u64,
     in_flight: usize,
-    /// Connections that received at least one answer.
+    /// Connections with at least one answer recorded.
     served: usize,
     /// The first reason a connection failed or was lost.
     first_failure: Option<String>,
@@ -323,12 +321,8 @@ fn open(addr: SocketAddr, index: usize, connections: usize) -> io::Result<TcpStr
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
-    if let IpAddr::V4(ip) = addr.ip() {
-        if ip.is_loopback() && connections > PER_SOURCE {
-            let host = 1 + (index / PER_SOURCE) as u8;
-            let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0));
-            socket.bind(&source.into())?;
-        }
+    if let Some(source) = source_address(addr, index, connections) {
+        socket.bind(&source.into())?;
     }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
@@ -455,11 +449,11 @@ impl Run<'_> {
                 client.in_flight = false;
                 self.counts.in_flight -= 1;
                 self.counts.answers += 1;
-                if !client.answered {
-                    client.answered = true;
-                    self.counts.served += 1;
-                }
                 if client.intended >= self.record_from {
+                    if !client.answered {
+                        client.answered = true;
+                        self.counts.served += 1;
+                    }
                     let micros = now.saturating_duration_since(client.intended).as_micros();
                     self.histogram
                         .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));

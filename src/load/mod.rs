@@ -20,10 +20,31 @@
 mod generator;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 pub use generator::{run, run_observed, Phase};
+
+/// Connections per loopback source address: well inside the usual ephemeral port range.
+const PER_SOURCE: usize = 25_000;
+
+/// The local address connection `index` of `connections` to `addr` binds before connecting:
+/// past [`PER_SOURCE`] connections to a loopback IPv4 address, each block of them gets its own
+/// source address (127.0.0.2, 127.0.0.3, …) and so its own ephemeral port range. `None` means
+/// the kernel picks.
+pub(crate) fn source_address(
+    addr: SocketAddr,
+    index: usize,
+    connections: usize,
+) -> Option<SocketAddr> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() && connections > PER_SOURCE => {
+            let host = u8::try_from(1 + index / PER_SOURCE).unwrap_or(u8::MAX);
+            Some(SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0)))
+        }
+        _ => None,
+    }
+}
 
 /// The request format a load run sends; every protocol here answers with the request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +143,9 @@ pub struct Report {
     pub connections: usize,
     /// Connections established.
     pub connected: usize,
-    /// Connections that received at least one answer (fewer than `connected` when a server
-    /// holds connections it does not serve, as a full thread pool does).
+    /// Connections with at least one answer in the measured window (fewer than `connected`
+    /// when a server holds connections it does not serve, as a full thread pool does, or is
+    /// still accepting them).
     pub served: usize,
     /// Connections that could not be established (refused, reset, timed out).
     pub failed_connects: usize,

@@ -287,16 +287,8 @@ impl Cli {
 
     /// CPU time (user + system) the child has used so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("read stat");
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_millis(ticks * 1000 / per_second)
+        let usage = socketserver::compare::process::Usage::of(self.child.id());
+        Duration::from_secs_f64(usage.cpu_seconds)
     }
 
     /// Open descriptors of the child.
@@ -310,4 +302,42 @@ impl Drop for Cli {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the command-line tool to completion with `args`, killing it (and failing the test) if
+/// it takes longer than `timeout`; returns its exit status, stdout and stderr.
+pub fn run_cli(args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_socketserver"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socketserver");
+    // Read both pipes on their own threads so a full pipe never stalls the child.
+    let pipe_reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = pipe_reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = pipe_reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("socketserver {args:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    (status, stdout, stderr)
 }
