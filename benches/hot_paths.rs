@@ -1,0 +1,163 @@
+//! Micro-benchmarks of the hot paths that involve no socket: protocol parsing, buffers, timers.
+//!
+//! Run with `cargo bench --bench hot_paths`. End-to-end figures (sockets, every model) come from
+//! `socketserver compare`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use socketserver::protocol::{Frame, Line, Session};
+use socketserver::reactor::buffer::{ReadBuf, WriteBuf};
+use socketserver::reactor::timer::Timers;
+
+fn line_protocol(c: &mut Criterion) {
+    let input: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".repeat(100);
+    let mut group = c.benchmark_group("line");
+    group.throughput(Throughput::Bytes(input.len() as u64));
+    group.bench_function("100 lines in one read", |b| {
+        let mut session = Session::new(Line::default());
+        b.iter(|| {
+            session.feed(black_box(&input));
+            black_box(session.take_output());
+        })
+    });
+    group.finish();
+}
+
+fn frame_protocol(c: &mut Criterion) {
+    let mut input = Vec::new();
+    for _ in 0..100 {
+        input.extend_from_slice(&64u32.to_be_bytes());
+        input.extend_from_slice(&[0xab; 64]);
+    }
+    let mut group = c.benchmark_group("frame");
+    group.throughput(Throughput::Bytes(input.len() as u64));
+    group.bench_function("100 frames of 64 bytes", |b| {
+        let mut session = Session::new(Frame::default());
+        b.iter(|| {
+            session.feed(black_box(&input));
+            black_box(session.take_output());
+        })
+    });
+    group.finish();
+}
+
+fn split_input(c: &mut Criterion) {
+    // The worst case for a parser: every byte arrives in its own read.
+    let input: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".repeat(10);
+    let mut group = c.benchmark_group("line");
+    group.throughput(Throughput::Bytes(input.len() as u64));
+    group.bench_function("10 lines, one byte per read", |b| {
+        let mut session = Session::new(Line::default());
+        b.iter(|| {
+            for byte in input.chunks(1) {
+                session.feed(black_box(byte));
+            }
+            black_box(session.take_output());
+        })
+    });
+    group.finish();
+}
+
+fn read_buffer(c: &mut Criterion) {
+    c.bench_function("read buffer: extend 64 B, consume 48 B", |b| {
+        // A protocol that leaves a partial message behind each time: the buffer compacts.
+        let mut buffer = ReadBuf::default();
+        b.iter(|| {
+            buffer.extend(black_box(&[7u8; 64]));
+            let keep = buffer.len().min(16);
+            buffer.consume(buffer.len() - keep);
+            black_box(buffer.len());
+        })
+    });
+}
+
+/// A socket that accepts at most 1,000 bytes per write, as a full kernel buffer does.
+struct Trickle;
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        Ok(bytes.len().min(1000))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_buffer_partial(c: &mut Criterion) {
+    c.bench_function(
+        "write buffer: 100 pushes of 64 B, drained by partial writes",
+        |b| {
+            let mut buffer = WriteBuf::default();
+            b.iter(|| {
+                for _ in 0..100 {
+                    buffer.push(black_box(&[7u8; 64]));
+                }
+                buffer
+                    .write_until_blocked(&mut Trickle)
+                    .expect("the trickle never fails");
+            })
+        },
+    );
+}
+
+fn write_buffer(c: &mut Criterion) {
+    c.bench_function("write buffer: push 64 B, drain", |b| {
+        let mut buffer = WriteBuf::default();
+        let mut sink = std::io::sink();
+        b.iter(|| {
+            buffer.push(black_box(&[7u8; 64]));
+            buffer.write_to(&mut sink).expect("sink never fails");
+        })
+    });
+}
+
+fn timer_heap(c: &mut Criterion) {
+    c.bench_function("timers: schedule and expire 1,000", |b| {
+        let start = Instant::now();
+        let mut due = Vec::with_capacity(1000);
+        b.iter(|| {
+            let mut timers = Timers::default();
+            for i in 0..1000u64 {
+                timers.schedule(start + Duration::from_micros((i * 7919) % 1000), i);
+            }
+            due.clear();
+            timers.collect_expired(start + Duration::from_millis(1), &mut due);
+            black_box(due.len());
+        })
+    });
+}
+
+fn timer_rearm(c: &mut Criterion) {
+    c.bench_function("timers: 10,000 connections, one due each turn", |b| {
+        // The idle-timeout pattern: many far deadlines, a few expiring per reactor turn.
+        let start = Instant::now();
+        let mut timers = Timers::default();
+        for i in 0..10_000u64 {
+            timers.schedule(start + Duration::from_secs(60 + i), i);
+        }
+        let mut due = Vec::with_capacity(4);
+        let mut turn = 0u64;
+        b.iter(|| {
+            turn += 1;
+            timers.schedule(start + Duration::from_micros(turn), turn);
+            due.clear();
+            timers.collect_expired(start + Duration::from_micros(turn), &mut due);
+            black_box(due.len());
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    line_protocol,
+    frame_protocol,
+    split_input,
+    read_buffer,
+    write_buffer,
+    write_buffer_partial,
+    timer_heap,
+    timer_rearm
+);
+criterion_main!(benches);
