@@ -215,3 +215,30 @@ impl fmt::Display for Report {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_loopback_connections_spread_over_source_addresses() {
+        let server = SocketAddr::from(([127, 0, 0, 1], 7000));
+        // Few enough for one ephemeral port range: the kernel picks.
+        assert_eq!(source_address(server, 0, PER_SOURCE), None);
+        // More: each block of PER_SOURCE connections gets its own source address.
+        let source = |index| source_address(server, index, 3 * PER_SOURCE).map(|a| a.ip());
+        assert_eq!(source(0), Some(Ipv4Addr::new(127, 0, 0, 1).into()));
+        assert_eq!(
+            source(PER_SOURCE - 1),
+            Some(Ipv4Addr::new(127, 0, 0, 1).into())
+        );
+        assert_eq!(source(PER_SOURCE), Some(Ipv4Addr::new(127, 0, 0, 2).into()));
+        assert_eq!(
+            source(3 * PER_SOURCE - 1),
+            Some(Ipv4Addr::new(127, 0, 0, 3).into())
+        );
+        // Not loopback: one source, the kernel's choice.
+        let remote = SocketAddr::from(([192, 0, 2, 1], 7000));
+        assert_eq!(source_address(remote, PER_SOURCE * 2, 3 * PER_SOURCE), None);
+    }
+}
