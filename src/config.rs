@@ -71,6 +71,27 @@ pub struct Config {
     /// Largest payload the `frame` protocol accepts. Default 1 MiB;
     /// range 0..=`max_input_bytes` - 4.
     pub max_frame_bytes: usize,
+    /// Largest HTTP request head (request line and headers, and a chunked body's trailers);
+    /// over it the answer is 431 and the connection closes. Default 8 KiB; range
+    /// 64 B..=1 MiB (and at most `max_input_bytes`).
+    pub http_max_head_bytes: usize,
+    /// Most headers in one HTTP request head; over it the answer is 431. Default 64; range
+    /// 1..=128.
+    pub http_max_headers: usize,
+    /// Largest HTTP request body (Content-Length or chunked); over it the answer is 413 and the
+    /// connection closes. Default 1 MiB; range 0..=1 GiB.
+    pub http_max_body_bytes: usize,
+    /// How long a client has to send a whole HTTP request (head and body) once its first byte
+    /// arrives; past it the answer is 408 and the connection closes (defeats slow-header
+    /// clients). Default 10 s; range 1 ms..=1 h.
+    pub http_request_timeout: Duration,
+    /// How long an HTTP keep-alive connection may wait between requests before it is closed.
+    /// Default 5 s; range 1 ms..=1 h.
+    pub http_keep_alive_timeout: Duration,
+    /// Most HTTP answers one connection may have waiting (pipelined requests whose answers are
+    /// not yet sent because an earlier one is still being computed); while full, no more
+    /// requests are read. Default 32; range 1..=1,024.
+    pub http_max_pipeline: usize,
     /// Handler threads of the thread-pool model. Default 64; range 1..=4,096.
     pub pool_threads: usize,
     /// Accepted connections waiting for a pool thread; over it a connection is closed at once
@@ -122,6 +143,12 @@ impl Default for Config {
             max_jobs_per_connection: 64,
             max_line_bytes: 64 * 1024,
             max_frame_bytes: 1024 * 1024,
+            http_max_head_bytes: 8 * 1024,
+            http_max_headers: 64,
+            http_max_body_bytes: 1024 * 1024,
+            http_request_timeout: Duration::from_secs(10),
+            http_keep_alive_timeout: Duration::from_secs(5),
+            http_max_pipeline: 32,
             pool_threads: 64,
             pool_queue: 1024,
             max_datagram_bytes: 65_507,
@@ -189,6 +216,28 @@ impl Config {
                 )
             },
         )?;
+        check(
+            (64..=(1 << 20).min(self.max_input_bytes)).contains(&self.http_max_head_bytes),
+            || "http_max_head_bytes is outside 64..=min(1MiB, max_input_bytes)".into(),
+        )?;
+        check((1..=128).contains(&self.http_max_headers), || {
+            "http_max_headers is outside 1..=128".into()
+        })?;
+        check(self.http_max_body_bytes <= 1 << 30, || {
+            "http_max_body_bytes is over 1GiB".into()
+        })?;
+        let timeout_ok = |timeout: Duration| {
+            (Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&timeout)
+        };
+        check(timeout_ok(self.http_request_timeout), || {
+            "http_request_timeout is outside 1ms..=1h".into()
+        })?;
+        check(timeout_ok(self.http_keep_alive_timeout), || {
+            "http_keep_alive_timeout is outside 1ms..=1h".into()
+        })?;
+        check((1..=1024).contains(&self.http_max_pipeline), || {
+            "http_max_pipeline is outside 1..=1024".into()
+        })?;
         check(self.write_low_watermark < self.write_high_watermark, || {
             "write_low_watermark must be below write_high_watermark".into()
         })?;

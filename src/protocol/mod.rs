@@ -18,6 +18,9 @@
 //! * Output written through the context is sent in order. While the connection's pending output
 //!   is above the high watermark the driver stops calling `on_read` (backpressure), so a protocol
 //!   whose output is proportional to its input needs no flow control of its own.
+//! * After [`Protocol::on_job_done`] the driver offers the unconsumed input again (unless reading
+//!   is paused or the connection is closing), so a protocol may stop consuming while it waits
+//!   for a job, as HTTP does when its pipeline of answers is full.
 //! * A panic in any callback closes that connection only and is reported to the server's error
 //!   hook; every other connection keeps being served.
 //!
@@ -28,6 +31,7 @@
 mod datagram;
 mod echo;
 mod frame;
+pub mod http;
 mod line;
 mod session;
 
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 pub use datagram::{DatagramProtocol, Outbox, Outgoing, Peer};
 pub use echo::Echo;
 pub use frame::Frame;
+pub use http::Http;
 pub use line::Line;
 pub use session::Session;
 

@@ -37,6 +37,8 @@ pub struct Session<P: Protocol> {
     /// The time callbacks see as `ctx.now()`; advanced by the driver with [`Session::set_now`].
     now: Instant,
     id: ConnId,
+    /// Job results delivered so far (to notice a job that unblocked the protocol).
+    jobs_delivered: u64,
 }
 
 impl<P: Protocol> Session<P> {
@@ -56,6 +58,7 @@ impl<P: Protocol> Session<P> {
             eof: false,
             now: Instant::now(),
             id,
+            jobs_delivered: 0,
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
@@ -67,10 +70,20 @@ impl<P: Protocol> Session<P> {
             return;
         }
         self.input.extend(bytes);
-        let mut input = std::mem::take(&mut self.input);
-        let consumed = self.call(|protocol, ctx| protocol.on_read(input.as_slice(), ctx));
-        input.consume(consumed);
-        self.input = input;
+        loop {
+            let delivered = self.jobs_delivered;
+            let mut input = std::mem::take(&mut self.input);
+            let consumed = self.call(|protocol, ctx| protocol.on_read(input.as_slice(), ctx));
+            input.consume(consumed);
+            self.input = input;
+            // As the reactor does: a job that finished may have unblocked a protocol that
+            // stopped consuming (a full pipeline), so offer what is left once more; stop when
+            // an offer makes no progress.
+            let unblocked = self.jobs_delivered != delivered;
+            if !unblocked || consumed == 0 || self.input.is_empty() || self.close.is_some() {
+                break;
+            }
+        }
     }
 
     /// Signals end of input (the peer half-closed).
@@ -157,6 +170,7 @@ impl<P: Protocol> Session<P> {
         let (result, done) = self.invoke(callback);
         let mut queue = VecDeque::from(done);
         while let Some((tag, job_result)) = queue.pop_front() {
+            self.jobs_delivered += 1;
             let ((), more) =
                 self.invoke(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
             queue.extend(more);

@@ -244,6 +244,14 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
+    /// Offers input the protocol left unconsumed once more, unless reading is paused or the
+    /// connection is closing (then the input waits for the resume, or is dropped).
+    pub(crate) fn offer_buffered_input(&mut self, core: &mut Core) {
+        if self.input.is_some() && !self.has(flag::PAUSED | flag::CLOSING | flag::CLOSED) {
+            self.feed(core, &[]);
+        }
+    }
+
     /// Hands `fresh` input (after any buffered input) to the protocol; keeps what it leaves.
     fn feed(&mut self, core: &mut Core, fresh: &[u8]) {
         match self.input.take() {

@@ -368,6 +368,9 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                     conn.call(&mut self.core, |protocol, ctx| {
                         protocol.on_job_done(tag, result, ctx)
                     });
+                    // A protocol that stopped consuming until an answer was ready (a full
+                    // pipeline) gets its buffered input again.
+                    conn.offer_buffered_input(&mut self.core);
                     conn.conclude(&mut self.core);
                 }
                 // Drop: the connection that asked for this job is gone.

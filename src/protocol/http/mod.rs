@@ -1,0 +1,629 @@
+//! HTTP/1.1 as a sans-IO state machine: keep-alive, pipelining, bodies, limits, and a router.
+//!
+//! [`Http`] reads request heads (parsed by `httparse`), then the body by `Content-Length` or the
+//! chunked coding (with trailers), and hands each whole [`Request`] to the [`Router`]'s
+//! handler. Answers go out strictly in request order: a handler marked to run on the worker
+//! pool leaves a place in the queue that later answers wait behind, so pipelining stays correct
+//! when an early request is slow. At most [`Config::http_max_pipeline`] answers wait; while the
+//! queue is full no more requests are read.
+//!
+//! The connection is kept alive by default in HTTP/1.1 and on `Connection: keep-alive` in 1.0;
+//! `Connection: close` ends it after that answer. `Expect: 100-continue` gets an interim
+//! `100 Continue` (in its place in the answer order) only when asked and only if the body has
+//! not started arriving. `HEAD` is answered as `GET` without the body. `Date` is formatted once
+//! a second, not per request.
+//!
+//! Limits and their answers, each followed by a close that keeps the answer intact (the driver
+//! shuts the write side and drains input for a moment, nginx's lingering close):
+//!
+//! | limit | answer |
+//! |---|---|
+//! | head over [`Config::http_max_head_bytes`], more than [`Config::http_max_headers`] headers, trailers too large | 431 |
+//! | body over [`Config::http_max_body_bytes`] | 413 |
+//! | a malformed head or chunk, both `Content-Length` and `Transfer-Encoding`, conflicting lengths, no `Host` in 1.1 | 400 |
+//! | a transfer coding other than `chunked` | 501 |
+//! | the request not complete within [`Config::http_request_timeout`] of its first byte | 408 |
+//!
+//! A connection quiet between requests for [`Config::http_keep_alive_timeout`] is closed. On a
+//! graceful shutdown an idle connection closes at once, and requests already read are answered,
+//! the last with `Connection: close`.
+//!
+//! [`Config::http_max_pipeline`]: crate::Config::http_max_pipeline
+//! [`Config::http_max_head_bytes`]: crate::Config::http_max_head_bytes
+//! [`Config::http_max_headers`]: crate::Config::http_max_headers
+//! [`Config::http_max_body_bytes`]: crate::Config::http_max_body_bytes
+//! [`Config::http_request_timeout`]: crate::Config::http_request_timeout
+//! [`Config::http_keep_alive_timeout`]: crate::Config::http_keep_alive_timeout
+
+mod body;
+mod message;
+mod router;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use message::{reason, with_date, write_response, Request, Response};
+pub use router::{Found, Handler, Router, Runs};
+
+use super::{Context, JobResult, Protocol};
+use crate::config::Config;
+use body::{BodyReader, Chunk, Framing};
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Header slots on the stack for one parse; `Config::http_max_headers` is at most this.
+const HEADER_SLOTS: usize = 128;
+
+/// The limits an [`Http`] connection keeps, taken from [`Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// See [`Config::http_max_head_bytes`].
+    pub max_head_bytes: usize,
+    /// See [`Config::http_max_headers`].
+    pub max_headers: usize,
+    /// See [`Config::http_max_body_bytes`].
+    pub max_body_bytes: usize,
+    /// See [`Config::http_request_timeout`].
+    pub request_timeout: Duration,
+    /// See [`Config::http_keep_alive_timeout`].
+    pub keep_alive_timeout: Duration,
+    /// See [`Config::http_max_pipeline`].
+    pub max_pipeline: usize,
+}
+
+impl HttpLimits {
+    /// The HTTP limits of `config`.
+    pub fn from_config(config: &Config) -> HttpLimits {
+        HttpLimits {
+            max_head_bytes: config.http_max_head_bytes,
+            max_headers: config.http_max_headers.min(HEADER_SLOTS),
+            max_body_bytes: config.http_max_body_bytes,
+            request_timeout: config.http_request_timeout,
+            keep_alive_timeout: config.http_keep_alive_timeout,
+            max_pipeline: config.http_max_pipeline.max(1),
+        }
+    }
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits::from_config(&Config::default())
+    }
+}
+
+/// How an answer is to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    /// HEAD: no body.
+    head_only: bool,
+    /// The connection ends after this answer.
+    close: bool,
+    /// An HTTP/1.0 client that asked to keep the connection.
+    keep_alive_1_0: bool,
+}
+
+/// An answer's place in the pipeline.
+enum Answer {
+    Ready(Response),
+    /// `100 Continue`, sent in its place.
+    Continue,
+    /// Being computed on the worker pool; the job's tag.
+    Pending(u64),
+}
+
+struct Slot {
+    meta: Meta,
+    answer: Answer,
+    /// The answer rejects the request: the close counts as the client's fault.
+    rejection: Option<&'static str>,
+}
+
+/// Where the connection is in reading requests.
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Reading the body of a request whose head is in.
+    Body(Box<InBody>),
+    /// No more requests are read; the connection closes after the queued answers.
+    Done,
+}
+
+struct InBody {
+    request: Request,
+    meta: Meta,
+    reader: BodyReader,
+}
+
+/// Which timer is armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    None,
+    /// Between requests.
+    KeepAlive,
+    /// A request has started arriving and must be complete in time.
+    Request,
+}
+
+/// One HTTP/1.1 connection; see the [module documentation](self).
+pub struct Http {
+    router: Arc<Router>,
+    limits: HttpLimits,
+    phase: Phase,
+    /// Bytes of the current head already searched for its end.
+    scanned: usize,
+    queue: VecDeque<Slot>,
+    next_tag: u64,
+    timer: Timer,
+    /// Bytes of an unfinished request are held.
+    partial: bool,
+    shutting_down: bool,
+}
+
+impl Http {
+    /// A connection served by `router`, with `limits`.
+    pub fn new(router: Arc<Router>, limits: HttpLimits) -> Http {
+        Http {
+            router,
+            limits,
+            phase: Phase::Head,
+            scanned: 0,
+            queue: VecDeque::new(),
+            next_tag: 0,
+            timer: Timer::None,
+            partial: false,
+            shutting_down: false,
+        }
+    }
+
+    /// Where the request head that starts `input` ends (after its empty line), if it is in.
+    fn head_end(&mut self, input: &[u8]) -> Option<usize> {
+        // Resume a little before where the last search stopped: the terminator may straddle.
+        let from = self.scanned.saturating_sub(3);
+        for (offset, &byte) in input[from..].iter().enumerate() {
+            if byte != b'\n' {
+                continue;
+            }
+            let newline = from + offset;
+            match (input.get(newline + 1), input.get(newline + 2)) {
+                (Some(b'\n'), _) => return Some(newline + 2),
+                (Some(b'\r'), Some(b'\n')) => return Some(newline + 3),
+                _ => {}
+            }
+        }
+        self.scanned = input.len();
+        None
+    }
+
+    /// Answers `status` to a request that broke a rule, then closes.
+    fn reject(&mut self, status: u16, why: &'static str) {
+        log::debug!("http: {status} {why}");
+        self.queue.push_back(Slot {
+            meta: Meta {
+                head_only: false,
+                close: true,
+                keep_alive_1_0: false,
+            },
+            answer: Answer::Ready(Response::text(status, format!("{why}\n"))),
+            rejection: Some(why),
+        });
+        self.phase = Phase::Done;
+    }
+
+    /// A whole request: routes it and queues its answer (or its place, if offloaded).
+    fn dispatch(&mut self, request: Request, meta: Meta, ctx: &mut Context<'_>) {
+        let answer = match self.router.find(&request.method, &request.path) {
+            None => Answer::Ready(Response::text(404, "not found\n")),
+            Some(Found {
+                runs: Runs::Inline,
+                handler,
+            }) => Answer::Ready(handler(&request)),
+            Some(Found {
+                runs: Runs::Offloaded,
+                handler,
+            }) => {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                match ctx.offload(tag, move || handler(&request)) {
+                    Ok(()) => Answer::Pending(tag),
+                    Err(error) => {
+                        log::debug!("http: offload refused: {error}");
+                        Answer::Ready(Response::text(503, "busy, try again\n"))
+                    }
+                }
+            }
+        };
+        self.queue.push_back(Slot {
+            meta,
+            answer,
+            rejection: None,
+        });
+        self.phase = if meta.close { Phase::Done } else { Phase::Head };
+        // The next request gets a deadline of its own.
+        self.timer = Timer::None;
+    }
+
+    /// Writes the answers at the front of the queue that are ready, in order.
+    fn flush(&mut self, ctx: &mut Context<'_>) {
+        let mut out = Vec::new();
+        while let Some(slot) = self.queue.front() {
+            if matches!(slot.answer, Answer::Pending(_)) {
+                break;
+            }
+            let Some(slot) = self.queue.pop_front() else {
+                break;
+            };
+            match &slot.answer {
+                Answer::Continue => out.extend_from_slice(CONTINUE),
+                Answer::Ready(response) => write_response(
+                    &mut out,
+                    response,
+                    "socketserver",
+                    slot.meta.head_only,
+                    slot.meta.close,
+                    slot.meta.keep_alive_1_0,
+                ),
+                Answer::Pending(_) => {}
+            }
+            if slot.meta.close {
+                self.queue.clear();
+                ctx.write_owned(std::mem::take(&mut out));
+                match slot.rejection {
+                    Some(why) => ctx.fail(why),
+                    None => ctx.close(),
+                }
+                return;
+            }
+        }
+        if !out.is_empty() {
+            ctx.write_owned(out);
+        }
+        if self.queue.is_empty() && matches!(self.phase, Phase::Done) {
+            ctx.close();
+        }
+    }
+
+    /// No more requests will be read: the last queued answer closes the connection.
+    fn finish(&mut self, ctx: &mut Context<'_>) {
+        self.phase = Phase::Done;
+        // A `100 Continue` for a body that will not be read is owed to nobody.
+        while matches!(
+            self.queue.back(),
+            Some(Slot {
+                answer: Answer::Continue,
+                ..
+            })
+        ) {
+            self.queue.pop_back();
+        }
+        match self.queue.back_mut() {
+            Some(last) => last.meta.close = true,
+            None => ctx.close(),
+        }
+    }
+
+    /// Arms the timer the connection's state calls for.
+    fn update_timer(&mut self, ctx: &mut Context<'_>) {
+        let waiting_for_answers = !self.queue.is_empty();
+        let want = if waiting_for_answers || matches!(self.phase, Phase::Done) {
+            Timer::None
+        } else if self.partial {
+            Timer::Request
+        } else {
+            Timer::KeepAlive
+        };
+        if want == self.timer {
+            // A request's deadline runs from its first byte: more bytes do not extend it.
+            return;
+        }
+        match want {
+            Timer::None => ctx.cancel_timer(),
+            Timer::KeepAlive => ctx.set_timer(self.limits.keep_alive_timeout),
+            Timer::Request => ctx.set_timer(self.limits.request_timeout),
+        }
+        self.timer = want;
+    }
+
+    /// Reads requests from `input`; returns the bytes used.
+    fn read_requests(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
+        let mut at = 0;
+        loop {
+            if self.queue.len() >= self.limits.max_pipeline {
+                // Full: the rest waits until answers go out (the driver offers it again).
+                break;
+            }
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return input.len(),
+                Phase::Head => {
+                    self.phase = Phase::Head;
+                    // Empty lines before a request are ignored (RFC 9112, section 2.2).
+                    if self.scanned == 0 {
+                        at += input[at..]
+                            .iter()
+                            .take_while(|&&byte| byte == b'\r' || byte == b'\n')
+                            .count();
+                    }
+                    let rest = &input[at..];
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let Some(end) = self.head_end(rest) else {
+                        if rest.len() > self.limits.max_head_bytes {
+                            self.reject(431, "request head too large");
+                            return input.len();
+                        }
+                        break;
+                    };
+                    self.scanned = 0;
+                    if end > self.limits.max_head_bytes {
+                        self.reject(431, "request head too large");
+                        return input.len();
+                    }
+                    match parse_head(&rest[..end], &self.limits) {
+                        Err((status, why)) => {
+                            self.reject(status, why);
+                            return input.len();
+                        }
+                        Ok(head) => {
+                            at += end;
+                            self.start_request(head, at < input.len(), ctx);
+                        }
+                    }
+                }
+                Phase::Body(mut in_body) => match in_body.reader.read(&input[at..]) {
+                    Err((status, why)) => {
+                        self.reject(status, why);
+                        return input.len();
+                    }
+                    Ok((used, done)) => {
+                        at += used;
+                        if !done {
+                            self.phase = Phase::Body(in_body);
+                            break;
+                        }
+                        let InBody {
+                            mut request,
+                            meta,
+                            reader,
+                        } = *in_body;
+                        request.body = reader.body;
+                        request.trailers = reader.trailers;
+                        self.dispatch(request, meta, ctx);
+                    }
+                },
+            }
+        }
+        at
+    }
+
+    /// A head is in: reads its body next, or dispatches it at once.
+    fn start_request(&mut self, head: Head, body_arriving: bool, ctx: &mut Context<'_>) {
+        let Head {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let meta = Meta {
+            head_only: request.method == "HEAD",
+            close: !keep_alive || self.shutting_down,
+            keep_alive_1_0: keep_alive && request.minor_version == 0,
+        };
+        let Some(framing) = framing else {
+            return self.dispatch(request, meta, ctx);
+        };
+        if expect_continue && !body_arriving {
+            self.queue.push_back(Slot {
+                meta: Meta {
+                    close: false,
+                    ..meta
+                },
+                answer: Answer::Continue,
+                rejection: None,
+            });
+        }
+        let max_trailer_bytes = self.limits.max_head_bytes;
+        self.phase = Phase::Body(Box::new(InBody {
+            request,
+            meta,
+            reader: BodyReader::new(framing, self.limits.max_body_bytes, max_trailer_bytes),
+        }));
+    }
+}
+
+impl Protocol for Http {
+    fn on_open(&mut self, ctx: &mut Context<'_>) {
+        self.update_timer(ctx);
+    }
+
+    fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
+        let used = self.read_requests(input, ctx);
+        self.partial = used < input.len() || matches!(self.phase, Phase::Body(_));
+        self.flush(ctx);
+        self.update_timer(ctx);
+        used
+    }
+
+    fn on_eof(&mut self, ctx: &mut Context<'_>) {
+        // Answer what was read; an unfinished request is dropped with the input.
+        self.finish(ctx);
+        self.flush(ctx);
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<'_>) {
+        match self.timer {
+            Timer::KeepAlive => ctx.close(),
+            Timer::Request => {
+                self.reject(408, "request not complete in time");
+                self.flush(ctx);
+            }
+            Timer::None => {}
+        }
+        self.timer = Timer::None;
+    }
+
+    fn on_job_done(&mut self, tag: u64, result: JobResult, ctx: &mut Context<'_>) {
+        let response = match result {
+            Ok(output) => match output.downcast::<Response>() {
+                Ok(response) => *response,
+                Err(_) => Response::text(500, "internal error\n"),
+            },
+            Err(failure) => {
+                log::warn!("http handler panicked: {}", failure.message);
+                Response::text(500, "internal error\n")
+            }
+        };
+        if let Some(slot) = self
+            .queue
+            .iter_mut()
+            .find(|slot| matches!(slot.answer, Answer::Pending(pending) if pending == tag))
+        {
+            slot.answer = Answer::Ready(response);
+        }
+        self.flush(ctx);
+        self.update_timer(ctx);
+    }
+
+    fn on_shutdown(&mut self, ctx: &mut Context<'_>) {
+        self.shutting_down = true;
+        // Requests already read are answered (the last with `Connection: close`); an idle
+        // connection closes now.
+        if let Phase::Body(_) = self.phase {
+            self.partial = false;
+        }
+        self.finish(ctx);
+        self.flush(ctx);
+        self.update_timer(ctx);
+    }
+}
+
+/// A parsed request head and what it says about the body and the connection.
+struct Head {
+    request: Request,
+    framing: Option<Framing>,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Parses a complete head (through its empty line).
+fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Head, body::Rejection> {
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut slots[..limits.max_headers]);
+    match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err((400, "malformed request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err((431, "too many header fields")),
+        Err(_) => return Err((400, "malformed request head")),
+    }
+    let (Some(method), Some(target), Some(minor_version)) =
+        (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err((400, "malformed request line"));
+    };
+    let target = origin_form(target).ok_or((400, "malformed request target"))?;
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (target.to_string(), None),
+    };
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut host = false;
+    let mut expect_continue = false;
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for header in parsed.headers.iter() {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in value.split(|&byte| byte == b',') {
+                let length = parse_length(part.trim_ascii())
+                    .ok_or((400, "malformed Content-Length"))?;
+                if content_length.is_some_and(|seen| seen != length) {
+                    return Err((400, "conflicting Content-Length"));
+                }
+                content_length = Some(length);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            for coding in value.split(|&byte| byte == b',') {
+                let coding = coding.trim_ascii();
+                if coding.is_empty() {
+                    continue;
+                }
+                if !coding.eq_ignore_ascii_case(b"chunked") || chunked {
+                    return Err((501, "unsupported transfer coding"));
+                }
+                chunked = true;
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&byte| byte == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            host = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.push((name.to_string(), value.to_vec()));
+    }
+    if transfer_encoding && content_length.is_some() {
+        // Two framings: a request smuggling attempt, or a broken client (RFC 9112, 6.3).
+        return Err((400, "both Content-Length and Transfer-Encoding"));
+    }
+    if transfer_encoding && !chunked {
+        return Err((501, "unsupported transfer coding"));
+    }
+    if minor_version >= 1 && !host {
+        return Err((400, "no Host header"));
+    }
+    let framing = match content_length {
+        _ if chunked => Some(Framing::Chunked(Chunk::Size)),
+        Some(length) if length > limits.max_body_bytes => {
+            return Err((413, "request body too large"))
+        }
+        Some(0) | None => None,
+        Some(length) => Some(Framing::Length(length)),
+    };
+    Ok(Head {
+        request: Request {
+            method: method.to_string(),
+            path,
+            query,
+            minor_version,
+            headers,
+            body: Vec::new(),
+            trailers: Vec::new(),
+        },
+        framing,
+        keep_alive: if minor_version >= 1 {
+            !close
+        } else {
+            keep_alive_token && !close
+        },
+        expect_continue: expect_continue && minor_version >= 1,
+    })
+}
+
+/// The origin-form (`/path?query`) of a request target; an absolute-form target
+/// (`http://host/path`) gives its path. `*` (for OPTIONS) stays as it is.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') || target == "*" {
+        return Some(target);
+    }
+    let after_scheme = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    Some(after_scheme.find('/').map_or("/", |slash| &after_scheme[slash..]))
+}
+
+/// A Content-Length value: decimal digits only, no sign, no overflow.
+fn parse_length(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
