@@ -12,7 +12,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use socketserver::load::{LoadConfig, LoadProtocol};
 use socketserver::prefork::{self, Inherited, Supervisor};
-use socketserver::protocol::{Echo, Frame, Line, Protocol};
+use std::sync::Arc;
+
+use socketserver::protocol::http::{HttpLimits, Response, Router};
+use socketserver::protocol::{Echo, Frame, Http, Line, Protocol};
 use socketserver::{Config, DatagramServer, Error, Model, Server};
 
 #[derive(Parser)]
@@ -189,7 +192,7 @@ struct LoadArgs {
     addr: std::net::SocketAddr,
     /// The request format (each answer is the request itself).
     #[arg(long, value_enum, default_value = "echo")]
-    protocol: ProtocolName,
+    protocol: LoadProtocolName,
     /// Connections to open.
     #[arg(long, default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -216,9 +219,9 @@ fn load(args: LoadArgs) -> socketserver::Result<()> {
     let config = LoadConfig {
         addr: args.addr,
         protocol: match args.protocol {
-            ProtocolName::Echo => LoadProtocol::Echo,
-            ProtocolName::Line => LoadProtocol::Line,
-            ProtocolName::Frame => LoadProtocol::Frame,
+            LoadProtocolName::Echo => LoadProtocol::Echo,
+            LoadProtocolName::Line => LoadProtocol::Line,
+            LoadProtocolName::Frame => LoadProtocol::Frame,
         },
         connections: args.connections as usize,
         duration: seconds(args.duration, "--duration")?,
@@ -236,6 +239,17 @@ fn load(args: LoadArgs) -> socketserver::Result<()> {
     Ok(())
 }
 
+/// The request formats the load generator sends.
+#[derive(Clone, Copy, ValueEnum)]
+enum LoadProtocolName {
+    /// Bytes that come back as they are.
+    Echo,
+    /// Newline-terminated lines.
+    Line,
+    /// u32 big-endian length-prefixed frames.
+    Frame,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ProtocolName {
     /// Every byte back as it comes.
@@ -244,6 +258,9 @@ enum ProtocolName {
     Line,
     /// Each u32 big-endian length-prefixed frame back.
     Frame,
+    /// HTTP/1.1: `GET /` answers `Hello, World!`, `GET /metrics` the server's counters in
+    /// Prometheus text format.
+    Http,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -384,6 +401,20 @@ fn serve_stream(server: Server, protocol: ProtocolName, run: Run) -> socketserve
         ProtocolName::Echo => run_stream(server, run, || Echo),
         ProtocolName::Line => run_stream(server, run, move || Line::new(max_line)),
         ProtocolName::Frame => run_stream(server, run, move || Frame::new(max_frame)),
+        ProtocolName::Http => {
+            let limits = HttpLimits::from_config(server.config());
+            let handle = server.handle();
+            let router = Arc::new(
+                Router::new()
+                    .get("/", |_| Response::text(200, "Hello, World!"))
+                    .get("/metrics", move |_| {
+                        Response::new(200)
+                            .header("Content-Type", "text/plain; version=0.0.4")
+                            .body(socketserver::metrics::prometheus(&handle.stats()))
+                    }),
+            );
+            run_stream(server, run, move || Http::new(router.clone(), limits))
+        }
     }
 }
 

@@ -190,3 +190,89 @@ pub(crate) fn raise(counter: &AtomicU64, value: u64) {
         counter.store(value, Ordering::Relaxed);
     }
 }
+
+/// The counters in Prometheus text exposition format (version 0.0.4), every name prefixed
+/// `socketserver_`: what `/metrics` serves.
+pub fn prometheus(stats: &StatsSnapshot) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP socketserver_{name} {help}");
+        let _ = writeln!(out, "# TYPE socketserver_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "socketserver_{name}{labels} {value}");
+        }
+    };
+    metric(
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted and admitted.",
+        &[("", stats.accepted)],
+    );
+    metric(
+        "connections_active",
+        "gauge",
+        "Connections open now.",
+        &[("", stats.active)],
+    );
+    metric(
+        "connections_refused_total",
+        "counter",
+        "Connections refused at accept.",
+        &[
+            ("{reason=\"over_capacity\"}", stats.refused_over_capacity),
+            ("{reason=\"verify\"}", stats.refused_by_verify),
+        ],
+    );
+    metric(
+        "connections_closed_total",
+        "counter",
+        "Connections closed, by reason.",
+        &[
+            ("{reason=\"peer\"}", stats.closed_by_peer),
+            ("{reason=\"reset\"}", stats.closed_by_reset),
+            ("{reason=\"idle\"}", stats.closed_idle),
+            ("{reason=\"over_limit\"}", stats.closed_over_limit),
+            ("{reason=\"protocol\"}", stats.closed_by_protocol),
+            ("{reason=\"protocol_error\"}", stats.closed_protocol_error),
+            ("{reason=\"panic\"}", stats.closed_by_panic),
+            ("{reason=\"shutdown\"}", stats.closed_by_shutdown),
+            ("{reason=\"io_error\"}", stats.closed_io_error),
+        ],
+    );
+    metric(
+        "received_bytes_total",
+        "counter",
+        "Bytes read from connections.",
+        &[("", stats.bytes_in)],
+    );
+    metric(
+        "sent_bytes_total",
+        "counter",
+        "Bytes written to connections.",
+        &[("", stats.bytes_out)],
+    );
+    metric(
+        "jobs_total",
+        "counter",
+        "Jobs offloaded to the worker pool, by outcome.",
+        &[
+            ("{outcome=\"submitted\"}", stats.jobs_submitted),
+            ("{outcome=\"completed\"}", stats.jobs_completed),
+            ("{outcome=\"rejected\"}", stats.jobs_rejected),
+        ],
+    );
+    metric(
+        "jobs_in_flight",
+        "gauge",
+        "Jobs queued or running on the worker pool.",
+        &[("", stats.jobs_in_flight)],
+    );
+    metric(
+        "reactor_turns_total",
+        "counter",
+        "Event-loop turns.",
+        &[("", stats.turns)],
+    );
+    out
+}

@@ -225,7 +225,14 @@ mod tests {
     #[test]
     fn head_keeps_the_length_and_drops_the_body() {
         let mut out = Vec::new();
-        write_response(&mut out, &Response::text(200, "abc"), "s", true, true, false);
+        write_response(
+            &mut out,
+            &Response::text(200, "abc"),
+            "s",
+            true,
+            true,
+            false,
+        );
         let text = String::from_utf8(out).expect("ascii");
         assert!(text.contains("Content-Length: 3\r\nConnection: close\r\n"));
         assert!(text.ends_with("\r\n\r\n"), "{text}");
@@ -240,7 +247,10 @@ mod tests {
         let mut out = Vec::new();
         write_response(&mut out, &response, "s", false, false, false);
         let text = String::from_utf8(out).expect("ascii");
-        assert!(!text.contains("Set-Cookie") && !text.contains("99"), "{text}");
+        assert!(
+            !text.contains("Set-Cookie") && !text.contains("99"),
+            "{text}"
+        );
         assert!(text.contains("X-Fine: yes"));
     }
 

@@ -538,8 +538,8 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Head, body::Rejection
         let value = header.value;
         if name.eq_ignore_ascii_case("content-length") {
             for part in value.split(|&byte| byte == b',') {
-                let length = parse_length(part.trim_ascii())
-                    .ok_or((400, "malformed Content-Length"))?;
+                let length =
+                    parse_length(part.trim_ascii()).ok_or((400, "malformed Content-Length"))?;
                 if content_length.is_some_and(|seen| seen != length) {
                     return Err((400, "conflicting Content-Length"));
                 }
@@ -617,7 +617,11 @@ fn origin_form(target: &str) -> Option<&str> {
     let after_scheme = target
         .strip_prefix("http://")
         .or_else(|| target.strip_prefix("https://"))?;
-    Some(after_scheme.find('/').map_or("/", |slash| &after_scheme[slash..]))
+    Some(
+        after_scheme
+            .find('/')
+            .map_or("/", |slash| &after_scheme[slash..]),
+    )
 }
 
 /// A Content-Length value: decimal digits only, no sign, no overflow.
