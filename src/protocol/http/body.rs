@@ -207,7 +207,9 @@ fn is_token(byte: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn decode_whole(input: &[u8]) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>), Rejection> {
+    type Fields = Vec<(String, Vec<u8>)>;
+
+    fn decode_whole(input: &[u8]) -> Result<(Vec<u8>, Fields), Rejection> {
         let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
         let (used, done) = reader.read(input)?;
         assert!(done, "incomplete after {used} of {}", input.len());

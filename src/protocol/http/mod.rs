@@ -329,8 +329,12 @@ impl Http {
         let mut at = 0;
         loop {
             if self.queue.len() >= self.limits.max_pipeline {
-                // Full: the rest waits until answers go out (the driver offers it again).
-                break;
+                // Send what is ready to make room; if an answer still being computed holds the
+                // queue, the rest waits (the driver offers it again when that job is done).
+                self.flush(ctx);
+                if self.queue.len() >= self.limits.max_pipeline {
+                    break;
+                }
             }
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Done => return input.len(),

@@ -1,0 +1,548 @@
+//! HTTP/1.1 on the reactor, against raw sockets and an independent client (ureq): keep-alive,
+//! pipelining behind an offloaded handler, every split of the input, each limit's answer and
+//! clean close, the request timeout, chunked bodies, HEAD, 100-continue, HTTP/1.0, /metrics.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socketserver::protocol::http::{HttpLimits, Request, Response, Router};
+use socketserver::protocol::{Http, Session};
+use socketserver::{Config, RunningServer};
+use util::{connect, read_to_end, start_with, test_config, wait_for, TIMEOUT};
+
+/// A router for the tests: hello, echo of the body, a handler offloaded behind a gate.
+fn router(gate: Option<crossbeam_channel::Receiver<()>>) -> Router {
+    let router = Router::new()
+        .get("/", |_| Response::text(200, "Hello, World!"))
+        .get("/fast/*", |request: &Request| {
+            Response::text(200, request.path.clone())
+        })
+        .post("/echo", |request: &Request| {
+            let trailers: Vec<String> = request
+                .trailers
+                .iter()
+                .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(value)))
+                .collect();
+            Response::new(200)
+                .header("X-Trailers", trailers.join(","))
+                .body(request.body.clone())
+        });
+    match gate {
+        Some(gate) => router.route_offloaded("GET", "/slow", move |_| {
+            let _ = gate.recv_timeout(TIMEOUT);
+            Response::text(200, "/slow")
+        }),
+        None => router,
+    }
+}
+
+fn serve(config: Config, router: Router) -> RunningServer {
+    let limits = HttpLimits::from_config(&config);
+    let router = Arc::new(router);
+    start_with(config, move || Http::new(router.clone(), limits))
+}
+
+/// One response read off a stream: status, headers (names lower-cased), body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Reads one response (head, then a Content-Length body unless `head_only`), keeping bytes of
+/// the next response in `buffer`.
+fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>, head_only: bool) -> Answer {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut slots);
+        if let Ok(httparse::Status::Complete(head_len)) = response.parse(buffer) {
+            let status = response.code.expect("status");
+            let headers: Vec<(String, String)> = response
+                .headers
+                .iter()
+                .map(|header| {
+                    let value = String::from_utf8_lossy(header.value).into_owned();
+                    (header.name.to_ascii_lowercase(), value)
+                })
+                .collect();
+            let length: usize = headers
+                .iter()
+                .find(|(name, _)| name == "content-length")
+                .map_or(0, |(_, value)| value.parse().expect("length"));
+            let length = if head_only || status == 100 {
+                0
+            } else {
+                length
+            };
+            while buffer.len() < head_len + length {
+                let count = stream.read(&mut chunk).expect("read body");
+                assert!(count > 0, "closed inside a body");
+                buffer.extend_from_slice(&chunk[..count]);
+            }
+            let body = buffer[head_len..head_len + length].to_vec();
+            buffer.drain(..head_len + length);
+            return Answer {
+                status,
+                headers,
+                body,
+            };
+        }
+        let count = stream.read(&mut chunk).expect("read head");
+        assert!(count > 0, "closed before a response: {buffer:?}");
+        buffer.extend_from_slice(&chunk[..count]);
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+#[test]
+fn keep_alive_reuses_one_connection_for_many_requests() {
+    let server = serve(test_config(), router(None));
+    let addr = server.local_addr();
+    let mut stream = connect(addr);
+    let mut buffer = Vec::new();
+    for _ in 0..50 {
+        stream.write_all(get("/").as_bytes()).expect("write");
+        let answer = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, &b"Hello, World!"[..])
+        );
+        assert_eq!(answer.header("connection"), None);
+        assert!(answer
+            .header("date")
+            .is_some_and(|date| date.ends_with(" GMT")));
+        assert_eq!(answer.header("server"), Some("socketserver"));
+    }
+    // An independent client keeps its connection alive too.
+    let agent = ureq::AgentBuilder::new().timeout(TIMEOUT).build();
+    for _ in 0..20 {
+        let body = agent
+            .get(&format!("http://{addr}/"))
+            .call()
+            .expect("ureq GET")
+            .into_string()
+            .expect("body");
+        assert_eq!(body, "Hello, World!");
+    }
+    assert_eq!(server.stats().accepted, 2, "one connection each");
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_behind_a_slow_offloaded_one() {
+    let (release, gate) = crossbeam_channel::unbounded();
+    let server = serve(test_config(), router(Some(gate)));
+    let mut stream = connect(server.local_addr());
+    let requests = [get("/slow"), get("/fast/1"), get("/fast/2")].concat();
+    stream.write_all(requests.as_bytes()).expect("write");
+    // The fast answers are computed at once but must wait for the slow one: nothing arrives.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let early = stream.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "an answer overtook the slow request: {early:?}"
+    );
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    release.send(()).expect("release the slow handler");
+    let mut buffer = Vec::new();
+    for path in ["/slow", "/fast/1", "/fast/2"] {
+        let answer = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!(String::from_utf8_lossy(&answer.body), path);
+    }
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn a_deep_pipeline_over_the_queue_bound_is_answered_in_full_and_in_order() {
+    let (release, gate) = crossbeam_channel::unbounded();
+    let config = Config {
+        http_max_pipeline: 4,
+        ..test_config()
+    };
+    let server = serve(config, router(Some(gate)));
+    let mut stream = connect(server.local_addr());
+    // One slow request, then 20 more: the queue fills at 4 and reading waits for the answers.
+    let mut requests = get("/slow");
+    for index in 0..20 {
+        requests.push_str(&get(&format!("/fast/{index}")));
+    }
+    stream.write_all(requests.as_bytes()).expect("write");
+    release.send(()).expect("release");
+    let mut buffer = Vec::new();
+    let answer = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!(answer.body, b"/slow");
+    for index in 0..20 {
+        let answer = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!(answer.body, format!("/fast/{index}").as_bytes());
+    }
+    server.shutdown().expect("clean shutdown");
+}
+
+/// The session's output with the Date values blanked (the second may turn mid-test).
+fn answers_to(chunks: &[&[u8]]) -> String {
+    let router = Arc::new(router(None));
+    let mut session = Session::new(Http::new(router, HttpLimits::default()));
+    for chunk in chunks {
+        session.feed(chunk);
+    }
+    let text = String::from_utf8_lossy(&session.take_output()).into_owned();
+    text.lines()
+        .map(|line| {
+            if line.starts_with("Date: ") {
+                "Date: -"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_request_split_at_every_byte_parses_the_same() {
+    let input = concat!(
+        "GET /fast/a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nT1: v1\r\nT2: v2\r\n\r\n",
+        "\r\nHEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET / HTTP/1.0\r\n\r\n",
+    )
+    .as_bytes();
+    let whole = answers_to(&[input]);
+    assert_eq!(whole.matches("HTTP/1.1 200 OK").count(), 5, "{whole}");
+    assert!(
+        whole.contains("X-Trailers: T1=v1,T2=v2\n\nabcde"),
+        "{whole}"
+    );
+    assert!(whole
+        .ends_with("Connection: close\nContent-Type: text/plain; charset=utf-8\n\nHello, World!"));
+    for split in 1..input.len() {
+        assert_eq!(
+            answers_to(&[&input[..split], &input[split..]]),
+            whole,
+            "split at {split}"
+        );
+    }
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(answers_to(&bytes), whole, "one byte at a time");
+}
+
+/// Sends `request` (and `then`), expects `status` with `Connection: close` and the whole error
+/// body, then a clean end of stream.
+fn expect_rejection(addr: SocketAddr, request: &[u8], then: &[u8], status: u16) {
+    let mut stream = connect(addr);
+    stream.write_all(request).expect("write");
+    // The client keeps sending (a body the server will not read): the answer must survive.
+    let _ = stream.write_all(then);
+    let all = read_to_end(&mut stream).expect("a clean close, not a reset");
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{status} expected for {:?}: {text}",
+        String::from_utf8_lossy(&request[..request.len().min(60)])
+    );
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    let mut buffer = all.clone();
+    let head_end = text.find("\r\n\r\n").expect("a head") + 4;
+    let length: usize = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .expect("a length")
+        .parse()
+        .expect("number");
+    assert_eq!(
+        buffer.split_off(head_end).len(),
+        length,
+        "the whole body: {text}"
+    );
+}
+
+#[test]
+fn each_limit_gets_its_status_and_a_clean_close_with_the_whole_answer() {
+    let config = Config {
+        http_max_head_bytes: 1024,
+        http_max_headers: 8,
+        http_max_body_bytes: 1000,
+        ..test_config()
+    };
+    let server = serve(config, router(None));
+    let addr = server.local_addr();
+    let long_header = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    expect_rejection(addr, long_header.as_bytes(), b"", 431);
+    let unfinished_head = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(2000));
+    expect_rejection(addr, unfinished_head.as_bytes(), b"", 431);
+    let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many_headers = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
+    expect_rejection(addr, many_headers.as_bytes(), b"", 431);
+    let big_body = b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n";
+    expect_rejection(addr, big_body, &[b'x'; 100_000], 413);
+    let big_chunk = b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n";
+    expect_rejection(addr, big_chunk, &[b'x'; 4096], 413);
+    expect_rejection(addr, b"GET / HTTP/1.1\r\nHost h\r\n\r\n", b"", 400);
+    expect_rejection(addr, b"GET / HTTP/1.1\r\n\r\n", b"", 400);
+    expect_rejection(addr, b"BLAH\r\n\r\n", b"", 400);
+    let smuggle = b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+    expect_rejection(addr, smuggle, b"0\r\n\r\n", 400);
+    let lengths =
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+    expect_rejection(addr, lengths, b"abcd", 400);
+    let gzip = b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    expect_rejection(addr, gzip, b"0\r\n\r\n", 501);
+    let bad_chunk = b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    expect_rejection(addr, bad_chunk, b"", 400);
+    // Answers before the bad request are delivered first, in order.
+    let mut stream = connect(addr);
+    stream
+        .write_all(format!("{}BLAH\r\n\r\n", get("/")).as_bytes())
+        .expect("write");
+    let text =
+        String::from_utf8_lossy(&read_to_end(&mut stream).expect("clean close")).into_owned();
+    let first = text.find("HTTP/1.1 200 OK").expect("the good answer");
+    let second = text
+        .find("HTTP/1.1 400 Bad Request")
+        .expect("the rejection");
+    assert!(first < second, "{text}");
+    wait_for("the rejections counted as protocol errors", || {
+        server.stats().closed_protocol_error >= 13
+    });
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn a_slow_header_client_is_cut_off_while_others_are_served() {
+    let config = Config {
+        http_request_timeout: Duration::from_millis(500),
+        ..test_config()
+    };
+    let server = serve(config, router(None));
+    let addr = server.local_addr();
+    let mut slow = connect(addr);
+    let started = Instant::now();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // A header byte every 20 ms: progress, but never a whole head.
+    slow.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let mut fast_answers = 0;
+    loop {
+        match slow.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(count) => answer.extend_from_slice(&chunk[..count]),
+            Err(_) => {
+                // Meanwhile a normal client is answered at once.
+                let mut normal = connect(addr);
+                normal.write_all(get("/").as_bytes()).expect("write");
+                let got = read_answer(&mut normal, &mut Vec::new(), false);
+                assert_eq!(got.status, 200);
+                fast_answers += 1;
+                let _ = slow.write_all(b"X");
+            }
+        }
+        assert!(started.elapsed() < TIMEOUT, "never cut off");
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 Request Timeout"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(fast_answers > 5, "{fast_answers}");
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn head_has_no_body_and_100_continue_is_sent_only_when_asked() {
+    let server = serve(test_config(), router(None));
+    let addr = server.local_addr();
+    let mut stream = connect(addr);
+    let mut buffer = Vec::new();
+    // HEAD then GET pipelined: if HEAD carried a body, the GET's answer would be misread.
+    let requests = format!("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n{}", get("/"));
+    stream.write_all(requests.as_bytes()).expect("write");
+    let head = read_answer(&mut stream, &mut buffer, true);
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("13"))
+    );
+    let full = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!(full.body, b"Hello, World!");
+
+    // Asked: the interim answer comes before the body is sent.
+    let ask = "POST /echo HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    stream.write_all(ask.as_bytes()).expect("write");
+    let interim = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!(interim.status, 100);
+    stream.write_all(b"body").expect("write");
+    let answer = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"body"[..]));
+    // Not asked, or the body already sent with the head: no interim answer.
+    let eager =
+        "POST /echo HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok";
+    let plain = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok";
+    stream
+        .write_all(format!("{eager}{plain}").as_bytes())
+        .expect("write");
+    for _ in 0..2 {
+        let answer = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok"[..]));
+    }
+    assert!(buffer.is_empty());
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn http_1_0_closes_unless_asked_to_keep_alive() {
+    let server = serve(test_config(), router(None));
+    let addr = server.local_addr();
+    let mut stream = connect(addr);
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let all = read_to_end(&mut stream).expect("closed after the answer");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("Hello, World!"));
+    assert!(text.contains("Connection: close"), "{text}");
+
+    let mut stream = connect(addr);
+    let mut buffer = Vec::new();
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("write");
+        let answer = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!(answer.header("connection"), Some("keep-alive"));
+    }
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn a_quiet_keep_alive_connection_is_closed() {
+    let config = Config {
+        http_keep_alive_timeout: Duration::from_millis(200),
+        ..test_config()
+    };
+    let server = serve(config, router(None));
+    let mut stream = connect(server.local_addr());
+    stream.write_all(get("/").as_bytes()).expect("write");
+    let all = read_to_end(&mut stream).expect("closed after the keep-alive timeout");
+    assert!(String::from_utf8_lossy(&all).ends_with("Hello, World!"));
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let config = test_config();
+    let limits = HttpLimits::from_config(&config);
+    let server = util::bind(config);
+    let handle = server.handle();
+    let router = Arc::new(router(None).get("/metrics", move |_| {
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .body(socketserver::metrics::prometheus(&handle.stats()))
+    }));
+    let server = server
+        .spawn(move || Http::new(router.clone(), limits))
+        .expect("spawn");
+    let addr = server.local_addr();
+    let scrape = || -> std::collections::BTreeMap<String, f64> {
+        let mut stream = connect(addr);
+        stream.write_all(get("/metrics").as_bytes()).expect("write");
+        let answer = read_answer(&mut stream, &mut Vec::new(), false);
+        assert_eq!(
+            answer.header("content-type"),
+            Some("text/plain; version=0.0.4")
+        );
+        let text = String::from_utf8(answer.body).expect("utf-8");
+        let mut samples = std::collections::BTreeMap::new();
+        let mut typed = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(["counter", "gauge"].contains(&kind), "{line}");
+                typed.insert(name.to_string());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("series value");
+            let name = series.split('{').next().expect("name");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{line}"
+            );
+            assert!(typed.contains(name), "sample before its TYPE: {line}");
+            if let Some(labels) = series.strip_prefix(name) {
+                assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')));
+            }
+            samples.insert(series.to_string(), value.parse::<f64>().expect("a number"));
+        }
+        samples
+    };
+    let before = scrape();
+    for _ in 0..5 {
+        let mut stream = connect(addr);
+        stream.write_all(get("/").as_bytes()).expect("write");
+        read_answer(&mut stream, &mut Vec::new(), false);
+    }
+    wait_for("five more connections counted", || {
+        scrape()["socketserver_connections_accepted_total"]
+            >= before["socketserver_connections_accepted_total"] + 5.0
+    });
+    let after = scrape();
+    assert!(
+        after["socketserver_received_bytes_total"] > before["socketserver_received_bytes_total"]
+    );
+    assert!(after["socketserver_sent_bytes_total"] > before["socketserver_sent_bytes_total"]);
+    assert!(after.contains_key("socketserver_connections_closed_total{reason=\"peer\"}"));
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn graceful_shutdown_closes_idle_connections_and_answers_in_flight_with_close() {
+    let (release, gate) = crossbeam_channel::unbounded();
+    let server = serve(test_config(), router(Some(gate)));
+    let addr = server.local_addr();
+    let mut idle = connect(addr);
+    idle.write_all(get("/").as_bytes()).expect("write");
+    read_answer(&mut idle, &mut Vec::new(), false);
+    let mut busy = connect(addr);
+    busy.write_all(get("/slow").as_bytes()).expect("write");
+    wait_for("the slow job running", || {
+        server.stats().jobs_in_flight == 1
+    });
+    let handle = server.handle().clone();
+    handle.shutdown();
+    // The idle keep-alive connection closes at once, with nothing more sent.
+    assert_eq!(read_to_end(&mut idle).expect("clean close"), b"");
+    release.send(()).expect("release");
+    let text = String::from_utf8_lossy(&read_to_end(&mut busy).expect("clean close")).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK") && text.ends_with("/slow"),
+        "{text}"
+    );
+    assert!(text.contains("Connection: close"), "{text}");
+    server.join().expect("clean exit");
+}
