@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::process::{ServerProcess, Usage};
 use super::{CompareConfig, ModelKind};
 use crate::error::{Error, Result};
-use crate::load::{source_address, LoadProtocol};
+use crate::load::{client_socket, LoadProtocol};
 
 /// Round trips the probe makes at each step.
 pub const PROBE_REQUESTS: usize = 200;
@@ -237,7 +237,7 @@ fn open_idle(
     target: usize,
 ) -> Option<String> {
     while idle.len() < until {
-        match connect(addr, source_address(addr, idle.len(), target)) {
+        match connect(addr, idle.len(), target) {
             Ok(stream) => idle.push(stream),
             Err(error) => return Some(format!("connect: {error}")),
         }
@@ -245,13 +245,9 @@ fn open_idle(
     None
 }
 
-fn connect(addr: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_tcp_nodelay(true)?;
-    if let Some(source) = source {
-        socket.bind(&source.into())?;
-    }
+/// Connects connection `index` of `connections` (blocking, bounded by the connect timeout).
+fn connect(addr: SocketAddr, index: usize, connections: usize) -> std::io::Result<TcpStream> {
+    let socket = client_socket(addr, index, connections)?;
     socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
     Ok(socket.into())
 }
@@ -260,7 +256,7 @@ fn connect(addr: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpS
 fn probe(addr: SocketAddr) -> std::result::Result<Histogram<u64>, String> {
     let request = LoadProtocol::Echo.request(PROBE_BYTES);
     let mut answer = vec![0u8; request.len()];
-    let mut stream = connect(addr, None).map_err(|error| format!("probe connect: {error}"))?;
+    let mut stream = connect(addr, 0, 1).map_err(|error| format!("probe connect: {error}"))?;
     let timeouts = stream
         .set_read_timeout(Some(PROBE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(PROBE_TIMEOUT)));

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{source_address, Latency, LoadConfig, Report};
+use super::{client_socket, Latency, LoadConfig, Report};
 use crate::error::{interrupted, would_block, Error, Result};
 
 /// The largest latency recorded exactly (an hour, in microseconds); longer ones saturate.
@@ -317,13 +317,8 @@ fn validate(config: &LoadConfig) -> Result<()> {
 /// Starts a non-blocking connect; past `PER_SOURCE` connections to a loopback IPv4 address,
 /// from 127.0.0.2, 127.0.0.3, … so that each source has its own ephemeral ports.
 fn open(addr: SocketAddr, index: usize, connections: usize) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = client_socket(addr, index, connections)?;
     socket.set_nonblocking(true)?;
-    socket.set_tcp_nodelay(true)?;
-    if let Some(source) = source_address(addr, index, connections) {
-        socket.bind(&source.into())?;
-    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) || would_block(&error) => {}

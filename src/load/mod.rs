@@ -46,6 +46,22 @@ pub(crate) fn source_address(
     }
 }
 
+/// A TCP client socket for connection `index` of `connections` to `addr`: TCP_NODELAY set,
+/// bound to its [`source_address`] if it has one, not yet connected.
+pub(crate) fn client_socket(
+    addr: SocketAddr,
+    index: usize,
+    connections: usize,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(source) = source_address(addr, index, connections) {
+        socket.bind(&source.into())?;
+    }
+    Ok(socket)
+}
+
 /// The request format a load run sends; every protocol here answers with the request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadProtocol {
