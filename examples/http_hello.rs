@@ -20,11 +20,7 @@ fn main() -> socketserver::Result<()> {
             .route_offloaded("POST", "/length", |request| {
                 Response::json(200, format!("{{\"bytes\":{}}}", request.body.len()))
             })
-            .get("/metrics", move |_| {
-                Response::new(200)
-                    .header("Content-Type", "text/plain; version=0.0.4")
-                    .body(socketserver::metrics::prometheus(&stats.stats()))
-            }),
+            .get("/metrics", move |_| Response::metrics(&stats.stats())),
     );
     let limits = HttpLimits::from_config(server.config());
     println!("listening on http://{}", server.local_addr());

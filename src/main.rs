@@ -407,11 +407,7 @@ fn serve_stream(server: Server, protocol: ProtocolName, run: Run) -> socketserve
             let router = Arc::new(
                 Router::new()
                     .get("/", |_| Response::text(200, "Hello, World!"))
-                    .get("/metrics", move |_| {
-                        Response::new(200)
-                            .header("Content-Type", "text/plain; version=0.0.4")
-                            .body(socketserver::metrics::prometheus(&handle.stats()))
-                    }),
+                    .get("/metrics", move |_| Response::metrics(&handle.stats())),
             );
             run_stream(server, run, move || Http::new(router.clone(), limits))
         }

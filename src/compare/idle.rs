@@ -152,60 +152,71 @@ fn measure_model(config: &CompareConfig, model: ModelKind, target: usize) -> Idl
         reason: None,
         steps: Vec::new(),
     };
-    // Room for the probe above the idle connections, so a cap is never what is measured.
-    let args = model.serve_args("echo", target + 16, config.parallel);
-    let mut server = match ServerProcess::start(&config.program, &args, &config.server_cpus) {
-        Ok(server) => server,
-        Err(error) => {
-            row.gave_out_at = Some(0);
-            row.reason = Some(format!("server: {error}"));
-            return row;
-        }
-    };
-    let addr: SocketAddr = match server.listen_addr.parse() {
-        Ok(addr) => addr,
-        Err(_) => {
-            row.gave_out_at = Some(0);
-            row.reason = Some(format!("server listens on {:?}", server.listen_addr));
-            return row;
-        }
-    };
-    // The first probe warms the server up, so the baseline includes what any client costs.
-    match probe(addr) {
-        Ok(_) => row.baseline_rss_bytes = server.usage().rss_bytes,
-        Err(reason) => {
-            row.gave_out_at = Some(0);
-            row.reason = Some(reason);
-            return row;
+    if let Err((at, reason)) = ramp(config, model, target, &mut row) {
+        row.gave_out_at = Some(at);
+        row.reason = Some(reason);
+    }
+    if let Some(last) = row.steps.last() {
+        if last.connections > 0 {
+            let added = last.rss_bytes as f64 - row.baseline_rss_bytes as f64;
+            row.bytes_per_connection = Some(added / last.connections as f64);
         }
     }
+    row
+}
+
+/// Where a model gave out: idle connections open at that point, and why.
+type GaveOut = (usize, String);
+
+/// Starts the server, takes its baseline, and grows its idle connections step by step.
+fn ramp(
+    config: &CompareConfig,
+    model: ModelKind,
+    target: usize,
+    row: &mut IdleRow,
+) -> std::result::Result<(), GaveOut> {
+    // Room for the probe above the idle connections, so a cap is never what is measured.
+    let args = model.serve_args("echo", target + 16, config.parallel);
+    let mut server = ServerProcess::start(&config.program, &args, &config.server_cpus)
+        .map_err(|error| (0, format!("server: {error}")))?;
+    let addr: SocketAddr = server
+        .listen_addr
+        .parse()
+        .map_err(|_| (0, format!("server listens on {:?}", server.listen_addr)))?;
+    // The first probe warms the server up, so the baseline includes what any client costs.
+    probe(addr).map_err(|reason| (0, reason))?;
+    row.baseline_rss_bytes = server.usage().rss_bytes;
     let mut idle: Vec<TcpStream> = Vec::with_capacity(target);
+    let grown = grow(&mut server, addr, target, row, &mut idle);
+    // Stop the server while the idle connections are still open: shutting down with them is
+    // part of what every model must do.
+    server.stop();
+    grown
+}
+
+/// Opens idle connections step by step, measuring after each, until `target` or a failure.
+fn grow(
+    server: &mut ServerProcess,
+    addr: SocketAddr,
+    target: usize,
+    row: &mut IdleRow,
+    idle: &mut Vec<TcpStream>,
+) -> std::result::Result<(), GaveOut> {
     for step in steps(target) {
-        if let Some(reason) = open_idle(addr, &mut idle, step, target) {
-            row.gave_out_at = Some(idle.len());
-            row.reason = Some(reason);
-            break;
+        if let Some(reason) = open_idle(addr, idle, step, target) {
+            return Err((idle.len(), reason));
         }
         let probed = probe(addr);
         if let Some(status) = server.exited() {
-            row.gave_out_at = Some(idle.len());
-            row.reason = Some(format!("server {}", super::process::describe(Some(status))));
-            break;
+            let ended = super::process::describe(Some(status));
+            return Err((idle.len(), format!("server {ended}")));
         }
-        let closed = closed_count(&idle);
+        let closed = closed_count(idle);
         if closed > 0 {
-            row.gave_out_at = Some(idle.len());
-            row.reason = Some(format!("the server closed {closed} idle connections"));
-            break;
+            let reason = format!("the server closed {closed} idle connections");
+            return Err((idle.len(), reason));
         }
-        let latency = match probed {
-            Ok(latency) => latency,
-            Err(reason) => {
-                row.gave_out_at = Some(idle.len());
-                row.reason = Some(reason);
-                break;
-            }
-        };
+        let latency = probed.map_err(|reason| (idle.len(), reason))?;
         let usage: Usage = server.usage();
         row.held = idle.len();
         row.steps.push(IdleStep {
@@ -217,16 +228,7 @@ fn measure_model(config: &CompareConfig, model: ModelKind, target: usize) -> Idl
             probe_max_us: latency.max() as f64,
         });
     }
-    if let Some(last) = row.steps.last() {
-        if last.connections > 0 {
-            let added = last.rss_bytes as f64 - row.baseline_rss_bytes as f64;
-            row.bytes_per_connection = Some(added / last.connections as f64);
-        }
-    }
-    // Stop the server while the idle connections are still open: shutting down with them is
-    // part of what every model must do.
-    server.stop();
-    row
+    Ok(())
 }
 
 /// Opens idle connections until `idle` holds `until`; the reason of the first failure, if any.

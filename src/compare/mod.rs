@@ -214,7 +214,7 @@ fn split_cpus(cpus: &[usize], count: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// One model at one concurrency level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// The model's name (`threads`, `pool`, `reactor`, `reactors`, `prefork`).
     pub model: String,
@@ -258,21 +258,8 @@ impl Row {
         Row {
             model: model.name().into(),
             connections,
-            ok: false,
             failure: Some(reason),
-            connected: 0,
-            served: 0,
-            requests_per_second: 0.0,
-            p50_us: 0.0,
-            p90_us: 0.0,
-            p99_us: 0.0,
-            p999_us: 0.0,
-            max_us: 0.0,
-            server_cpu_us_per_request: None,
-            server_cpu_load: 0.0,
-            server_rss_bytes: 0,
-            server_threads: 0,
-            server_processes: 0,
+            ..Row::default()
         }
     }
 

@@ -69,6 +69,14 @@ impl Response {
             .body(json.into().into_bytes())
     }
 
+    /// The server's counters in Prometheus text format (version 0.0.4), as `/metrics` serves
+    /// them; see [`crate::metrics::prometheus`].
+    pub fn metrics(stats: &crate::StatsSnapshot) -> Response {
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .body(crate::metrics::prometheus(stats))
+    }
+
     /// Adds a header field.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
         self.headers.push((name.into(), value.into()));

@@ -491,10 +491,7 @@ impl Protocol for Http {
     fn on_shutdown(&mut self, ctx: &mut Context<'_>) {
         self.shutting_down = true;
         // Requests already read are answered (the last with `Connection: close`); an idle
-        // connection closes now.
-        if let Phase::Body(_) = self.phase {
-            self.partial = false;
-        }
+        // connection closes now, and an unfinished request is dropped.
         self.finish(ctx);
         self.flush(ctx);
         self.update_timer(ctx);
