@@ -302,6 +302,11 @@ struct ServeArgs {
     /// Listen on a Unix-domain socket at this path instead of TCP (or UDP).
     #[arg(long, conflicts_with = "addr")]
     unix: Option<std::path::PathBuf>,
+    /// Also serve the server's counters as Prometheus text at `GET /metrics` on this address
+    /// (for protocols other than http, which serves /metrics itself; not with prefork, whose
+    /// workers count apart).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Most connections held at once; clients over the cap are closed at once.
     #[arg(long, default_value_t = Config::default().max_connections as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -342,6 +347,13 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
         reuse_port: matches!(args.model, ModelName::Reactors),
         ..Config::default()
     };
+    if args.metrics_addr.is_some() && matches!(args.model, ModelName::Prefork) {
+        return Err(Error::Config(
+            "--metrics-addr does not combine with --model prefork: each worker process keeps \
+             its own counters (serve --protocol http to scrape a worker at /metrics)"
+                .into(),
+        ));
+    }
     if args.udp && !matches!(args.protocol, ProtocolName::Echo) {
         return Err(Error::Config(
             "datagram servers (--udp) serve the echo protocol only".into(),
@@ -374,16 +386,40 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
         Bound::Datagram(server) => server.listen_addr().clone(),
     };
     println!("listening on {listen_addr}");
-    // The first line is a contract with scripts: make sure it leaves now, not at exit.
-    let _ = std::io::stdout().flush();
     if matches!(args.model, ModelName::Prefork) {
+        let _ = std::io::stdout().flush();
         let processes = args.processes.map_or(parallelism, |n| n as usize);
         return supervise(&bound, processes, &args);
     }
-    match bound {
+    let metrics = match &args.metrics_addr {
+        Some(addr) => {
+            let handle = match &bound {
+                Bound::Stream(server) => server.handle(),
+                Bound::Datagram(server) => server.handle(),
+            };
+            let metrics = handle.serve_metrics(addr.as_str())?;
+            // Not println!: a reader that took only the first line must not make this panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "metrics at http://{}/metrics",
+                metrics.local_addr()
+            );
+            Some(metrics)
+        }
+        None => None,
+    };
+    // The first line is a contract with scripts: make sure it leaves now, not at exit.
+    let _ = std::io::stdout().flush();
+    let served = match bound {
         Bound::Stream(server) => serve_stream(server, args.protocol, run),
         Bound::Datagram(server) => serve_datagrams(server, run),
+    };
+    if let Some(metrics) = metrics {
+        if let Err(error) = metrics.shutdown() {
+            log::warn!("metrics listener: {error}");
+        }
     }
+    served
 }
 
 /// A bound socket of either kind.

@@ -1,38 +1,166 @@
-//! Counters a reactor keeps about itself, readable from any thread while it runs.
+//! Counters and latency histograms a reactor keeps about itself, readable from any thread while
+//! it runs, and their Prometheus text exposition.
 //!
 //! In a reactor each counter is written by exactly one thread, so an update is a relaxed load
 //! and store — no locked instruction on the hot path — and readers see a value at most a moment
-//! old. The blocking drivers write from many threads and use the `shared_*` updates, which are
-//! atomic read-modify-writes. [`Stats::snapshot`] copies them all into a plain [`StatsSnapshot`].
+//! old. Every reactor of a server has its own part ([`Stats`]); a [`StatsSet`] sums the parts
+//! when read, so a scrape costs the reactors nothing. The blocking drivers write from many
+//! threads and use the `shared_*` updates, which are atomic read-modify-writes.
+//! [`Stats::snapshot`] copies a part into a plain [`StatsSnapshot`].
+//!
+//! The histograms ([`Histogram`]) have fixed buckets ([`LATENCY_BUCKETS_MICROS`], 10 µs to 10 s,
+//! and `+Inf`), the shape Prometheus sums across processes; exact percentiles of the client's
+//! view come from the load generator instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Upper bounds of the latency histograms' buckets, in microseconds; a last bucket (`+Inf`)
+/// takes everything slower.
+pub const LATENCY_BUCKETS_MICROS: [u64; 18] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 10_000_000,
+];
+
+/// Buckets of a histogram: one per bound and `+Inf`.
+const BUCKETS: usize = LATENCY_BUCKETS_MICROS.len() + 1;
+
+/// A latency histogram with fixed buckets, written by one thread (or, through the `shared_*`
+/// updates, by several) and read by any.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative).
+    counts: [AtomicU64; BUCKETS],
+    /// The sum of every observation, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// The bucket `duration` falls in: the first whose bound it does not exceed.
+    fn bucket(duration: Duration) -> usize {
+        let nanos = duration.as_nanos();
+        LATENCY_BUCKETS_MICROS
+            .iter()
+            .position(|&bound| nanos <= u128::from(bound) * 1_000)
+            .unwrap_or(BUCKETS - 1)
+    }
+
+    /// Records one observation (the owning thread only).
+    #[inline]
+    pub(crate) fn observe(&self, duration: Duration) {
+        add(&self.counts[Self::bucket(duration)], 1);
+        add(&self.sum_nanos, saturating_nanos(duration));
+    }
+
+    /// Records one observation from one of several writing threads.
+    #[inline]
+    pub(crate) fn shared_observe(&self, duration: Duration) {
+        shared_add(&self.counts[Self::bucket(duration)], 1);
+        shared_add(&self.sum_nanos, saturating_nanos(duration));
+    }
+
+    /// Copies the buckets.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|bucket| self.counts[bucket].load(Ordering::Relaxed)),
+            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn saturating_nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A copy of a [`Histogram`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket, not cumulative: `counts[i]` were at most
+    /// `LATENCY_BUCKETS_MICROS[i]` and above the bound before; the last is `+Inf`.
+    pub counts: [u64; BUCKETS],
+    /// The sum of every observation, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl HistogramSnapshot {
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine = mine.wrapping_add(theirs);
+        }
+        self.sum_nanos = self.sum_nanos.wrapping_add(other.sum_nanos);
+    }
+
+    /// The bound of the bucket holding the `quantile` (0..=1) observation: an upper estimate
+    /// at the buckets' resolution. `None` with no observations, or when it is past the last
+    /// bound.
+    pub fn quantile_bound(&self, quantile: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((quantile.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return LATENCY_BUCKETS_MICROS
+                    .get(bucket)
+                    .map(|&micros| Duration::from_micros(micros));
+            }
+        }
+        None
+    }
+}
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
-        /// Live counters of one server, written by its reactor thread only.
+    (
+        $( $(#[$doc:meta])* $name:ident ),* $(,)?
+        ; histograms: $( $(#[$hdoc:meta])* $histogram:ident ),* $(,)?
+    ) => {
+        /// Live counters and histograms of one reactor (or of the threads of a blocking driver).
         #[derive(Debug, Default)]
         pub struct Stats {
             $( $(#[$doc])* pub(crate) $name: AtomicU64, )*
+            $( $(#[$hdoc])* pub(crate) $histogram: Histogram, )*
         }
 
-        /// A copy of every counter at one moment.
+        /// A copy of every counter and histogram at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct StatsSnapshot {
             $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[$hdoc])* pub $histogram: HistogramSnapshot, )*
+            /// Jobs waiting in the worker pool's queue, not yet taken by a worker (read from the
+            /// pool by [`StatsSet::snapshot`]; 0 in a single part and under blocking drivers,
+            /// which run jobs inline).
+            pub job_queue_depth: u64,
         }
 
         impl Stats {
-            /// Copies every counter.
+            /// Copies every counter and histogram.
             pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+                StatsSnapshot {
+                    $( $name: self.$name.load(Ordering::Relaxed), )*
+                    $( $histogram: self.$histogram.snapshot(), )*
+                    job_queue_depth: 0,
+                }
             }
         }
 
         impl StatsSnapshot {
-            /// Adds `other`'s counters to these (high-water marks take the larger).
+            /// Adds `other`'s counters and histograms to these (high-water marks take the
+            /// larger).
             pub fn merge(&mut self, other: &StatsSnapshot) {
                 let peak = self.peak_pending_output.max(other.peak_pending_output);
                 $( self.$name = self.$name.wrapping_add(other.$name); )*
+                $( self.$histogram.merge(&other.$histogram); )*
+                self.job_queue_depth = self.job_queue_depth.wrapping_add(other.job_queue_depth);
                 self.peak_pending_output = peak;
             }
         }
@@ -108,37 +236,139 @@ counters! {
     /// Timer entries in the reactor's heap at the end of the last turn (cancelled and
     /// superseded ones included until they come due).
     timers,
+    /// Requests answered with a 1xx final status (interim `100 Continue` is not counted).
+    requests_1xx,
+    /// Requests answered with a 2xx status.
+    requests_2xx,
+    /// Requests answered with a 3xx status.
+    requests_3xx,
+    /// Requests answered with a 4xx status, the limits' rejections included.
+    requests_4xx,
+    /// Requests answered with a 5xx status (or a status outside 100..=599).
+    requests_5xx,
+    ;
+    histograms:
+    /// From the turn in which a request's first byte was read to its answer being queued for
+    /// sending: waiting for the rest of the request, the handler, a worker, and earlier
+    /// answers of the pipeline.
+    request_latency,
+    /// From handing a job to the worker pool to its result: queueing and running.
+    job_latency,
+    /// The work of one reactor turn, from the poll's return to the next poll.
+    turn_duration,
+}
+
+impl StatsSnapshot {
+    /// Requests answered, every status class together.
+    pub fn requests(&self) -> u64 {
+        self.requests_1xx
+            + self.requests_2xx
+            + self.requests_3xx
+            + self.requests_4xx
+            + self.requests_5xx
+    }
+}
+
+/// Where a protocol callback's measurements go: its reactor's own part (one writer), or a part
+/// the threads of a blocking driver share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recorder<'a> {
+    stats: &'a Stats,
+    shared: bool,
+}
+
+impl<'a> Recorder<'a> {
+    /// Records into a part only this thread writes.
+    pub(crate) fn own(stats: &'a Stats) -> Self {
+        Recorder {
+            stats,
+            shared: false,
+        }
+    }
+
+    /// Records into a part several threads write.
+    pub(crate) fn shared(stats: &'a Stats) -> Self {
+        Recorder {
+            stats,
+            shared: true,
+        }
+    }
+
+    /// One request answered with `status`, `latency` after it began.
+    pub(crate) fn request(&self, status: u16, latency: Duration) {
+        let counter = match status {
+            100..=199 => &self.stats.requests_1xx,
+            200..=299 => &self.stats.requests_2xx,
+            300..=399 => &self.stats.requests_3xx,
+            400..=499 => &self.stats.requests_4xx,
+            _ => &self.stats.requests_5xx,
+        };
+        self.count(counter);
+        self.observe(&self.stats.request_latency, latency);
+    }
+
+    /// One job finished, `latency` after it was handed over.
+    pub(crate) fn job(&self, latency: Duration) {
+        self.observe(&self.stats.job_latency, latency);
+    }
+
+    fn count(&self, counter: &AtomicU64) {
+        if self.shared {
+            shared_add(counter, 1);
+        } else {
+            add(counter, 1);
+        }
+    }
+
+    fn observe(&self, histogram: &Histogram, duration: Duration) {
+        if self.shared {
+            histogram.shared_observe(duration);
+        } else {
+            histogram.observe(duration);
+        }
+    }
 }
 
 /// The counters of every reactor (or driver) of one server, summed when read.
 #[derive(Debug, Default)]
 pub struct StatsSet {
-    parts: std::sync::Mutex<Vec<std::sync::Arc<Stats>>>,
+    parts: Mutex<Vec<Arc<Stats>>>,
+    /// The worker pool's count of queued jobs, once a pool runs.
+    job_queue: Mutex<Option<Arc<AtomicU64>>>,
 }
 
 impl StatsSet {
     /// Adds a part (one per reactor) and returns it for its owner to write.
-    pub(crate) fn add_part(&self) -> std::sync::Arc<Stats> {
-        let part = std::sync::Arc::new(Stats::default());
-        self.lock().push(part.clone());
+    pub(crate) fn add_part(&self) -> Arc<Stats> {
+        let part = Arc::new(Stats::default());
+        lock(&self.parts).push(part.clone());
         part
+    }
+
+    /// Reads the worker pool's queue depth from `queued` at every snapshot.
+    pub(crate) fn watch_job_queue(&self, queued: Arc<AtomicU64>) {
+        *lock(&self.job_queue) = Some(queued);
     }
 
     /// The sum of every part at one moment (each part read without stopping its writer).
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut total = StatsSnapshot::default();
-        for part in self.lock().iter() {
+        for part in lock(&self.parts).iter() {
             total.merge(&part.snapshot());
+        }
+        if let Some(queued) = lock(&self.job_queue).as_ref() {
+            total.job_queue_depth = queued.load(Ordering::Relaxed);
         }
         total
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Arc<Stats>>> {
-        // Parts are only ever pushed; a panic elsewhere cannot leave the list half-changed.
-        self.parts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only pushes and stores happen under these locks; a panic elsewhere cannot leave one
+    // half-changed.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Adds `amount` to a counter only this thread writes (no atomic read-modify-write needed).
@@ -269,10 +499,160 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
         &[("", stats.jobs_in_flight)],
     );
     metric(
+        "job_queue_depth",
+        "gauge",
+        "Jobs waiting in the worker queue, not yet taken by a worker.",
+        &[("", stats.job_queue_depth)],
+    );
+    metric(
         "reactor_turns_total",
         "counter",
         "Event-loop turns.",
         &[("", stats.turns)],
     );
+    metric(
+        "requests_total",
+        "counter",
+        "Requests answered, by status class.",
+        &[
+            ("{class=\"1xx\"}", stats.requests_1xx),
+            ("{class=\"2xx\"}", stats.requests_2xx),
+            ("{class=\"3xx\"}", stats.requests_3xx),
+            ("{class=\"4xx\"}", stats.requests_4xx),
+            ("{class=\"5xx\"}", stats.requests_5xx),
+        ],
+    );
+    histogram(
+        &mut out,
+        "request_duration_seconds",
+        "From the turn a request's first byte was read to its answer being queued.",
+        &stats.request_latency,
+    );
+    histogram(
+        &mut out,
+        "job_duration_seconds",
+        "From handing a job to the worker pool to its result, queueing included.",
+        &stats.job_latency,
+    );
+    histogram(
+        &mut out,
+        "reactor_turn_duration_seconds",
+        "The work of one event-loop turn, from the poll's return to the next poll.",
+        &stats.turn_duration,
+    );
     out
+}
+
+/// One histogram in the text format: cumulative `_bucket` lines with `le` in seconds, then
+/// `_sum` (seconds) and `_count`.
+fn histogram(out: &mut String, name: &str, help: &str, histogram: &HistogramSnapshot) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP socketserver_{name} {help}");
+    let _ = writeln!(out, "# TYPE socketserver_{name} histogram");
+    let mut cumulative = 0;
+    for (bucket, count) in histogram.counts.iter().enumerate() {
+        cumulative += count;
+        let bound = match LATENCY_BUCKETS_MICROS.get(bucket) {
+            Some(&micros) => (micros as f64 / 1e6).to_string(),
+            None => "+Inf".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "socketserver_{name}_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "socketserver_{name}_sum {}",
+        histogram.sum_nanos as f64 / 1e9
+    );
+    let _ = writeln!(out, "socketserver_{name}_count {cumulative}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_observation_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        let histogram = Histogram::default();
+        for micros in [
+            0,
+            10,
+            11,
+            1_000,
+            1_001,
+            10_000_000,
+            10_000_001,
+            u64::MAX / 2_000,
+        ] {
+            histogram.observe(Duration::from_micros(micros));
+        }
+        let snapshot = histogram.snapshot();
+        let first = |bound: u64| {
+            LATENCY_BUCKETS_MICROS
+                .iter()
+                .position(|&b| b == bound)
+                .expect("a bound")
+        };
+        assert_eq!(snapshot.counts[0], 2, "0 and 10 µs");
+        assert_eq!(snapshot.counts[first(25)], 1, "11 µs");
+        assert_eq!(snapshot.counts[first(1_000)], 1);
+        assert_eq!(snapshot.counts[first(2_500)], 1, "1,001 µs");
+        assert_eq!(snapshot.counts[first(10_000_000)], 1);
+        assert_eq!(snapshot.counts[BUCKETS - 1], 2, "past 10 s: +Inf");
+        assert_eq!(snapshot.count(), 8);
+    }
+
+    #[test]
+    fn quantile_bounds_come_from_the_cumulative_counts() {
+        let histogram = Histogram::default();
+        for _ in 0..98 {
+            histogram.observe(Duration::from_micros(40));
+        }
+        histogram.observe(Duration::from_micros(900));
+        histogram.observe(Duration::from_secs(60));
+        let snapshot = histogram.snapshot();
+        assert_eq!(
+            snapshot.quantile_bound(0.5),
+            Some(Duration::from_micros(50))
+        );
+        assert_eq!(
+            snapshot.quantile_bound(0.99),
+            Some(Duration::from_micros(1_000))
+        );
+        assert_eq!(snapshot.quantile_bound(1.0), None, "past the last bound");
+        assert_eq!(HistogramSnapshot::default().quantile_bound(0.5), None);
+    }
+
+    #[test]
+    fn parts_sum_when_read_and_the_text_format_has_cumulative_buckets() {
+        let set = StatsSet::default();
+        let (first, second) = (set.add_part(), set.add_part());
+        Recorder::own(&first).request(200, Duration::from_micros(5));
+        Recorder::own(&second).request(404, Duration::from_micros(30));
+        Recorder::shared(&second).request(503, Duration::from_millis(3));
+        let total = set.snapshot();
+        assert_eq!(
+            (total.requests_2xx, total.requests_4xx, total.requests_5xx),
+            (1, 1, 1)
+        );
+        assert_eq!(total.requests(), 3);
+        let text = prometheus(&total);
+        for line in [
+            "socketserver_request_duration_seconds_bucket{le=\"0.00001\"} 1",
+            "socketserver_request_duration_seconds_bucket{le=\"0.00005\"} 2",
+            "socketserver_request_duration_seconds_bucket{le=\"0.0025\"} 2",
+            "socketserver_request_duration_seconds_bucket{le=\"0.005\"} 3",
+            "socketserver_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "socketserver_request_duration_seconds_count 3",
+            "socketserver_request_duration_seconds_sum 0.003035",
+            "socketserver_requests_total{class=\"4xx\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|candidate| candidate == line),
+                "{line}\n{text}"
+            );
+        }
+    }
 }

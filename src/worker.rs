@@ -13,9 +13,10 @@
 use std::any::Any;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -71,6 +72,8 @@ pub(crate) struct Job {
     pub(crate) work: Box<dyn FnOnce() -> JobOutput + Send>,
     /// Where the result goes: the asking reactor's completion channel.
     pub(crate) reply: CompletionSender<Completion>,
+    /// When it was handed over, for the job latency.
+    pub(crate) submitted: Instant,
 }
 
 /// A finished job on its way back to the reactor.
@@ -78,6 +81,8 @@ pub(crate) struct Completion {
     pub(crate) conn: ConnId,
     pub(crate) tag: u64,
     pub(crate) result: JobResult,
+    /// From handing the job over to its result (queueing and running).
+    pub(crate) latency: Duration,
 }
 
 /// N worker threads and the bounded queue that feeds them.
@@ -86,6 +91,9 @@ pub(crate) struct WorkerPool {
     threads: Vec<JoinHandle<()>>,
     /// Set at shutdown so workers skip jobs still queued.
     stopping: Arc<AtomicBool>,
+    /// Jobs in the queue not yet taken by a worker (the metrics' queue depth): raised by the
+    /// submitting reactor, lowered by the worker that takes the job.
+    queued: Arc<AtomicU64>,
 }
 
 /// Turns a panic payload into a message.
@@ -103,21 +111,27 @@ impl WorkerPool {
     /// Starts `threads` workers fed by a queue of `queue` jobs.
     pub(crate) fn start(threads: usize, queue: usize) -> std::io::Result<WorkerPool> {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue);
-        let stopping = Arc::new(AtomicBool::new(false));
         let mut pool = WorkerPool {
             jobs: Some(sender),
             threads: Vec::new(),
-            stopping,
+            stopping: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(AtomicU64::new(0)),
         };
         for number in 0..threads {
             let receiver = receiver.clone();
             let stopping = pool.stopping.clone();
+            let queued = pool.queued.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("socketserver-worker-{number}"))
-                .spawn(move || work(receiver, stopping))?;
+                .spawn(move || work(receiver, stopping, queued))?;
             pool.threads.push(thread);
         }
         Ok(pool)
+    }
+
+    /// The count of jobs queued and not yet taken, for the metrics.
+    pub(crate) fn queue_depth(&self) -> Arc<AtomicU64> {
+        self.queued.clone()
     }
 
     /// Queues a job without blocking.
@@ -125,7 +139,13 @@ impl WorkerPool {
         let Some(jobs) = &self.jobs else {
             return Err(OffloadError::Unavailable);
         };
-        match jobs.try_send(job) {
+        // Raised before the send: a worker may take the job (and lower it) at once.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = jobs.try_send(job);
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(OffloadError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(OffloadError::Unavailable),
@@ -151,8 +171,9 @@ impl Drop for WorkerPool {
     }
 }
 
-fn work(jobs: Receiver<Job>, stopping: Arc<AtomicBool>) {
+fn work(jobs: Receiver<Job>, stopping: Arc<AtomicBool>, queued: Arc<AtomicU64>) {
     for job in jobs {
+        queued.fetch_sub(1, Ordering::Relaxed);
         if stopping.load(Ordering::Acquire) {
             continue;
         }
@@ -161,11 +182,18 @@ fn work(jobs: Receiver<Job>, stopping: Arc<AtomicBool>) {
             tag,
             work,
             reply,
+            submitted,
         } = job;
         let result = catch_unwind(AssertUnwindSafe(work)).map_err(|payload| JobFailed {
             message: panic_message(payload.as_ref()),
         });
+        let latency = submitted.elapsed();
         // An error means that reactor is gone; the result has no one to go to.
-        let _ = reply.send(Completion { conn, tag, result });
+        let _ = reply.send(Completion {
+            conn,
+            tag,
+            result,
+            latency,
+        });
     }
 }

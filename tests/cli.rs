@@ -2,6 +2,7 @@
 
 mod util;
 
+use std::io::Write;
 use std::process::Command;
 
 use util::*;
@@ -118,8 +119,15 @@ fn sigterm_closes_connections_and_exits_cleanly() {
 
 #[test]
 fn bad_arguments_get_a_clear_message_and_a_failing_exit() {
-    let cases: [&[&str]; 8] = [
+    let cases: [&[&str]; 9] = [
         &["serve", "--protocol", "gopher"],
+        &[
+            "serve",
+            "--model",
+            "prefork",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
         &["serve", "--udp", "--protocol", "line"],
         &["serve", "--model", "prefork", "--processes", "0"],
         &["serve", "--model", "fibers"],
@@ -140,6 +148,68 @@ fn bad_arguments_get_a_clear_message_and_a_failing_exit() {
             output.stdout.is_empty(),
             "{args:?} must not claim to listen"
         );
+    }
+}
+
+#[test]
+fn metrics_addr_serves_the_counters_of_a_server_of_another_protocol() {
+    for model in ["reactor", "reactors", "threads", "pool"] {
+        let server = Cli::start(
+            &[
+                "serve",
+                "--protocol",
+                "line",
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ],
+            None,
+        );
+        let second = server.next_line();
+        let metrics_addr: std::net::SocketAddr = second
+            .strip_prefix("metrics at http://")
+            .and_then(|rest| rest.strip_suffix("/metrics\n"))
+            .unwrap_or_else(|| panic!("{model}: unexpected second line {second:?}"))
+            .parse()
+            .expect("an address");
+        let mut stream = connect(server.addr);
+        assert_eq!(round_trip(&mut stream, b"counted\n"), b"counted\n");
+        let scrape = || {
+            let mut scraper = connect(metrics_addr);
+            scraper
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            String::from_utf8(read_to_end(&mut scraper).expect("the whole answer")).expect("utf-8")
+        };
+        let sample = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{model}: no {name} in {text}"))
+                .parse()
+                .expect("a number")
+        };
+        wait_for("the round trip counted", || {
+            sample(&scrape(), "socketserver_sent_bytes_total") >= 8.0
+        });
+        let text = scrape();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{model}: {text}");
+        // The scrapes are served apart: only the line client is counted.
+        assert_eq!(
+            sample(&text, "socketserver_connections_accepted_total"),
+            1.0,
+            "{model}"
+        );
+        assert_eq!(
+            sample(&text, "socketserver_received_bytes_total"),
+            8.0,
+            "{model}"
+        );
+        drop(stream);
+        let (status, stderr) = server.terminate();
+        assert!(status.success(), "{model}: {status:?}, stderr: {stderr}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use socketserver::protocol::http::{HttpLimits, Request, Response, Router};
 use socketserver::protocol::{Http, Session};
-use socketserver::{Config, RunningServer};
+use socketserver::{Config, Model, RunningServer};
 use util::{connect, read_to_end, start_with, test_config, wait_for, TIMEOUT};
 
 /// A router for the tests: hello, echo of the body, a handler offloaded behind a gate.
@@ -445,70 +445,136 @@ fn a_quiet_keep_alive_connection_is_closed() {
     server.shutdown().expect("clean shutdown");
 }
 
+/// One scrape of `/metrics`, checked as Prometheus text (version 0.0.4): every sample after its
+/// `TYPE`, names well formed, histogram buckets cumulative and ending in `+Inf` = `_count`.
+fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let mut stream = connect(addr);
+    stream.write_all(get("/metrics").as_bytes()).expect("write");
+    let answer = read_answer(&mut stream, &mut Vec::new(), false);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(answer.body).expect("utf-8");
+    let mut samples = std::collections::BTreeMap::new();
+    let mut typed = std::collections::BTreeMap::new();
+    let mut last_bucket: Option<(String, f64)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            typed.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value = value.parse::<f64>().expect("a number");
+        let name = series.split('{').next().expect("name");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                (typed.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "sample before its TYPE: {line}");
+        let labels = &series[name.len()..];
+        assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')));
+        if name.ends_with("_bucket") {
+            if let Some((previous_family, previous)) = &last_bucket {
+                if previous_family == family {
+                    assert!(value >= *previous, "buckets not cumulative: {line}");
+                }
+            }
+            last_bucket = Some((family.to_string(), value));
+        } else if name.ends_with("_count") && family != name {
+            let infinity = samples[&format!("{family}_bucket{{le=\"+Inf\"}}")];
+            assert_eq!(value, infinity, "{family}: +Inf bucket and _count differ");
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
 #[test]
 fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
-    let config = test_config();
+    let mut config = test_config();
+    config.workers = 1;
     let limits = HttpLimits::from_config(&config);
     let server = util::bind(config);
     let handle = server.handle();
+    let (release, gate) = crossbeam_channel::unbounded();
     let router =
-        Arc::new(router(None).get("/metrics", move |_| Response::metrics(&handle.stats())));
+        Arc::new(router(Some(gate)).get("/metrics", move |_| Response::metrics(&handle.stats())));
     let server = server
         .spawn(move || Http::new(router.clone(), limits))
         .expect("spawn");
     let addr = server.local_addr();
-    let scrape = || -> std::collections::BTreeMap<String, f64> {
-        let mut stream = connect(addr);
-        stream.write_all(get("/metrics").as_bytes()).expect("write");
-        let answer = read_answer(&mut stream, &mut Vec::new(), false);
-        assert_eq!(
-            answer.header("content-type"),
-            Some("text/plain; version=0.0.4")
-        );
-        let text = String::from_utf8(answer.body).expect("utf-8");
-        let mut samples = std::collections::BTreeMap::new();
-        let mut typed = std::collections::BTreeSet::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-                assert!(["counter", "gauge"].contains(&kind), "{line}");
-                typed.insert(name.to_string());
-                continue;
-            }
-            if line.starts_with("# HELP ") {
-                continue;
-            }
-            let (series, value) = line.rsplit_once(' ').expect("series value");
-            let name = series.split('{').next().expect("name");
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-                "{line}"
-            );
-            assert!(typed.contains(name), "sample before its TYPE: {line}");
-            if let Some(labels) = series.strip_prefix(name) {
-                assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')));
-            }
-            samples.insert(series.to_string(), value.parse::<f64>().expect("a number"));
-        }
-        samples
+    let before = scrape(addr);
+    let moved = |after: &std::collections::BTreeMap<String, f64>, series: &str| {
+        after[series] - before[series]
     };
-    let before = scrape();
-    for _ in 0..5 {
+    for path in ["/", "/", "/", "/", "/", "/missing"] {
         let mut stream = connect(addr);
-        stream.write_all(get("/").as_bytes()).expect("write");
+        stream.write_all(get(path).as_bytes()).expect("write");
         read_answer(&mut stream, &mut Vec::new(), false);
     }
-    wait_for("five more connections counted", || {
-        scrape()["socketserver_connections_accepted_total"]
-            >= before["socketserver_connections_accepted_total"] + 5.0
+    // One worker: the first slow job holds it, the second waits in the queue.
+    let mut slow: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    for stream in &mut slow {
+        stream.write_all(get("/slow").as_bytes()).expect("write");
+    }
+    wait_for("one job running and one queued", || {
+        scrape(addr)["socketserver_job_queue_depth"] == 1.0
     });
-    let after = scrape();
-    assert!(
-        after["socketserver_received_bytes_total"] > before["socketserver_received_bytes_total"]
-    );
-    assert!(after["socketserver_sent_bytes_total"] > before["socketserver_sent_bytes_total"]);
+    for _ in &slow {
+        release.send(()).expect("release");
+    }
+    for stream in &mut slow {
+        assert_eq!(read_answer(stream, &mut Vec::new(), false).status, 200);
+    }
+    wait_for("the answers counted", || {
+        let after = scrape(addr);
+        moved(&after, "socketserver_connections_accepted_total") >= 8.0
+            && moved(&after, "socketserver_job_duration_seconds_count") == 2.0
+    });
+    let after = scrape(addr);
+    assert_eq!(after["socketserver_job_queue_depth"], 0.0);
+    assert!(moved(&after, "socketserver_received_bytes_total") > 0.0);
+    assert!(moved(&after, "socketserver_sent_bytes_total") > 0.0);
     assert!(after.contains_key("socketserver_connections_closed_total{reason=\"peer\"}"));
+    // Five hellos, two slow answers, and the scrapes answered before this one.
+    assert!(moved(&after, "socketserver_requests_total{class=\"2xx\"}") >= 7.0);
+    assert_eq!(
+        moved(&after, "socketserver_requests_total{class=\"4xx\"}"),
+        1.0
+    );
+    let answered: f64 = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        .iter()
+        .map(|class| after[&format!("socketserver_requests_total{{class=\"{class}\"}}")])
+        .sum();
+    assert_eq!(
+        after["socketserver_request_duration_seconds_count"], answered,
+        "every answered request has a latency"
+    );
+    // The slow jobs waited for the gate, so each took longer than the fastest bucket.
+    assert!(moved(&after, "socketserver_job_duration_seconds_sum") > 0.0);
+    assert!(
+        moved(
+            &after,
+            "socketserver_job_duration_seconds_bucket{le=\"0.00001\"}"
+        ) < 2.0,
+        "gated jobs in the 10 µs bucket"
+    );
+    assert!(moved(&after, "socketserver_reactor_turn_duration_seconds_count") > 0.0);
+    drop(slow);
     server.shutdown().expect("clean shutdown");
 }
 
@@ -537,4 +603,57 @@ fn graceful_shutdown_closes_idle_connections_and_answers_in_flight_with_close() 
     );
     assert!(text.contains("Connection: close"), "{text}");
     server.join().expect("clean exit");
+}
+
+#[test]
+fn blocking_drivers_serve_keep_alive_pipelines_and_offloaded_routes_and_count_them() {
+    let models = [
+        Model::ThreadPerConnection {
+            block_on_close: false,
+        },
+        Model::ThreadPool,
+    ];
+    for model in models {
+        let config = test_config();
+        let limits = HttpLimits::from_config(&config);
+        // Offloaded handlers run inline on the connection's thread: an open gate.
+        let (release, gate) = crossbeam_channel::unbounded();
+        for _ in 0..3 {
+            release.send(()).expect("open the gate");
+        }
+        let router = Arc::new(router(Some(gate)));
+        let server = util::bind(config)
+            .spawn_blocking(model, move || Http::new(router.clone(), limits))
+            .expect("spawn");
+        let mut stream = connect(server.local_addr());
+        let mut buffer = Vec::new();
+        for _ in 0..10 {
+            stream.write_all(get("/").as_bytes()).expect("write");
+            assert_eq!(
+                read_answer(&mut stream, &mut buffer, false).body,
+                b"Hello, World!"
+            );
+        }
+        let pipeline = [get("/slow"), get("/fast/1"), get("/slow"), get("/fast/2")].concat();
+        stream.write_all(pipeline.as_bytes()).expect("write");
+        let bodies: Vec<Vec<u8>> = (0..4)
+            .map(|_| read_answer(&mut stream, &mut buffer, false).body)
+            .collect();
+        assert_eq!(
+            bodies,
+            [&b"/slow"[..], b"/fast/1", b"/slow", b"/fast/2"],
+            "{model:?}"
+        );
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let last = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!(last.header("connection"), Some("close"), "{model:?}");
+        assert_eq!(read_to_end(&mut stream).expect("clean close"), b"");
+        wait_for("the requests counted", || server.stats().requests_2xx == 15);
+        let stats = server.stats();
+        assert_eq!(stats.request_latency.count(), 15, "{model:?}");
+        assert_eq!(stats.job_latency.count(), 2, "{model:?}");
+        server.shutdown().expect("clean shutdown");
+    }
 }

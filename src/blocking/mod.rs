@@ -240,6 +240,7 @@ fn drive<P: Protocol>(
     let stats = &shared.stats;
     let mut socket = stream;
     let mut session = Session::with_id(protocol, id);
+    session.record_into(stats.clone());
     let mut chunk = vec![0u8; config.read_chunk_bytes];
     let mut last_active = Instant::now();
     let mut read_timeout: Option<Duration> = None;

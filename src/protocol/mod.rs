@@ -143,6 +143,10 @@ pub struct Context<'a> {
     pub(crate) pending_output: usize,
     pub(crate) wishes: &'a mut Wishes,
     pub(crate) offload: Offload<'a>,
+    /// Where measurements go; `None` where nobody keeps counters (a bare [`Session`]).
+    pub(crate) recorder: Option<crate::metrics::Recorder<'a>>,
+    /// The clock read for measurements during this callback, read at most once.
+    pub(crate) measured_now: Option<Instant>,
 }
 
 impl<'a> Context<'a> {
@@ -200,6 +204,19 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Counts one answered request by the class of `status` (1xx to 5xx) and records its
+    /// latency from `started` (the [`Context::now`] of the turn its first byte arrived in) to
+    /// this moment, for the server's metrics (`socketserver_requests_total`,
+    /// `socketserver_request_duration_seconds`). The clock is read once per callback, however
+    /// many requests it answers.
+    pub fn record_request(&mut self, status: u16, started: Instant) {
+        let Some(recorder) = self.recorder else {
+            return;
+        };
+        let now = *self.measured_now.get_or_insert_with(Instant::now);
+        recorder.request(status, now.saturating_duration_since(started));
+    }
+
     /// Arms the connection's one timer to fire after `after`, replacing any armed before.
     pub fn set_timer(&mut self, after: Duration) {
         self.wishes.timer = TimerRequest::Set(after);
@@ -236,6 +253,7 @@ impl<'a> Context<'a> {
                     tag,
                     work,
                     reply: (*reply).clone(),
+                    submitted: Instant::now(),
                 };
                 if let Err(error) = pool.try_submit(job) {
                     crate::metrics::add(&stats.jobs_rejected, 1);
@@ -245,11 +263,15 @@ impl<'a> Context<'a> {
                 Ok(())
             }
             Offload::Inline(done) => {
+                let started = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(
                     |payload| JobFailed {
                         message: crate::worker::panic_message(payload.as_ref()),
                     },
                 );
+                if let Some(recorder) = self.recorder {
+                    recorder.job(started.elapsed());
+                }
                 done.push((tag, result));
                 Ok(())
             }

@@ -39,6 +39,8 @@ pub struct Session<P: Protocol> {
     id: ConnId,
     /// Job results delivered so far (to notice a job that unblocked the protocol).
     jobs_delivered: u64,
+    /// Counters the protocol's measurements go to (a blocking driver's, shared by its threads).
+    stats: Option<std::sync::Arc<crate::metrics::Stats>>,
 }
 
 impl<P: Protocol> Session<P> {
@@ -59,6 +61,7 @@ impl<P: Protocol> Session<P> {
             now: Instant::now(),
             id,
             jobs_delivered: 0,
+            stats: None,
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
@@ -128,6 +131,12 @@ impl<P: Protocol> Session<P> {
         self.timer
     }
 
+    /// Sends the protocol's measurements (requests, job latency) to `stats`, a part several
+    /// threads may write.
+    pub(crate) fn record_into(&mut self, stats: std::sync::Arc<crate::metrics::Stats>) {
+        self.stats = Some(stats);
+    }
+
     /// Sets the time callbacks see from now on (a driver calls it before each step).
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
@@ -192,6 +201,8 @@ impl<P: Protocol> Session<P> {
                 pending_output: 0,
                 wishes: &mut wishes,
                 offload: Offload::Inline(&mut done),
+                recorder: self.stats.as_deref().map(crate::metrics::Recorder::shared),
+                measured_now: None,
             };
             callback(&mut self.protocol, &mut ctx)
         };

@@ -324,6 +324,8 @@ impl<P: Protocol> Connection<P> {
             pending_output,
             wishes: &mut wishes,
             offload,
+            recorder: Some(metrics::Recorder::own(&core.stats)),
+            measured_now: None,
         };
         let protocol = &mut self.protocol;
         let outcome = catch_unwind(AssertUnwindSafe(|| callback(protocol, &mut ctx)));

@@ -223,6 +223,7 @@ impl<F> DatagramLoop<F> {
                     return Err(Error::io("polling", error));
                 }
             }
+            let turn_started = Instant::now();
             metrics::add(&stats.turns, 1);
             for event in events.iter() {
                 match event.token() {
@@ -252,6 +253,7 @@ impl<F> DatagramLoop<F> {
                     break;
                 }
             }
+            stats.turn_duration.observe(turn_started.elapsed());
             let wanted = !handler.outbox.is_empty();
             if wanted != want_write {
                 want_write = wanted;

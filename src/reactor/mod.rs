@@ -256,6 +256,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         self.run_timers(now);
         self.reap();
         metrics::set(&self.core.stats.timers, self.core.timers.len() as u64);
+        self.core.stats.turn_duration.observe(now.elapsed());
         Ok(())
     }
 
@@ -359,8 +360,10 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 conn: id,
                 tag,
                 result,
+                latency,
             } = completion;
             metrics::add(&self.core.stats.jobs_completed, 1);
+            self.core.stats.job_latency.observe(latency);
             metrics::sub(&self.core.stats.jobs_in_flight, 1);
             match self.connections.get_mut(id) {
                 Some(conn) if !conn.has(flag::CLOSED) => {

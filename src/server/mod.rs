@@ -155,13 +155,14 @@ fn join_all(first: Result<()>, threads: Vec<JoinHandle<Result<()>>>) -> Result<(
 }
 
 /// Starts the worker pool the configuration asks for (none for `workers = 0`).
-fn start_pool(config: &Config) -> Result<Option<Arc<WorkerPool>>> {
+fn start_pool(config: &Config, stats: &StatsSet) -> Result<Option<Arc<WorkerPool>>> {
     if config.workers == 0 {
         return Ok(None);
     }
-    WorkerPool::start(config.workers, config.job_queue)
-        .map(|pool| Some(Arc::new(pool)))
-        .map_err(|error| Error::io("starting worker threads", error))
+    let pool = WorkerPool::start(config.workers, config.job_queue)
+        .map_err(|error| Error::io("starting worker threads", error))?;
+    stats.watch_job_queue(pool.queue_depth());
+    Ok(Some(Arc::new(pool)))
 }
 
 fn default_error_hook(report: &ErrorReport) {
@@ -310,7 +311,7 @@ impl Server {
         F: FnMut() -> P,
     {
         self.config.validate()?;
-        let pool = start_pool(&self.config)?;
+        let pool = start_pool(&self.config, &self.stats)?;
         Reactor::new(self.into_first_reactor(pool, factory))?.run()
     }
 
@@ -357,7 +358,7 @@ impl Server {
         P: Protocol,
         F: FnMut() -> P + Clone + Send + 'static,
     {
-        let pool = start_pool(&self.config)?;
+        let pool = start_pool(&self.config, &self.stats)?;
         let (config, stats, shutdown) = (
             self.config.clone(),
             self.stats.clone(),
@@ -490,7 +491,30 @@ impl ServerHandle {
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
+
+    /// Serves this server's counters as Prometheus text at `GET /metrics` on `addr`, from a
+    /// reactor of its own on a new thread: the way to scrape a server whose protocol is not
+    /// HTTP. At most [`METRICS_MAX_CONNECTIONS`] scrapers are served at once (more are
+    /// refused); the listener's own traffic is not counted in this server's counters. Stop it
+    /// with [`RunningServer::shutdown`].
+    pub fn serve_metrics(&self, addr: impl ToSocketAddrs) -> Result<RunningServer> {
+        use crate::protocol::http::{Http, HttpLimits, Response, Router};
+        let config = Config {
+            handle_signals: false,
+            workers: 0,
+            max_connections: METRICS_MAX_CONNECTIONS,
+            ..Config::default()
+        };
+        let limits = HttpLimits::from_config(&config);
+        let handle = self.clone();
+        let router =
+            Arc::new(Router::new().get("/metrics", move |_| Response::metrics(&handle.stats())));
+        Server::bind_with(addr, config)?.spawn(move || Http::new(router.clone(), limits))
+    }
 }
+
+/// The most scrapers a [`ServerHandle::serve_metrics`] listener serves at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
 impl RunningServer {
     /// Runs `serve` on a new thread named `name`.

@@ -200,6 +200,9 @@ pub fn read_line(stream: &mut TcpStream) -> String {
 pub struct Cli {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The lines the child printed after its first, read as they come (so that it never
+    /// writes to a closed pipe).
+    pub lines: crossbeam_channel::Receiver<String>,
 }
 
 impl Cli {
@@ -209,18 +212,38 @@ impl Cli {
     pub fn start(args: &[&str], max_files: Option<u64>) -> Cli {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--addr", "127.0.0.1:0"]);
-        let (child, listening) = Cli::spawn(&all, max_files);
+        let (child, listening, lines) = Cli::spawn_reading(&all, max_files);
         let addr = listening
             .strip_prefix("udp:")
             .unwrap_or(&listening)
             .parse()
             .unwrap_or_else(|_| panic!("not an address: {listening:?}"));
-        Cli { child, addr }
+        Cli { child, addr, lines }
+    }
+
+    /// The next line the child prints after its first (waits at most [`TIMEOUT`]).
+    pub fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("the server printed another line")
     }
 
     /// Starts `socketserver ARGS` as given and returns the child and what its first line says
     /// after `listening on `.
     pub fn spawn(args: &[&str], max_files: Option<u64>) -> (std::process::Child, String) {
+        let (child, listening, _later_lines) = Cli::spawn_reading(args, max_files);
+        (child, listening)
+    }
+
+    /// Like [`Cli::spawn`], also handing over the lines printed after the first.
+    fn spawn_reading(
+        args: &[&str],
+        max_files: Option<u64>,
+    ) -> (
+        std::process::Child,
+        String,
+        crossbeam_channel::Receiver<String>,
+    ) {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
@@ -246,11 +269,15 @@ impl Cli {
         }
         let mut child = command.spawn().expect("spawn socketserver");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let (sender, receiver) = crossbeam_channel::unbounded();
         std::thread::spawn(move || {
-            let mut first = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
-            let _ = sender.send(first);
+            // Every line, until the child closes its stdout (or the receiver is gone).
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(format!("{line}\n")).is_err() {
+                    break;
+                }
+            }
         });
         let first = receiver
             .recv_timeout(TIMEOUT)
@@ -260,7 +287,7 @@ impl Cli {
             .and_then(|rest| rest.strip_suffix('\n'))
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_string();
-        (child, listening)
+        (child, listening, receiver)
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.

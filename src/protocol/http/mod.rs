@@ -41,7 +41,7 @@ mod router;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use message::{reason, with_date, write_response, Request, Response};
 pub use router::{Found, Handler, Router, Runs};
@@ -117,6 +117,8 @@ struct Slot {
     answer: Answer,
     /// The answer rejects the request: the close counts as the client's fault.
     rejection: Option<&'static str>,
+    /// The turn in which the request's first byte arrived (for its latency).
+    started: Instant,
 }
 
 /// Where the connection is in reading requests.
@@ -157,6 +159,8 @@ pub struct Http {
     timer: Timer,
     /// Bytes of an unfinished request are held.
     partial: bool,
+    /// When the request being read began arriving (`None` between requests).
+    request_started: Option<Instant>,
     shutting_down: bool,
 }
 
@@ -172,6 +176,7 @@ impl Http {
             next_tag: 0,
             timer: Timer::None,
             partial: false,
+            request_started: None,
             shutting_down: false,
         }
     }
@@ -195,9 +200,15 @@ impl Http {
         None
     }
 
+    /// When the request now being read began: when its first byte arrived, or now.
+    fn take_started(&mut self, now: Instant) -> Instant {
+        self.request_started.take().unwrap_or(now)
+    }
+
     /// Answers `status` to a request that broke a rule, then closes.
-    fn reject(&mut self, status: u16, why: &'static str) {
+    fn reject(&mut self, status: u16, why: &'static str, now: Instant) {
         log::debug!("http: {status} {why}");
+        let started = self.take_started(now);
         self.queue.push_back(Slot {
             meta: Meta {
                 head_only: false,
@@ -206,12 +217,14 @@ impl Http {
             },
             answer: Answer::Ready(Response::text(status, format!("{why}\n"))),
             rejection: Some(why),
+            started,
         });
         self.phase = Phase::Done;
     }
 
     /// A whole request: routes it and queues its answer (or its place, if offloaded).
     fn dispatch(&mut self, request: Request, meta: Meta, ctx: &mut Context<'_>) {
+        let started = self.take_started(ctx.now());
         let answer = match self.router.find(&request.method, &request.path) {
             None => Answer::Ready(Response::text(404, "not found\n")),
             Some(Found {
@@ -237,6 +250,7 @@ impl Http {
             meta,
             answer,
             rejection: None,
+            started,
         });
         self.phase = if meta.close { Phase::Done } else { Phase::Head };
         // The next request gets a deadline of its own.
@@ -255,14 +269,17 @@ impl Http {
             };
             match &slot.answer {
                 Answer::Continue => out.extend_from_slice(CONTINUE),
-                Answer::Ready(response) => write_response(
-                    &mut out,
-                    response,
-                    "socketserver",
-                    slot.meta.head_only,
-                    slot.meta.close,
-                    slot.meta.keep_alive_1_0,
-                ),
+                Answer::Ready(response) => {
+                    write_response(
+                        &mut out,
+                        response,
+                        "socketserver",
+                        slot.meta.head_only,
+                        slot.meta.close,
+                        slot.meta.keep_alive_1_0,
+                    );
+                    ctx.record_request(response.status, slot.started);
+                }
                 Answer::Pending(_) => {}
             }
             if slot.meta.close {
@@ -351,21 +368,22 @@ impl Http {
                     if rest.is_empty() {
                         break;
                     }
+                    self.request_started.get_or_insert(ctx.now());
                     let Some(end) = self.head_end(rest) else {
                         if rest.len() > self.limits.max_head_bytes {
-                            self.reject(431, "request head too large");
+                            self.reject(431, "request head too large", ctx.now());
                             return input.len();
                         }
                         break;
                     };
                     self.scanned = 0;
                     if end > self.limits.max_head_bytes {
-                        self.reject(431, "request head too large");
+                        self.reject(431, "request head too large", ctx.now());
                         return input.len();
                     }
                     match parse_head(&rest[..end], &self.limits) {
                         Err((status, why)) => {
-                            self.reject(status, why);
+                            self.reject(status, why, ctx.now());
                             return input.len();
                         }
                         Ok(head) => {
@@ -376,7 +394,7 @@ impl Http {
                 }
                 Phase::Body(mut in_body) => match in_body.reader.read(&input[at..]) {
                     Err((status, why)) => {
-                        self.reject(status, why);
+                        self.reject(status, why, ctx.now());
                         return input.len();
                     }
                     Ok((used, done)) => {
@@ -424,6 +442,7 @@ impl Http {
                 },
                 answer: Answer::Continue,
                 rejection: None,
+                started: ctx.now(),
             });
         }
         let max_trailer_bytes = self.limits.max_head_bytes;
@@ -458,7 +477,7 @@ impl Protocol for Http {
         match self.timer {
             Timer::KeepAlive => ctx.close(),
             Timer::Request => {
-                self.reject(408, "request not complete in time");
+                self.reject(408, "request not complete in time", ctx.now());
                 self.flush(ctx);
             }
             Timer::None => {}
