@@ -71,10 +71,17 @@ struct CompareArgs {
     /// Seconds of warm-up per run (overrides --quick's).
     #[arg(long)]
     warmup: Option<f64>,
-    /// Payload bytes per request.
+    /// Payload bytes per request (not http's).
     #[arg(long, default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     message_bytes: u64,
+    /// The protocol served and loaded: echo (the default) or http (GET / answered `Hello,
+    /// World!`), line or frame.
+    #[arg(long, value_enum, default_value = "echo")]
+    protocol: LoadProtocolName,
+    /// Requests each connection keeps in flight (HTTP pipelining when above 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pipeline: u64,
     /// The servers' --max-connections: a model capped below a level shows it as failed.
     #[arg(long, default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -109,6 +116,8 @@ fn compare(args: CompareArgs) -> socketserver::Result<()> {
         .collect();
     config.connections = args.connections.iter().map(|&n| n as usize).collect();
     config.message_bytes = args.message_bytes as usize;
+    config.protocol = args.protocol.into();
+    config.pipeline = args.pipeline as usize;
     config.max_connections = args.max_connections as usize;
     std::fs::create_dir_all(&args.out)
         .map_err(|error| Error::io(format!("creating {}", args.out.display()), error))?;
@@ -190,9 +199,16 @@ struct LoadArgs {
     /// The server to load.
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: std::net::SocketAddr,
-    /// The request format (each answer is the request itself).
+    /// The request format (echo, line, frame: each answer is the request itself; http: GET of
+    /// --path, answered by a 2xx with a Content-Length body).
     #[arg(long, value_enum, default_value = "echo")]
     protocol: LoadProtocolName,
+    /// Requests each connection keeps in flight: 1 waits for every answer; more pipelines them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pipeline: u64,
+    /// The path an http load requests.
+    #[arg(long, default_value = "/")]
+    path: String,
     /// Connections to open.
     #[arg(long, default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -218,11 +234,9 @@ struct LoadArgs {
 fn load(args: LoadArgs) -> socketserver::Result<()> {
     let config = LoadConfig {
         addr: args.addr,
-        protocol: match args.protocol {
-            LoadProtocolName::Echo => LoadProtocol::Echo,
-            LoadProtocolName::Line => LoadProtocol::Line,
-            LoadProtocolName::Frame => LoadProtocol::Frame,
-        },
+        protocol: args.protocol.into(),
+        pipeline: args.pipeline as usize,
+        http_path: args.path,
         connections: args.connections as usize,
         duration: seconds(args.duration, "--duration")?,
         warmup: seconds(args.warmup, "--warmup")?,
@@ -248,6 +262,19 @@ enum LoadProtocolName {
     Line,
     /// u32 big-endian length-prefixed frames.
     Frame,
+    /// HTTP/1.1 GET requests on kept-alive connections.
+    Http,
+}
+
+impl From<LoadProtocolName> for LoadProtocol {
+    fn from(name: LoadProtocolName) -> LoadProtocol {
+        match name {
+            LoadProtocolName::Echo => LoadProtocol::Echo,
+            LoadProtocolName::Line => LoadProtocol::Line,
+            LoadProtocolName::Frame => LoadProtocol::Frame,
+            LoadProtocolName::Http => LoadProtocol::Http,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -230,3 +230,45 @@ fn idle_capacity_finds_where_the_pool_gives_out_and_the_reactor_does_not() {
     assert!(stdout.contains(reason), "{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn compare_measures_http_with_pipelining_under_every_model() {
+    let out = out_dir("compare-http");
+    let out_arg = out.to_str().expect("utf-8 path");
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "compare",
+            "--protocol",
+            "http",
+            "--pipeline",
+            "4",
+            "--connections",
+            "4",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.4",
+            "--out",
+            out_arg,
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("http GET / requests, 4 in flight per connection"),
+        "{stdout}"
+    );
+    let json = std::fs::read_to_string(out.join("compare.json")).expect("compare.json");
+    let comparison: Comparison = serde_json::from_str(&json).expect("a Comparison");
+    assert_eq!(
+        (comparison.protocol.as_str(), comparison.pipeline),
+        ("http", 4)
+    );
+    assert_eq!(comparison.rows.len(), MODELS.len());
+    for row in &comparison.rows {
+        assert!(row.ok, "{}: {:?}", row.model, row.failure);
+        assert!(row.requests_per_second > 0.0, "{}", row.model);
+        assert_eq!(row.served, 4, "{}", row.model);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

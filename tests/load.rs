@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socketserver::load::{self, LoadConfig, LoadProtocol, Report};
-use socketserver::protocol::{Context, Echo, Frame, Line, Protocol};
+use socketserver::protocol::http::{HttpLimits, Response, Router};
+use socketserver::protocol::{Context, Echo, Frame, Http, Line, Protocol};
 use socketserver::Config;
 use util::*;
 
@@ -29,6 +30,7 @@ fn the_counts_match_what_the_server_received_and_sent() {
             LoadProtocol::Echo => start(|| Echo),
             LoadProtocol::Line => start(Line::default),
             LoadProtocol::Frame => start(Frame::default),
+            LoadProtocol::Http => unreachable!("HTTP has a test of its own"),
         };
         let config = LoadConfig {
             protocol,
@@ -53,6 +55,69 @@ fn the_counts_match_what_the_server_received_and_sent() {
         });
         server.shutdown().expect("clean shutdown");
     }
+}
+
+#[test]
+fn http_load_keeps_connections_alive_and_pipelines_and_every_request_is_answered() {
+    let config = test_config();
+    let limits = HttpLimits::from_config(&config);
+    let router = Arc::new(Router::new().get("/", |_| Response::text(200, "Hello, World!")));
+    let server = start_with(config, move || Http::new(router.clone(), limits));
+    for pipeline in [1, 8] {
+        let before = server.stats();
+        let config = LoadConfig {
+            protocol: LoadProtocol::Http,
+            pipeline,
+            ..short_run(server.local_addr())
+        };
+        let report = load::run(&config).expect("load run");
+        assert_eq!(
+            (report.connected, report.served, report.errors),
+            (4, 4, 0),
+            "{report:?}"
+        );
+        assert_eq!(report.answers, report.requests_sent, "pipeline {pipeline}");
+        wait_for("the server to count every request", || {
+            server.stats().requests_2xx - before.requests_2xx == report.answers
+        });
+        // One connection each, kept alive for the whole run.
+        assert_eq!(server.stats().accepted - before.accepted, 4);
+    }
+    server.shutdown().expect("clean shutdown");
+}
+
+/// Echoes, remembering the most input it was offered at once.
+struct Widest(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Protocol for Widest {
+    fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
+        self.0.fetch_max(input.len(), Ordering::Relaxed);
+        ctx.write(input);
+        input.len()
+    }
+}
+
+#[test]
+fn a_pipeline_sends_its_requests_together_and_keeps_them_in_flight() {
+    let widest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = widest.clone();
+    let server = start(move || Widest(seen.clone()));
+    let config = LoadConfig {
+        pipeline: 8,
+        connections: 1,
+        ..short_run(server.local_addr())
+    };
+    let report = load::run(&config).expect("load run");
+    assert_eq!(report.answers, report.requests_sent, "{report:?}");
+    assert!(report.recorded > 0);
+    // The first eight requests leave in one write, so the server reads more than one at once.
+    let request_bytes = config.request().len();
+    assert!(
+        widest.load(Ordering::Relaxed) >= 2 * request_bytes,
+        "no read held two requests: widest {}",
+        widest.load(Ordering::Relaxed)
+    );
+    server.shutdown().expect("clean shutdown");
 }
 
 /// Echoes; the first read at or after `stall_at` blocks the whole server for 200 ms.

@@ -79,9 +79,11 @@ fn draw(
     let root = SVGBackend::with_string(svg, (1500, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let subtitle = format!(
-        "{} {}-byte requests, closed loop; server on CPU {:?}, load on CPU {:?}; \
+        "{}, closed loop; server on CPU {:?}, load on CPU {:?}; \
          × marks a level the model failed (see the table)",
-        comparison.protocol, comparison.message_bytes, comparison.server_cpus, comparison.load_cpus
+        comparison.requests(),
+        comparison.server_cpus,
+        comparison.load_cpus
     );
     let root = root.titled(&subtitle, ("sans-serif", 18))?;
     let measured: Vec<&Row> = comparison

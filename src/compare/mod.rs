@@ -107,8 +107,10 @@ pub struct CompareConfig {
     pub connections: Vec<usize>,
     /// The request format (the server is started with the same protocol).
     pub protocol: LoadProtocol,
-    /// Payload bytes per request.
+    /// Payload bytes per request (not HTTP's).
     pub message_bytes: usize,
+    /// Requests each connection keeps in flight (HTTP pipelining when above 1).
+    pub pipeline: usize,
     /// Load before measuring, per run.
     pub warmup: Duration,
     /// The measured window, per run.
@@ -138,6 +140,7 @@ impl CompareConfig {
             connections: vec![1, 16, 256, 1024, 4096],
             protocol: LoadProtocol::Echo,
             message_bytes: 64,
+            pipeline: 1,
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(5),
             parallel: server_cpus.len().max(2),
@@ -183,6 +186,9 @@ impl CompareConfig {
         if self.server_cpus.is_empty() || self.load_cpus.is_empty() {
             return fail("compare needs CPUs for the server and for the load");
         }
+        if !(1..=1024).contains(&self.pipeline) {
+            return fail("pipeline must be within 1..=1024");
+        }
         if !(1..=1024).contains(&self.parallel) {
             return fail("parallel loops or processes must be within 1..=1024");
         }
@@ -194,6 +200,7 @@ impl CompareConfig {
             LoadProtocol::Echo => "echo",
             LoadProtocol::Line => "line",
             LoadProtocol::Frame => "frame",
+            LoadProtocol::Http => "http",
         }
     }
 }
@@ -274,8 +281,10 @@ impl Row {
 pub struct Comparison {
     /// The request format.
     pub protocol: String,
-    /// Payload bytes per request.
+    /// Payload bytes per request (not HTTP's).
     pub message_bytes: usize,
+    /// Requests each connection kept in flight.
+    pub pipeline: usize,
     /// Warm-up per run, in seconds.
     pub warmup_seconds: f64,
     /// Measured window per run, in seconds.
@@ -293,6 +302,21 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// What was sent, for titles: "echo 64-byte requests", "http GET / requests, 16 in
+    /// flight per connection".
+    pub fn requests(&self) -> String {
+        let what = if self.protocol == "http" {
+            "http GET / requests".to_string()
+        } else {
+            format!("{} {}-byte requests", self.protocol, self.message_bytes)
+        };
+        if self.pipeline > 1 {
+            format!("{what}, {} in flight per connection", self.pipeline)
+        } else {
+            what
+        }
+    }
+
     /// The comparison as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         // Plain data with string keys: serialising it cannot fail.
@@ -334,6 +358,7 @@ pub fn run(config: &CompareConfig, mut progress: impl FnMut(&Progress<'_>)) -> R
     Ok(Comparison {
         protocol: config.protocol_name().into(),
         message_bytes: config.message_bytes,
+        pipeline: config.pipeline,
         warmup_seconds: config.warmup.as_secs_f64(),
         duration_seconds: config.duration.as_secs_f64(),
         server_cpus: config.server_cpus.clone(),
@@ -373,6 +398,7 @@ fn run_one(config: &CompareConfig, model: ModelKind, connections: usize) -> Row 
         duration: config.duration,
         warmup: config.warmup,
         message_bytes: config.message_bytes,
+        pipeline: config.pipeline,
         ..LoadConfig::default()
     };
     let (report, window) = match measure(&server, &load_config, &config.load_cpus) {
@@ -477,10 +503,9 @@ impl fmt::Display for Comparison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} {}-byte requests, closed loop, {:.2} s measured after {:.2} s warm-up; \
+            "{}, closed loop, {:.2} s measured after {:.2} s warm-up; \
              server on CPU {:?}, load on CPU {:?}; reactors and prefork run {} loops",
-            self.protocol,
-            self.message_bytes,
+            self.requests(),
             self.duration_seconds,
             self.warmup_seconds,
             self.server_cpus,

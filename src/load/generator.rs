@@ -2,7 +2,7 @@
 //! min-heap of due times, latencies into one HdrHistogram.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,7 +11,8 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{client_socket, Latency, LoadConfig, Report};
+use super::answer::Answers;
+use super::{client_socket, Latency, LoadConfig, LoadProtocol, Report};
 use crate::error::{interrupted, would_block, Error, Result};
 
 /// The largest latency recorded exactly (an hour, in microseconds); longer ones saturate.
@@ -28,18 +29,19 @@ enum State {
 struct Client {
     stream: Option<TcpStream>,
     state: State,
-    /// A request is written (or being written) and its answer is not complete.
-    in_flight: bool,
-    /// Bytes of the request in flight written so far.
-    written: usize,
-    /// Bytes of the answer in flight received so far.
-    received: usize,
-    /// When the request in flight was meant to be sent (closed loop: when it was sent).
-    intended: Instant,
+    /// When each request sent and not yet answered was meant to be sent (closed loop: when it
+    /// was sent), oldest first; at most `pipeline` of them.
+    in_flight: VecDeque<Instant>,
+    /// Bytes of the requests in flight not yet written (the tail of the last ones sent).
+    unsent: usize,
+    /// Where this connection's answers end.
+    answers: Answers,
     /// Open loop: the index, in this connection's schedule, of its next request.
     next_index: u32,
     /// Open loop: when this connection's request 0 is due.
     first_due: Instant,
+    /// Open loop: the next request is in the heap of due times.
+    scheduled: bool,
     /// At least one answer was recorded on this connection (in the measured window).
     answered: bool,
 }
@@ -85,7 +87,9 @@ pub fn run(config: &LoadConfig) -> Result<Report> {
 /// thread, so a caller can sample the server over exactly the window the report covers.
 pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Result<Report> {
     validate(config)?;
-    let request = config.protocol.request(config.message_bytes);
+    let request = config.request();
+    // `pipeline` copies back to back: whatever is owed is a suffix of this, written at once.
+    let requests = request.repeat(config.pipeline);
     let mut poll = Poll::new().map_err(|error| Error::io("creating a poll", error))?;
     let histogram = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
         .map_err(|error| Error::Config(format!("latency histogram: {error}")))?;
@@ -106,12 +110,15 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
         let mut client = Client {
             stream: None,
             state: State::Gone,
-            in_flight: false,
-            written: 0,
-            received: 0,
-            intended: start,
+            in_flight: VecDeque::with_capacity(config.pipeline),
+            unsent: 0,
+            answers: match config.protocol {
+                LoadProtocol::Http => Answers::http(),
+                _ => Answers::fixed(request.len()),
+            },
             next_index: 0,
             first_due,
+            scheduled: false,
             answered: false,
         };
         match open(config.addr, index, config.connections) {
@@ -145,7 +152,9 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
     let mut draining: Option<Instant> = None;
     let mut measuring = false;
     let mut run = Run {
-        request: &request,
+        requests: &requests,
+        request_bytes: request.len(),
+        pipeline: config.pipeline,
         interval,
         record_from,
         counts,
@@ -217,11 +226,11 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                     client.state = State::Ready;
                     run.counts.connected += 1;
                     if sending {
-                        run.next_request(client, index, now, &mut due, &poll);
+                        run.fill(client, index, now, &mut due, &poll);
                     }
                 }
                 State::Ready => {
-                    if event.is_writable() && client.in_flight {
+                    if event.is_writable() && client.unsent > 0 {
                         run.write(client, &poll);
                     }
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -237,8 +246,9 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
             }
             due.pop();
             let client = &mut clients[index];
-            if client.state == State::Ready && !client.in_flight {
-                run.send(client, at, &poll);
+            client.scheduled = false;
+            if client.state == State::Ready {
+                run.fill(client, index, now, &mut due, &poll);
             }
         }
     }
@@ -295,6 +305,16 @@ fn validate(config: &LoadConfig) -> Result<()> {
         "message_bytes must be within 1..=1048576",
     )?;
     check(
+        (1..=1024).contains(&config.pipeline),
+        "pipeline must be within 1..=1024",
+    )?;
+    check(
+        config.http_path.starts_with('/')
+            && config.http_path.len() <= 4096
+            && config.http_path.bytes().all(|byte| byte.is_ascii_graphic()),
+        "the HTTP path must start with / and be at most 4096 printable characters",
+    )?;
+    check(
         config.duration > Duration::ZERO && config.duration <= Duration::from_secs(3600),
         "duration must be within (0, 1h]",
     )?;
@@ -343,7 +363,11 @@ fn connected(client: &Client) -> std::result::Result<(), String> {
 
 /// What the per-connection steps share.
 struct Run<'a> {
-    request: &'a [u8],
+    /// `pipeline` copies of the request, back to back.
+    requests: &'a [u8],
+    request_bytes: usize,
+    /// Requests a connection keeps in flight at most.
+    pipeline: usize,
     interval: Option<Duration>,
     record_from: Instant,
     counts: Counts,
@@ -351,9 +375,11 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Sends this connection's next request: at once in closed loop; in open loop at its due
-    /// time, which may already have passed (then it leaves now, charged from that time).
-    fn next_request(
+    /// Sends what this connection may send now, up to `pipeline` requests in flight, in one
+    /// write: in closed loop at once; in open loop each at its due time, which may already
+    /// have passed (then it leaves now, charged from that time), and the next one not yet due
+    /// goes into the heap of due times.
+    fn fill(
         &mut self,
         client: &mut Client,
         index: usize,
@@ -361,37 +387,42 @@ impl Run<'_> {
         due: &mut BinaryHeap<Reverse<(Instant, usize)>>,
         poll: &Poll,
     ) {
-        let Some(interval) = self.interval else {
-            self.send(client, now, poll);
-            return;
-        };
-        let at = client.first_due + interval * client.next_index;
-        if at <= now {
-            self.send(client, at, poll);
-        } else {
-            due.push(Reverse((at, index)));
+        while client.in_flight.len() < self.pipeline {
+            let intended = match self.interval {
+                None => now,
+                Some(interval) => {
+                    let at = client.first_due + interval * client.next_index;
+                    if at > now {
+                        if !client.scheduled {
+                            client.scheduled = true;
+                            due.push(Reverse((at, index)));
+                        }
+                        break;
+                    }
+                    at
+                }
+            };
+            client.in_flight.push_back(intended);
+            client.next_index = client.next_index.saturating_add(1);
+            client.unsent += self.request_bytes;
+            self.counts.requests_sent += 1;
+            self.counts.in_flight += 1;
+        }
+        if client.unsent > 0 {
+            self.write(client, poll);
         }
     }
 
-    fn send(&mut self, client: &mut Client, intended: Instant, poll: &Poll) {
-        client.in_flight = true;
-        client.written = 0;
-        client.received = 0;
-        client.intended = intended;
-        client.next_index = client.next_index.saturating_add(1);
-        self.counts.requests_sent += 1;
-        self.counts.in_flight += 1;
-        self.write(client, poll);
-    }
-
-    /// Writes what is left of the request; the rest waits for the next writable event.
+    /// Writes what is owed of the requests in flight; the rest waits for the next writable
+    /// event.
     fn write(&mut self, client: &mut Client, poll: &Poll) {
         let Some(stream) = client.stream.as_mut() else {
             return;
         };
-        while client.written < self.request.len() {
-            match stream.write(&self.request[client.written..]) {
-                Ok(count) => client.written += count,
+        while client.unsent > 0 {
+            let owed = &self.requests[self.requests.len() - client.unsent..];
+            match stream.write(owed) {
+                Ok(count) => client.unsent -= count,
                 Err(error) if would_block(&error) => return,
                 Err(error) if interrupted(&error) => {}
                 Err(error) => {
@@ -403,8 +434,8 @@ impl Run<'_> {
         }
     }
 
-    /// Reads until `WouldBlock`, completing answers; a connection closed by the server, or an
-    /// answer longer than the request, is lost.
+    /// Reads until `WouldBlock`, completing answers and sending the next requests; a
+    /// connection closed by the server, or an answer that does not fit a request, is lost.
     fn read(
         &mut self,
         client: &mut Client,
@@ -414,6 +445,7 @@ impl Run<'_> {
         due: &mut BinaryHeap<Reverse<(Instant, usize)>>,
         poll: &Poll,
     ) {
+        let mut completed_any = false;
         loop {
             let Some(stream) = client.stream.as_mut() else {
                 return;
@@ -424,7 +456,7 @@ impl Run<'_> {
                     return;
                 }
                 Ok(count) => count,
-                Err(error) if would_block(&error) => return,
+                Err(error) if would_block(&error) => break,
                 Err(error) if interrupted(&error) => continue,
                 Err(error) => {
                     log::debug!("read: {error}");
@@ -432,30 +464,40 @@ impl Run<'_> {
                     return;
                 }
             };
-            client.received += count;
-            if !client.in_flight || client.received > self.request.len() {
-                log::debug!("an answer longer than its request");
-                let reason = || "an answer longer than its request".to_string();
-                self.drop_client(client, poll, Some(&reason));
-                return;
+            let completed = match client
+                .answers
+                .feed(&scratch[..count], client.in_flight.len())
+            {
+                Ok(completed) => completed,
+                Err(reason) => {
+                    log::debug!("{reason}");
+                    self.drop_client(client, poll, Some(&|| reason.clone()));
+                    return;
+                }
+            };
+            if completed > 0 {
+                completed_any = true;
+                self.record(client, completed, Instant::now());
             }
-            if client.received == self.request.len() {
-                let now = Instant::now();
-                client.in_flight = false;
-                self.counts.in_flight -= 1;
-                self.counts.answers += 1;
-                if client.intended >= self.record_from {
-                    if !client.answered {
-                        client.answered = true;
-                        self.counts.served += 1;
-                    }
-                    let micros = now.saturating_duration_since(client.intended).as_micros();
-                    self.histogram
-                        .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
+        }
+        if sending && completed_any {
+            self.fill(client, index, Instant::now(), due, poll);
+        }
+    }
+
+    /// The oldest `completed` requests in flight were answered at `now`.
+    fn record(&mut self, client: &mut Client, completed: usize, now: Instant) {
+        for intended in client.in_flight.drain(..completed) {
+            self.counts.in_flight -= 1;
+            self.counts.answers += 1;
+            if intended >= self.record_from {
+                if !client.answered {
+                    client.answered = true;
+                    self.counts.served += 1;
                 }
-                if sending {
-                    self.next_request(client, index, now, due, poll);
-                }
+                let micros = now.saturating_duration_since(intended).as_micros();
+                self.histogram
+                    .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
             }
         }
     }
@@ -465,10 +507,9 @@ impl Run<'_> {
         if let Some(mut stream) = client.stream.take() {
             let _ = poll.registry().deregister(&mut stream);
         }
-        if client.in_flight {
-            client.in_flight = false;
-            self.counts.in_flight -= 1;
-        }
+        self.counts.in_flight -= client.in_flight.len();
+        client.in_flight.clear();
+        client.unsent = 0;
         client.state = State::Gone;
         if let Some(reason) = lost {
             self.counts.errors += 1;

@@ -1,10 +1,13 @@
 //! Load generation: many client connections on one mio loop, and what they measured.
 //!
 //! [`run`] opens [`LoadConfig::connections`] connections to a server and sends requests of the
-//! chosen protocol (echo, line, frame: each answer is the request itself) for a bounded time:
+//! chosen protocol for a bounded time: echo, line and frame (each answer is the request itself)
+//! or HTTP/1.1 (`GET` of [`LoadConfig::http_path`]; an answer is a 2xx head and its
+//! `Content-Length` body). Each connection keeps up to [`LoadConfig::pipeline`] requests in
+//! flight (1: wait for each answer; more: HTTP pipelining, or several echoes outstanding).
 //!
-//! * **Closed loop** (no rate): each connection sends its next request as soon as the answer to
-//!   the last one is in. Throughput is whatever the server sustains; latency is send-to-answer.
+//! * **Closed loop** (no rate): each connection sends its next request as soon as an answer is
+//!   in. Throughput is whatever the server sustains; latency is send-to-answer.
 //! * **Open loop** (`rate` requests per second in all): each connection has a schedule of
 //!   intended send times, spread evenly. Latency is measured from the *intended* time, so a
 //!   server that stalls is charged for every request that should have been sent during the stall
@@ -17,6 +20,7 @@
 //! Past about 25,000 connections to a loopback address, connections are spread over several
 //! 127.0.0.x source addresses, each with its own ephemeral port range.
 
+mod answer;
 mod generator;
 
 use std::fmt;
@@ -71,10 +75,19 @@ pub enum LoadProtocol {
     Line,
     /// The message behind a u32 big-endian length.
     Frame,
+    /// An HTTP/1.1 `GET` (of `/` here; of [`LoadConfig::http_path`] in a run), answered by a
+    /// 2xx response with a `Content-Length` body.
+    Http,
+}
+
+/// An HTTP/1.1 `GET` of `path` from `host`, keeping the connection.
+fn http_get(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
 }
 
 impl LoadProtocol {
-    /// One request carrying `message_bytes` bytes of payload (at least one byte).
+    /// One request carrying `message_bytes` bytes of payload (at least one byte); HTTP sends
+    /// no payload.
     pub fn request(self, message_bytes: usize) -> Vec<u8> {
         let payload: Vec<u8> = (0..message_bytes.max(1))
             .map(|index| b'a' + (index % 26) as u8)
@@ -93,6 +106,7 @@ impl LoadProtocol {
                 frame.extend_from_slice(&payload);
                 frame
             }
+            LoadProtocol::Http => http_get("localhost", "/"),
         }
     }
 }
@@ -111,8 +125,13 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// How long the load runs before answers are recorded.
     pub warmup: Duration,
-    /// Payload bytes per request (1..=1 MiB).
+    /// Payload bytes per request (1..=1 MiB; HTTP requests carry none).
     pub message_bytes: usize,
+    /// Requests each connection keeps in flight (1..=1024): 1 waits for every answer; more
+    /// pipelines them, sent together in one write.
+    pub pipeline: usize,
+    /// HTTP: the path requested (printable, starting with `/`).
+    pub http_path: String,
     /// Open loop at this many requests per second in all; `None` for closed loop.
     pub rate: Option<f64>,
     /// How long a connection may take to be established before it counts as failed.
@@ -130,9 +149,21 @@ impl Default for LoadConfig {
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
             message_bytes: 64,
+            pipeline: 1,
+            http_path: "/".to_string(),
             rate: None,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl LoadConfig {
+    /// The request every connection sends.
+    pub fn request(&self) -> Vec<u8> {
+        match self.protocol {
+            LoadProtocol::Http => http_get(&self.addr.to_string(), &self.http_path),
+            protocol => protocol.request(self.message_bytes),
         }
     }
 }
