@@ -213,8 +213,19 @@ impl<'a> Context<'a> {
         let Some(recorder) = self.recorder else {
             return;
         };
-        let now = *self.measured_now.get_or_insert_with(Instant::now);
+        let now = self.measurement_now();
         recorder.request(status, now.saturating_duration_since(started));
+    }
+
+    /// The clock, read at most once per callback (for latencies and the HTTP `Date`).
+    pub(crate) fn measurement_now(&mut self) -> Instant {
+        *self.measured_now.get_or_insert_with(Instant::now)
+    }
+
+    /// Appends what `write` adds to the end of a `Vec` to the output, in place: no buffer of
+    /// its own, no copy. `write` must only append.
+    pub(crate) fn write_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        self.output.append_with(write)
     }
 
     /// Arms the connection's one timer to fire after `after`, replacing any armed before.

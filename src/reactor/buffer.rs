@@ -118,6 +118,29 @@ impl WriteBuf {
         self.len += bytes.len();
     }
 
+    /// Appends what `write` adds to a `Vec` in place: to the last chunk while it is small (or
+    /// the spare), else to a new chunk. `write` must only append.
+    pub(crate) fn append_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let reuse = self
+            .chunks
+            .back()
+            .is_some_and(|last| last.is_empty() || last.len() < COALESCE_LIMIT);
+        let mut chunk = if reuse {
+            self.chunks.pop_back().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let before = chunk.len();
+        let result = write(&mut chunk);
+        debug_assert!(chunk.len() >= before, "append_with must only append");
+        self.len += chunk.len().saturating_sub(before);
+        // An empty chunk may stay only as the lone spare.
+        if !chunk.is_empty() || self.chunks.is_empty() {
+            self.chunks.push_back(chunk);
+        }
+        result
+    }
+
     /// Queues an owned chunk without copying it.
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
         if bytes.is_empty() {
@@ -207,7 +230,8 @@ impl WriteBuf {
             self.head = 0;
             let spent = self.chunks.pop_front();
             if self.chunks.is_empty() {
-                if let Some(mut spare) = spent {
+                // Kept for reuse, unless a large answer made it large.
+                if let Some(mut spare) = spent.filter(|spare| spare.capacity() <= COALESCE_LIMIT) {
                     spare.clear();
                     self.chunks.push_back(spare);
                 }
@@ -305,5 +329,35 @@ mod tests {
         assert!(buf.is_empty());
         assert_eq!(buf.chunks.len(), 1);
         assert!(buf.chunks[0].capacity() >= 100);
+    }
+
+    #[test]
+    fn append_with_writes_in_place_in_order_and_reuses_the_spare() {
+        let mut buf = WriteBuf::default();
+        buf.push(b"ab");
+        buf.append_with(|out| out.extend_from_slice(b"cd"));
+        assert_eq!((buf.to_vec(), buf.len()), (b"abcd".to_vec(), 4));
+        buf.append_with(|_| ());
+        assert_eq!(buf.chunks.len(), 1, "nothing appended: no chunk added");
+        buf.clear();
+        let spare = buf.chunks[0].as_ptr();
+        buf.append_with(|out| out.extend_from_slice(b"ef"));
+        assert_eq!(
+            buf.chunks[0].as_ptr(),
+            spare,
+            "the spare's storage is reused"
+        );
+        assert_eq!(buf.to_vec(), b"ef");
+        // Behind a large chunk, a new chunk takes the bytes.
+        buf.push_owned(vec![b'x'; COALESCE_LIMIT]);
+        buf.append_with(|out| out.extend_from_slice(b"gh"));
+        assert_eq!(buf.chunks.len(), 3);
+        assert!(buf.to_vec().ends_with(b"xgh"));
+        // A large answer's storage is not kept as the spare.
+        buf.clear();
+        assert!(buf
+            .chunks
+            .iter()
+            .all(|chunk| chunk.capacity() <= COALESCE_LIMIT));
     }
 }

@@ -1,8 +1,9 @@
 //! Requests as handlers see them, responses as handlers build them, and how a response is
 //! written on the wire (status line, `Date`, `Server`, framing headers, body).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// An HTTP request, head and body, as a handler sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -33,16 +34,17 @@ impl Request {
     }
 }
 
-/// An HTTP response, built by a handler.
+/// An HTTP response, built by a handler. Static text (header names, a fixed body) is borrowed,
+/// not copied, so a constant answer costs no allocation beyond its header list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code.
     pub status: u16,
     /// Header fields (`Content-Length`, `Connection`, `Transfer-Encoding`, `Date` and `Server`
     /// are written by the server and dropped from here).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     /// The body (not sent in answer to HEAD, nor with 1xx, 204 and 304).
-    pub body: Vec<u8>,
+    pub body: Cow<'static, [u8]>,
 }
 
 impl Response {
@@ -51,22 +53,22 @@ impl Response {
         Response {
             status,
             headers: Vec::new(),
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
         }
     }
 
-    /// A `text/plain; charset=utf-8` response.
-    pub fn text(status: u16, body: impl Into<String>) -> Response {
+    /// A `text/plain; charset=utf-8` response (a `&'static str` body is not copied).
+    pub fn text(status: u16, body: impl Into<Cow<'static, str>>) -> Response {
         Response::new(status)
             .header("Content-Type", "text/plain; charset=utf-8")
-            .body(body.into().into_bytes())
+            .body(text_bytes(body.into()))
     }
 
     /// An `application/json` response; `json` must already be JSON text.
-    pub fn json(status: u16, json: impl Into<String>) -> Response {
+    pub fn json(status: u16, json: impl Into<Cow<'static, str>>) -> Response {
         Response::new(status)
             .header("Content-Type", "application/json")
-            .body(json.into().into_bytes())
+            .body(text_bytes(json.into()))
     }
 
     /// The server's counters in Prometheus text format (version 0.0.4), as `/metrics` serves
@@ -74,19 +76,31 @@ impl Response {
     pub fn metrics(stats: &crate::StatsSnapshot) -> Response {
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4")
-            .body(crate::metrics::prometheus(stats))
+            .body(crate::metrics::prometheus(stats).into_bytes())
     }
 
     /// Adds a header field.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+    pub fn header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Response {
         self.headers.push((name.into(), value.into()));
         self
     }
 
-    /// Sets the body.
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
+    /// Sets the body (a `&'static [u8]` is not copied).
+    pub fn body(mut self, body: impl Into<Cow<'static, [u8]>>) -> Response {
         self.body = body.into();
         self
+    }
+}
+
+/// Text as bytes, borrowed if it was borrowed.
+fn text_bytes(text: Cow<'static, str>) -> Cow<'static, [u8]> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
     }
 }
 
@@ -137,6 +151,26 @@ pub fn write_response(
     close: bool,
     keep_alive_1_0: bool,
 ) {
+    with_date(|date| {
+        write_response_dated(
+            out,
+            response,
+            server,
+            (head_only, close, keep_alive_1_0),
+            date,
+        )
+    });
+}
+
+/// [`write_response`] with the `Date` value given; `flags` are `(head_only, close,
+/// keep_alive_1_0)`.
+pub(crate) fn write_response_dated(
+    out: &mut Vec<u8>,
+    response: &Response,
+    server: &str,
+    (head_only, close, keep_alive_1_0): (bool, bool, bool),
+    date: &[u8],
+) {
     let status = response.status;
     let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -144,7 +178,7 @@ pub fn write_response(
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
-    with_date(|date| out.extend_from_slice(date));
+    out.extend_from_slice(date);
     out.extend_from_slice(b"\r\nServer: ");
     out.extend_from_slice(server.as_bytes());
     if !bodiless {
@@ -195,23 +229,43 @@ fn push_number(out: &mut Vec<u8>, mut value: usize) {
     out.extend_from_slice(&digits[at..]);
 }
 
+/// The `Date` text of the current second, and until when it holds.
+struct DateCache {
+    /// The moment (monotonic) from which the text may be a second old: refresh then.
+    valid_until: Option<Instant>,
+    /// The IMF-fixdate text.
+    text: String,
+}
+
 thread_local! {
-    /// The current second and its IMF-fixdate text: formatted once a second per thread.
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// Formatted once a second per thread.
+    static DATE: RefCell<DateCache> = const {
+        RefCell::new(DateCache { valid_until: None, text: String::new() })
+    };
 }
 
 /// Calls `write` with the current `Date` value, formatting it only when the second changed.
 pub fn with_date<R>(write: impl FnOnce(&[u8]) -> R) -> R {
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+    with_date_at(Instant::now(), write)
+}
+
+/// [`with_date`] at `now`, a monotonic time the caller already read (the turn's or the
+/// callback's): while `now` is inside the second last formatted, no clock is read at all.
+pub(crate) fn with_date_at<R>(now: Instant, write: impl FnOnce(&[u8]) -> R) -> R {
     DATE.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if cached.0 != second {
-            *cached = (second, httpdate::fmt_http_date(now));
+        let mut cache = cell.borrow_mut();
+        if cache.valid_until.is_none_or(|until| now >= until) {
+            let wall = SystemTime::now();
+            let into_second = wall
+                .duration_since(UNIX_EPOCH)
+                .map_or(Duration::ZERO, |since| {
+                    Duration::from_nanos(since.subsec_nanos().into())
+                });
+            cache.text = httpdate::fmt_http_date(wall);
+            // `now` is no later than `wall`, so this ends at or before the second's end.
+            cache.valid_until = Some(now + (Duration::from_secs(1) - into_second));
         }
-        write(cached.1.as_bytes())
+        write(cache.text.as_bytes())
     })
 }
 

@@ -44,6 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use message::{reason, with_date, write_response, Request, Response};
+
+use message::{with_date_at, write_response_dated};
 pub use router::{Found, Handler, Router, Runs};
 
 use super::{Context, JobResult, Protocol};
@@ -257,9 +259,29 @@ impl Http {
         self.timer = Timer::None;
     }
 
-    /// Writes the answers at the front of the queue that are ready, in order.
+    /// Writes the answers at the front of the queue that are ready, in order, straight into
+    /// the connection's output.
     fn flush(&mut self, ctx: &mut Context<'_>) {
-        let mut out = Vec::new();
+        let ready = self
+            .queue
+            .front()
+            .is_some_and(|slot| !matches!(slot.answer, Answer::Pending(_)));
+        if ready {
+            // One clock read serves the `Date` of every answer and their latencies.
+            let now = ctx.measurement_now();
+            let closed = with_date_at(now, |date| self.write_ready(date, ctx));
+            if closed {
+                return;
+            }
+        }
+        if self.queue.is_empty() && matches!(self.phase, Phase::Done) {
+            ctx.close();
+        }
+    }
+
+    /// Writes the ready answers at the front of the queue; returns whether one of them ended
+    /// the connection.
+    fn write_ready(&mut self, date: &[u8], ctx: &mut Context<'_>) -> bool {
         while let Some(slot) = self.queue.front() {
             if matches!(slot.answer, Answer::Pending(_)) {
                 break;
@@ -267,37 +289,32 @@ impl Http {
             let Some(slot) = self.queue.pop_front() else {
                 break;
             };
+            let Meta {
+                head_only,
+                close,
+                keep_alive_1_0,
+            } = slot.meta;
             match &slot.answer {
-                Answer::Continue => out.extend_from_slice(CONTINUE),
+                Answer::Continue => ctx.write(CONTINUE),
                 Answer::Ready(response) => {
-                    write_response(
-                        &mut out,
-                        response,
-                        "socketserver",
-                        slot.meta.head_only,
-                        slot.meta.close,
-                        slot.meta.keep_alive_1_0,
-                    );
+                    ctx.write_with(|out| {
+                        let flags = (head_only, close, keep_alive_1_0);
+                        write_response_dated(out, response, "socketserver", flags, date)
+                    });
                     ctx.record_request(response.status, slot.started);
                 }
                 Answer::Pending(_) => {}
             }
-            if slot.meta.close {
+            if close {
                 self.queue.clear();
-                ctx.write_owned(std::mem::take(&mut out));
                 match slot.rejection {
                     Some(why) => ctx.fail(why),
                     None => ctx.close(),
                 }
-                return;
+                return true;
             }
         }
-        if !out.is_empty() {
-            ctx.write_owned(out);
-        }
-        if self.queue.is_empty() && matches!(self.phase, Phase::Done) {
-            ctx.close();
-        }
+        false
     }
 
     /// No more requests will be read: the last queued answer closes the connection.
@@ -369,24 +386,36 @@ impl Http {
                         break;
                     }
                     self.request_started.get_or_insert(ctx.now());
-                    let Some(end) = self.head_end(rest) else {
-                        if rest.len() > self.limits.max_head_bytes {
-                            self.reject(431, "request head too large", ctx.now());
-                            return input.len();
+                    // A head that arrives whole (the usual case) is parsed at once. One that
+                    // arrives in pieces is parsed only when the search for its end, resumed
+                    // where it stopped, finds it: linear, however small the pieces.
+                    let parsed = if self.scanned == 0 {
+                        parse_head(rest, &self.limits)
+                    } else {
+                        match self.head_end(rest) {
+                            Some(end) => parse_head(&rest[..end], &self.limits),
+                            None => Ok(None),
                         }
-                        break;
                     };
-                    self.scanned = 0;
-                    if end > self.limits.max_head_bytes {
-                        self.reject(431, "request head too large", ctx.now());
-                        return input.len();
-                    }
-                    match parse_head(&rest[..end], &self.limits) {
+                    match parsed {
                         Err((status, why)) => {
                             self.reject(status, why, ctx.now());
                             return input.len();
                         }
-                        Ok(head) => {
+                        Ok(None) => {
+                            if rest.len() > self.limits.max_head_bytes {
+                                self.reject(431, "request head too large", ctx.now());
+                                return input.len();
+                            }
+                            self.scanned = self.scanned.max(rest.len());
+                            break;
+                        }
+                        Ok(Some((_, end))) if end > self.limits.max_head_bytes => {
+                            self.reject(431, "request head too large", ctx.now());
+                            return input.len();
+                        }
+                        Ok(Some((head, end))) => {
+                            self.scanned = 0;
                             at += end;
                             self.start_request(head, at < input.len(), ctx);
                         }
@@ -525,16 +554,17 @@ struct Head {
     expect_continue: bool,
 }
 
-/// Parses a complete head (through its empty line).
-fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Head, body::Rejection> {
+/// Parses the head that starts `bytes`: `None` while it is incomplete, else the head and its
+/// length (through its empty line).
+fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>, body::Rejection> {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut parsed = httparse::Request::new(&mut slots[..limits.max_headers]);
-    match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err((400, "malformed request head")),
+    let length = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err((431, "too many header fields")),
         Err(_) => return Err((400, "malformed request head")),
-    }
+    };
     let (Some(method), Some(target), Some(minor_version)) =
         (parsed.method, parsed.path, parsed.version)
     else {
@@ -608,7 +638,7 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Head, body::Rejection
         Some(0) | None => None,
         Some(length) => Some(Framing::Length(length)),
     };
-    Ok(Head {
+    let head = Head {
         request: Request {
             method: method.to_string(),
             path,
@@ -625,7 +655,8 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Head, body::Rejection
             keep_alive_token && !close
         },
         expect_continue: expect_continue && minor_version >= 1,
-    })
+    };
+    Ok(Some((head, length)))
 }
 
 /// The origin-form (`/path?query`) of a request target; an absolute-form target
