@@ -1,9 +1,10 @@
 //! The `socketserver` command: a thin layer of argument parsing over the library.
 //!
-//! `socketserver serve --protocol echo|line|frame --model reactor|reactors|threads|pool|prefork
-//! [--addr HOST:PORT | --unix PATH] [--udp]` prints exactly
+//! `socketserver serve --protocol echo|line|frame|http --model reactor|reactors|threads|pool|prefork
+//! [--addr HOST:PORT | --unix PATH] [--udp] [--metrics-addr HOST:PORT]` prints exactly
 //! `listening on <addr>` as its first line on stdout (so scripts can bind port 0 and read the
-//! port), then serves until SIGINT/SIGTERM. `RUST_LOG` sets the log level (env_logger).
+//! port; with `--metrics-addr`, `metrics at http://<addr>/metrics` follows), then serves until
+//! SIGINT/SIGTERM. `RUST_LOG` sets the log level (env_logger).
 
 use std::io::Write;
 use std::process::ExitCode;
