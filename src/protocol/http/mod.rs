@@ -44,13 +44,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use message::{reason, with_date, write_response, Request, Response};
-
-use message::{with_date_at, write_response_dated};
 pub use router::{Found, Handler, Router, Runs};
 
 use super::{Context, JobResult, Protocol};
 use crate::config::Config;
 use body::{BodyReader, Chunk, Framing};
+use message::{with_date_at, write_response_dated};
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
