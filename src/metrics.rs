@@ -427,8 +427,7 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP socketserver_{name} {help}");
-        let _ = writeln!(out, "# TYPE socketserver_{name} {kind}");
+        family(&mut out, name, kind, help);
         for (labels, value) in samples {
             let _ = writeln!(out, "socketserver_{name}{labels} {value}");
         }
@@ -543,12 +542,18 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
     out
 }
 
+/// The `HELP` and `TYPE` lines that open a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP socketserver_{name} {help}");
+    let _ = writeln!(out, "# TYPE socketserver_{name} {kind}");
+}
+
 /// One histogram in the text format: cumulative `_bucket` lines with `le` in seconds, then
 /// `_sum` (seconds) and `_count`.
 fn histogram(out: &mut String, name: &str, help: &str, histogram: &HistogramSnapshot) {
     use std::fmt::Write;
-    let _ = writeln!(out, "# HELP socketserver_{name} {help}");
-    let _ = writeln!(out, "# TYPE socketserver_{name} histogram");
+    family(out, name, "histogram", help);
     let mut cumulative = 0;
     for (bucket, count) in histogram.counts.iter().enumerate() {
         cumulative += count;
