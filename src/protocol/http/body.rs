@@ -107,7 +107,10 @@ impl BodyReader {
                     self.framing = Framing::Chunked(Chunk::Size);
                 }
                 Framing::Chunked(Chunk::Trailers) => {
-                    let room = self.max_trailer_bytes - self.trailer_bytes;
+                    // `line` keeps every accepted line within `room`, so the sum never passes
+                    // the limit; saturating all the same, since an unsigned wrap here would
+                    // lift the limit altogether.
+                    let room = self.max_trailer_bytes.saturating_sub(self.trailer_bytes);
                     let Some(line) = line(rest, room, "trailers too large")? else {
                         return Ok((used, false));
                     };
@@ -132,17 +135,18 @@ struct Line {
     total: usize,
 }
 
-/// The first CRLF-terminated line of `input`, `None` if it is not complete yet; a line (or
-/// the part seen so far) longer than `limit` is rejected with 431 or 400 and `why`.
+/// The first CRLF-terminated line of `input`, `None` if it is not complete yet. A line may
+/// take at most `limit` bytes, its CRLF included; one that is longer (or the part seen so far,
+/// once it fills `limit` without a newline) is rejected with 431 or 400 and `why`.
 fn line(input: &[u8], limit: usize, why: &'static str) -> Result<Option<Line>, Rejection> {
     let status = if why.starts_with("trailers") {
         431
     } else {
         400
     };
-    let window = &input[..input.len().min(limit.saturating_add(1))];
+    // A newline at index `limit - 1` ends a line of exactly `limit` bytes: the last allowed.
+    let window = &input[..input.len().min(limit)];
     match window.iter().position(|&byte| byte == b'\n') {
-        Some(newline) if newline > limit => Err((status, why)),
         Some(newline) => {
             if newline == 0 || input[newline - 1] != b'\r' {
                 return Err((400, "line not terminated by CRLF"));
@@ -152,7 +156,7 @@ fn line(input: &[u8], limit: usize, why: &'static str) -> Result<Option<Line>, R
                 total: newline + 1,
             }))
         }
-        None if window.len() > limit => Err((status, why)),
+        None if window.len() >= limit => Err((status, why)),
         None => Ok(None),
     }
 }
@@ -267,5 +271,105 @@ mod tests {
         assert_eq!(reader.read(long).map_err(|e| e.0), Err(431));
         let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 10, 16);
         assert_eq!(reader.read(&[b'1'; 2000]).map_err(|e| e.0), Err(400));
+    }
+
+    /// Trailers `X: aaa…` CRLF, then the empty line, taking exactly `total` bytes in all.
+    fn trailers_of(total: usize) -> Vec<u8> {
+        let mut trailers = b"X:".to_vec();
+        trailers.resize(total - 4, b'a');
+        trailers.extend_from_slice(b"\r\n\r\n");
+        trailers
+    }
+
+    /// Feeds `input` to a reader split at every byte (as the driver would, keeping what was not
+    /// used); the answer must not depend on the split.
+    fn read_split(mut make: impl FnMut() -> BodyReader, input: &[u8]) -> Result<bool, u16> {
+        let mut outcome = None;
+        for split in 0..=input.len() {
+            let mut reader = make();
+            let result = reader.read(&input[..split]).and_then(|(first, done)| {
+                if done {
+                    return Ok(true);
+                }
+                reader.read(&input[first..]).map(|(_, done)| done)
+            });
+            let result = result.map_err(|rejection| rejection.0);
+            assert!(
+                outcome.is_none_or(|seen| seen == result),
+                "split at {split} gave {result:?}"
+            );
+            outcome = Some(result);
+        }
+        outcome.expect("at least one split")
+    }
+
+    #[test]
+    fn trailers_are_held_to_their_limit_at_the_boundary() {
+        let limit = 64;
+        let trailers = |max| move || BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, max);
+        assert_eq!(
+            read_split(trailers(limit), &trailers_of(limit - 1)),
+            Ok(true)
+        );
+        assert_eq!(read_split(trailers(limit), &trailers_of(limit)), Ok(true));
+        assert_eq!(
+            read_split(trailers(limit), &trailers_of(limit + 1)),
+            Err(431)
+        );
+    }
+
+    /// The reproduction of a limit that could be passed: one trailer line whose newline sat
+    /// exactly at the limit was accepted, the room left wrapped below zero, and every later
+    /// trailer line was kept without bound. Such a line leaves no room for the empty line that
+    /// ends the trailers, so it is refused at once, as is anything after it.
+    #[test]
+    fn a_trailer_line_of_exactly_the_limit_leaves_no_room() {
+        let limit = 8192;
+        let mut line = b"X:".to_vec();
+        line.resize(limit - 2, b'a');
+        line.extend_from_slice(b"\r\n");
+        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, limit);
+        assert_eq!(reader.read(&line).map_err(|e| e.0), Err(431));
+        let mut flood = line.clone();
+        for _ in 0..100 {
+            flood.extend_from_slice(&line);
+        }
+        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, limit);
+        assert_eq!(reader.read(&flood).map_err(|e| e.0), Err(431));
+        assert_eq!(reader.trailers.len(), 1, "nothing past the limit is kept");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_held_to_their_limit_at_the_boundary() {
+        let size_line = |total: usize| {
+            let mut line = b"1;".to_vec();
+            line.resize(total - 2, b'x');
+            line.extend_from_slice(b"\r\n");
+            line.extend_from_slice(b"a\r\n0\r\n\r\n");
+            line
+        };
+        let reader = || BodyReader::new(Framing::Chunked(Chunk::Size), 10, 1024);
+        assert_eq!(read_split(reader, &size_line(MAX_CHUNK_LINE - 1)), Ok(true));
+        assert_eq!(read_split(reader, &size_line(MAX_CHUNK_LINE)), Ok(true));
+        assert_eq!(read_split(reader, &size_line(MAX_CHUNK_LINE + 1)), Err(400));
+    }
+
+    #[test]
+    fn chunked_bodies_are_held_to_their_limit_at_the_boundary() {
+        let limit = 20;
+        let body = |length: usize| {
+            // Two chunks, so the limit is checked against the sum, not one chunk.
+            let first = length / 2;
+            let mut coded = format!("{first:x}\r\n").into_bytes();
+            coded.resize(coded.len() + first, b'a');
+            coded.extend_from_slice(format!("\r\n{:x}\r\n", length - first).as_bytes());
+            coded.resize(coded.len() + length - first, b'b');
+            coded.extend_from_slice(b"\r\n0\r\n\r\n");
+            coded
+        };
+        let reader = || BodyReader::new(Framing::Chunked(Chunk::Size), limit, 1024);
+        assert_eq!(read_split(reader, &body(limit - 1)), Ok(true));
+        assert_eq!(read_split(reader, &body(limit)), Ok(true));
+        assert_eq!(read_split(reader, &body(limit + 1)), Err(413));
     }
 }
