@@ -92,8 +92,28 @@ struct CompareArgs {
     out: std::path::PathBuf,
 }
 
+/// SIGINT or SIGTERM to `compare` stops the server it is measuring (and waits for it) before
+/// this process exits, with the shell's status for death by that signal.
+fn stop_servers_on_signal() -> socketserver::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|error| Error::io("installing signal handlers", error))?;
+    std::thread::Builder::new()
+        .name("socketserver-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("\nsocketserver: stopping the server under test");
+                socketserver::compare::process::stop_all();
+                std::process::exit(128 + signal);
+            }
+        })
+        .map_err(|error| Error::io("starting the signal thread", error))?;
+    Ok(())
+}
+
 fn compare(args: CompareArgs) -> socketserver::Result<()> {
     use socketserver::compare::{self, chart, idle, CompareConfig, ModelKind};
+    stop_servers_on_signal()?;
     let program = std::env::current_exe()
         .map_err(|error| Error::io("finding this program to start servers", error))?;
     let mut config = if args.quick {
@@ -335,7 +355,8 @@ struct ServeArgs {
     /// workers count apart).
     #[arg(long)]
     metrics_addr: Option<String>,
-    /// Most connections held at once; clients over the cap are closed at once.
+    /// Most connections held at once by the whole server (all loops, all prefork workers);
+    /// clients over the cap are closed at once.
     #[arg(long, default_value_t = Config::default().max_connections as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,

@@ -272,3 +272,96 @@ fn compare_measures_http_with_pipelining_under_every_model() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Starts `compare` on a long sweep of the reactor and waits for the server it starts; returns
+/// both processes.
+fn compare_with_its_server() -> (std::process::Child, u32) {
+    use std::process::{Command, Stdio};
+    let out = out_dir("compare-signalled");
+    let child = Command::new(env!("CARGO_BIN_EXE_socketserver"))
+        .args(["compare", "--models", "reactor", "--connections", "1"])
+        .args(["--warmup", "0", "--duration", "60", "--out"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn compare");
+    let mut server = None;
+    // A serving reactor has started its worker threads, which it does only after printing its
+    // address (a server killed before that dies of the broken pipe instead).
+    util::wait_for("compare's server to be serving", || {
+        server = util::children_of(child.id()).first().copied();
+        server.is_some_and(|pid| socketserver::compare::process::Usage::of(pid).threads >= 2)
+    });
+    (child, server.expect("a server"))
+}
+
+fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut status = None;
+    util::wait_for("compare to exit", || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status.expect("exited")
+}
+
+/// `compare` stopped its server only when its own values were dropped, so SIGTERM left the
+/// server running under init. It stops (and waits for) the server before it exits.
+#[test]
+fn a_signal_to_compare_stops_the_server_it_started() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let (mut compare, server) = compare_with_its_server();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(compare.id() as libc::pid_t, signal) };
+        let status = exit_of(&mut compare);
+        assert_eq!(status.code(), Some(128 + signal), "{status:?}");
+        assert!(
+            !util::is_alive(server),
+            "the server {server} outlived compare"
+        );
+    }
+}
+
+/// However `compare` dies, its server goes too: the kernel signals it (PR_SET_PDEATHSIG).
+#[test]
+fn a_killed_compare_takes_its_server_with_it() {
+    let (mut compare, server) = compare_with_its_server();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(compare.id() as libc::pid_t, libc::SIGKILL) };
+    exit_of(&mut compare);
+    util::wait_for("the orphaned server to exit", || !util::is_alive(server));
+}
+
+/// The CPU time of a prefork worker that died inside the measured window was lost, since only
+/// live children were read. A worker that died and was waited for keeps counting.
+#[test]
+fn usage_keeps_the_cpu_time_of_a_worker_that_died() {
+    use socketserver::compare::process::Usage;
+    use std::io::Write;
+    let cli = util::Cli::start(&["serve", "--model", "prefork", "--processes", "1"], None);
+    let workers = util::wait_for_workers(&cli.child, 1);
+    let worker_cpu = || Usage::of(workers[0]).cpu_seconds;
+    // Make the worker spend enough CPU to show at the clock's 10 ms resolution.
+    let mut stream = util::connect(cli.addr);
+    let message = vec![b'c'; 64 * 1024];
+    while worker_cpu() < 0.05 {
+        stream.write_all(&message).expect("write");
+        util::read_exact(&mut stream, message.len());
+    }
+    drop(stream);
+    let before = Usage::of(cli.child.id()).cpu_seconds;
+    // SAFETY: kill(2) on a worker of our own child.
+    unsafe { libc::kill(workers[0] as libc::pid_t, libc::SIGKILL) };
+    util::wait_for("the worker replaced", || {
+        let now = util::children_of(cli.child.id());
+        now.len() == 1 && now[0] != workers[0]
+    });
+    let after = Usage::of(cli.child.id()).cpu_seconds;
+    assert!(
+        after >= before,
+        "the dead worker's CPU time was lost: {before} s, then {after} s"
+    );
+    let (status, stderr) = cli.terminate();
+    assert!(status.success(), "{status:?} {stderr}");
+}

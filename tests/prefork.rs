@@ -10,51 +10,6 @@ use std::process::Child;
 
 use util::*;
 
-/// The live (not zombie) children of `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return children;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the parenthesised command name: state, then the parent's pid.
-        let Some(after_name) = stat.rfind(')').map(|end| &stat[end + 2..]) else {
-            continue;
-        };
-        let mut fields = after_name.split_whitespace();
-        let (state, ppid) = (fields.next(), fields.next());
-        if state != Some("Z") && ppid == Some(parent.to_string().as_str()) {
-            children.push(pid);
-        }
-    }
-    children.sort_unstable();
-    children
-}
-
-fn wait_for_workers(supervisor: &Child, count: usize) -> Vec<u32> {
-    let mut workers = Vec::new();
-    wait_for("the workers to be running", || {
-        workers = children_of(supervisor.id());
-        workers.len() == count
-    });
-    workers
-}
-
-fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rfind(") Z").is_none())
-}
-
 #[test]
 fn a_killed_worker_is_replaced_and_the_server_keeps_answering() {
     let cli = Cli::start(

@@ -50,7 +50,9 @@ pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
 /// What the server's processes have used, summed over the server and its children.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
-    /// User plus system CPU time, in seconds (10 ms resolution on most kernels).
+    /// User plus system CPU time, in seconds (10 ms resolution on most kernels), of the server
+    /// and its live children, and of every child that has exited and been waited for (a
+    /// prefork worker that died and was replaced keeps counting).
     pub cpu_seconds: f64,
     /// Resident memory, in bytes (shared pages count once per process).
     pub rss_bytes: u64,
@@ -86,15 +88,16 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 fn process_usage(pid: u32) -> Option<Usage> {
     let fields = stat_fields(pid)?;
-    // Fields 14 and 15 (utime, stime) and 20 (threads) and 24 (rss pages) of stat(5); the
-    // list here starts at field 3.
+    // Fields 14 to 17 (utime, stime, and cutime, cstime: the time of children exited and
+    // waited for), 20 (threads) and 24 (rss pages) of stat(5); the list here starts at field 3.
     let number = |index: usize| fields.get(index)?.parse::<u64>().ok();
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     // SAFETY: sysconf has no preconditions.
     let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
     Some(Usage {
-        cpu_seconds: (number(11)? + number(12)?) as f64 / ticks_per_second,
+        cpu_seconds: (number(11)? + number(12)? + number(13)? + number(14)?) as f64
+            / ticks_per_second,
         rss_bytes: number(21)? * page_bytes,
         threads: number(17)?,
         processes: 1,
@@ -118,6 +121,50 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The servers started and not yet stopped, so that a signal to this process can stop them
+/// before it exits ([`stop_all`]).
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn running() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    // A list of pids is whole after every push or retain: a poisoned lock still holds one.
+    RUNNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Stops every server started by [`ServerProcess::start`] and not yet stopped: SIGTERM, a wait
+/// of at most the stop timeout for each to exit (reaping it), then SIGKILL. For a signal
+/// handler's thread, just before the process exits (the [`ServerProcess`] values still held
+/// elsewhere are then never used again).
+pub fn stop_all() {
+    let pids: Vec<u32> = std::mem::take(&mut *running());
+    for &pid in &pids {
+        // SAFETY: kill(2) on a child of this process that has not been reaped: its pid is
+        // removed from the list before the owner waits for it, so it cannot have been reused.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for pid in pids {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, WNOHANG: returns at once.
+            let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            if reaped != 0 {
+                break; // exited and reaped (or already reaped by its owner)
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: as above; the child has not been reaped.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                // SAFETY: waitpid on our own child, blocking until SIGKILL has taken it.
+                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+                break;
+            }
+            // No exit notification to wait on from this thread: poll the child.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// A server started by [`ServerProcess::start`]; dropping it stops it.
 pub struct ServerProcess {
     child: Child,
@@ -135,14 +182,20 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let cpus = cpus.to_vec();
-        // SAFETY: sched_setaffinity is async-signal-safe, and the closure allocates nothing
-        // (the CPU list was built before the fork).
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: sched_setaffinity, prctl and getppid are async-signal-safe, and the closure
+        // allocates nothing (the CPU list was built before the fork).
         unsafe {
-            command.pre_exec(move || pin_current_thread(&cpus));
+            command.pre_exec(move || {
+                pin_current_thread(&cpus)?;
+                stop_with_parent(parent)
+            });
         }
         let mut child = command
             .spawn()
             .map_err(|error| Error::io("starting the server", error))?;
+        running().push(child.id());
         let Some(stdout) = child.stdout.take() else {
             return Err(Error::Tool("the server's stdout is not piped".into()));
         };
@@ -208,6 +261,8 @@ impl ServerProcess {
     }
 
     fn terminate(&mut self) -> Option<ExitStatus> {
+        let pid = self.child.id();
+        running().retain(|&running| running != pid);
         if let Some(status) = self.exited() {
             return Some(status);
         }
@@ -240,6 +295,27 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// In a child between fork and exec: asks the kernel for SIGTERM when the thread that started
+/// it ends (the parent dies, however it dies), so that a killed `compare` leaves no server
+/// running. Linux only; elsewhere the signal handler's [`stop_all`] is the only guard.
+fn stop_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl and getppid are async-signal-safe and touch only this process.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The parent may have died before the request took effect.
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            return Err(std::io::Error::other("the parent exited"));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+    Ok(())
 }
 
 /// How a server ended, in words.

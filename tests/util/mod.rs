@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod http;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -367,4 +369,51 @@ pub fn run_cli(args: &[&str], timeout: Duration) -> (std::process::ExitStatus, S
     let stdout = stdout.join().expect("stdout reader");
     let stderr = stderr.join().expect("stderr reader");
     (status, stdout, stderr)
+}
+
+/// The live (not zombie) children of `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the parenthesised command name: state, then the parent's pid.
+        let Some(after_name) = stat.rfind(')').map(|end| &stat[end + 2..]) else {
+            continue;
+        };
+        let mut fields = after_name.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
+        if state != Some("Z") && ppid == Some(parent.to_string().as_str()) {
+            children.push(pid);
+        }
+    }
+    children.sort_unstable();
+    children
+}
+
+/// Waits until `supervisor` has exactly `count` live children (prefork workers); returns them.
+pub fn wait_for_workers(supervisor: &std::process::Child, count: usize) -> Vec<u32> {
+    let mut workers = Vec::new();
+    wait_for("the workers to be running", || {
+        workers = children_of(supervisor.id());
+        workers.len() == count
+    });
+    workers
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rfind(") Z").is_none())
 }
