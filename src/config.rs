@@ -11,8 +11,11 @@ use crate::error::{Error, Result};
 /// Every tunable limit of a server, with documented defaults (see [`Config::default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Most connections held at once. Default 10,000; range 1..=1,000,000. A client over the cap
-    /// is accepted and closed at once, so it sees a prompt end of stream rather than a hang.
+    /// Most connections held at once by the whole server: the loops of
+    /// [`Server::serve_reactors`](crate::Server::serve_reactors) and the worker processes of a
+    /// [prefork](crate::prefork) server all count against this one number. Default 10,000;
+    /// range 1..=1,000,000. A client over the cap is accepted and closed at once, so it sees a
+    /// prompt end of stream rather than a hang.
     pub max_connections: usize,
     /// Close a connection after this long without input or output progress. Default 60 s;
     /// `None` disables it (then an idle connection costs no timer and no wake-up at all).

@@ -63,6 +63,7 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod admission;
 pub mod blocking;
 pub mod compare;
 pub mod config;

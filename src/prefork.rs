@@ -21,6 +21,12 @@
 //!   port. (The signal follows the *thread* that started the worker: run the supervisor on a
 //!   thread that lives as long as it does.)
 //!
+//! * **One connection cap.** [`Config::max_connections`] holds for the server, not per worker:
+//!   the workers count their connections in a table shared through the supervisor (its
+//!   descriptor is named in [`CONNECTIONS_FD_ENV`], the worker's slot in [`WORKER_SLOT_ENV`]),
+//!   and the supervisor gives back the places of a worker that died. Workers admitting at the
+//!   same instant may pass the cap by one connection per other worker.
+//!
 //! Not provided: counters across processes (each worker keeps its own), or passing live
 //! connections between workers.
 
@@ -36,6 +42,7 @@ use mio::{Events, Interest, Poll};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::admission::{Admission, SharedTable};
 use crate::config::Config;
 use crate::error::{interrupted, Error, Result};
 use crate::net::{self, Adopted};
@@ -46,6 +53,11 @@ use crate::server::{DatagramServer, Server};
 
 /// The environment variable through which a worker learns its inherited socket's descriptor.
 pub const LISTEN_FD_ENV: &str = "SOCKETSERVER_LISTEN_FD";
+/// The environment variable naming the descriptor of the table in which the workers count
+/// their connections together, so that `max_connections` holds for the whole server.
+pub const CONNECTIONS_FD_ENV: &str = "SOCKETSERVER_CONNECTIONS_FD";
+/// The environment variable giving a worker its slot (0-based) in that table.
+pub const WORKER_SLOT_ENV: &str = "SOCKETSERVER_WORKER_SLOT";
 
 /// A worker that lived at least this long is restarted at once when it dies.
 const STABLE_AFTER: Duration = Duration::from_secs(1);
@@ -90,13 +102,51 @@ pub fn inherited(config: Config) -> Result<Option<Inherited>> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let adopted =
         net::adopt(fd).map_err(|error| Error::io("adopting the inherited socket", error))?;
+    let admission = inherited_admission(config.max_connections)?;
     let server = match adopted {
-        Adopted::Listener(listener) => Inherited::Stream(Server::from_listener(listener, config)?),
+        Adopted::Listener(listener) => {
+            let server = Server::from_listener(listener, config)?;
+            Inherited::Stream(match admission {
+                Some(admission) => server.with_admission(admission),
+                None => server,
+            })
+        }
         Adopted::Datagram(socket) => {
             Inherited::Datagram(DatagramServer::from_socket(socket, config)?)
         }
     };
     Ok(Some(server))
+}
+
+/// The shared connection count the supervisor handed over, if it did (a supervisor of another
+/// build may not have).
+fn inherited_admission(max: usize) -> Result<Option<Admission>> {
+    let (Some(fd), Some(slot)) = (
+        std::env::var_os(CONNECTIONS_FD_ENV),
+        std::env::var_os(WORKER_SLOT_ENV),
+    ) else {
+        return Ok(None);
+    };
+    let number = |value: &std::ffi::OsStr, name: &str| {
+        value
+            .to_str()
+            .and_then(|text| text.parse::<usize>().ok())
+            .ok_or_else(|| Error::Config(format!("{name} is not a number")))
+    };
+    let (fd, slot) = (
+        number(&fd, CONNECTIONS_FD_ENV)?,
+        number(&slot, WORKER_SLOT_ENV)?,
+    );
+    let fd = RawFd::try_from(fd)
+        .map_err(|_| Error::Config(format!("{CONNECTIONS_FD_ENV} is not a descriptor")))?;
+    // SAFETY: like the listening socket, the supervisor left this descriptor open for this
+    // process alone, and the caller's `TAKEN` guard makes sure it is wrapped at most once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let table = SharedTable::open(fd)
+        .map_err(|error| Error::io("mapping the shared connection table", error))?;
+    let admission = Admission::shared(max, table, slot)
+        .map_err(|error| Error::io("taking a slot of the connection table", error))?;
+    Ok(Some(admission))
 }
 
 /// Runs and watches the worker processes; see the [module documentation](self).
@@ -195,10 +245,16 @@ impl Supervisor {
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|error| Error::io("registering signals", error))?;
+        let table = SharedTable::create(self.processes)
+            .map_err(|error| Error::io("creating the shared connection table", error))?;
+        let inherit = Inheritance {
+            listener: fd,
+            table: &table,
+        };
         let mut slots = Vec::with_capacity(self.processes);
         for index in 0..self.processes {
             let started = Instant::now();
-            let child = start_worker(&mut command(index), fd)
+            let child = start_worker(&mut command(index), &inherit, index)
                 .map_err(|error| Error::io(format!("starting worker {index}"), error));
             match child {
                 Ok(child) => {
@@ -240,7 +296,7 @@ impl Supervisor {
                 }
             }
             let now = Instant::now();
-            reap(&mut slots, now, deadline.is_none());
+            reap(&mut slots, &table, now, deadline.is_none());
             if stop_requested && deadline.is_none() {
                 log::info!("shutting down: asking every worker to drain");
                 deadline = Some(now + self.shutdown_timeout + KILL_GRACE);
@@ -259,7 +315,7 @@ impl Supervisor {
                     break;
                 }
                 Some(_) => {}
-                None => restart_due(&mut slots, &mut command, fd, now),
+                None => restart_due(&mut slots, &mut command, &inherit, now),
             }
             self.publish_pids(&slots);
         }
@@ -294,21 +350,37 @@ fn lock(pids: &Mutex<Vec<u32>>) -> std::sync::MutexGuard<'_, Vec<u32>> {
     pids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Starts one worker with `fd` left open across exec and named in its environment.
-fn start_worker(command: &mut Command, fd: RawFd) -> io::Result<Child> {
+/// What every worker inherits: the listening socket and the shared connection table.
+struct Inheritance<'a> {
+    listener: RawFd,
+    table: &'a SharedTable,
+}
+
+/// Starts worker `slot` with the inherited descriptors left open across exec and named in its
+/// environment.
+fn start_worker(
+    command: &mut Command,
+    inherit: &Inheritance<'_>,
+    slot: usize,
+) -> io::Result<Child> {
     // SAFETY: `getpid` has no preconditions.
     let supervisor = unsafe { libc::getpid() };
+    let (listener, table) = (inherit.listener, inherit.table.file().as_raw_fd());
     command
-        .env(LISTEN_FD_ENV, fd.to_string())
+        .env(LISTEN_FD_ENV, listener.to_string())
+        .env(CONNECTIONS_FD_ENV, table.to_string())
+        .env(WORKER_SLOT_ENV, slot.to_string())
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the child between fork and exec, and calls only fcntl, prctl
     // and getppid, which are async-signal-safe; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            // The socket was opened close-on-exec; keep it open for this one child.
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(io::Error::last_os_error());
+            // Both were opened close-on-exec; keep them open for this one child.
+            for fd in [listener, table] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             #[cfg(target_os = "linux")]
             {
@@ -328,8 +400,9 @@ fn start_worker(command: &mut Command, fd: RawFd) -> io::Result<Child> {
     command.spawn()
 }
 
-/// Collects workers that exited; if `restart`, schedules their replacements.
-fn reap(slots: &mut [Slot], now: Instant, restart: bool) {
+/// Collects workers that exited (giving back their places in the connection table: the kernel
+/// closed their connections); if `restart`, schedules their replacements.
+fn reap(slots: &mut [Slot], table: &SharedTable, now: Instant, restart: bool) {
     for (index, slot) in slots.iter_mut().enumerate() {
         let Some(child) = &mut slot.child else {
             continue;
@@ -344,6 +417,7 @@ fn reap(slots: &mut [Slot], now: Instant, restart: bool) {
         };
         let pid = child.id();
         slot.child = None;
+        table.forget(index);
         if !restart {
             log::debug!("worker {index} (pid {pid}) exited: {status}");
             continue;
@@ -363,7 +437,7 @@ fn reap(slots: &mut [Slot], now: Instant, restart: bool) {
 fn restart_due(
     slots: &mut [Slot],
     command: &mut impl FnMut(usize) -> Command,
-    fd: RawFd,
+    inherit: &Inheritance<'_>,
     now: Instant,
 ) {
     for (index, slot) in slots.iter_mut().enumerate() {
@@ -371,7 +445,7 @@ fn restart_due(
             continue;
         }
         slot.started = now;
-        match start_worker(&mut command(index), fd) {
+        match start_worker(&mut command(index), inherit, index) {
             Ok(child) => {
                 log::info!("worker {index} started (pid {})", child.id());
                 slot.child = Some(child);

@@ -97,15 +97,6 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
     fn admit(&mut self, stream: Stream, peer: Option<SocketAddr>) {
         let shown = peer.map_or_else(|| "unix peer".to_string(), |peer| peer.to_string());
         let core = &mut self.core;
-        if self.connections.len() >= core.config.max_connections {
-            // Dropping the socket closes it now: the client sees end of stream, not a hang.
-            metrics::add(&core.stats.refused_over_capacity, 1);
-            log::debug!(
-                "refused {shown}: {} connections open",
-                self.connections.len()
-            );
-            return;
-        }
         // Unix peers have no address to verify: the socket file's permissions guard them.
         if let (Some(verify), Some(peer)) = (&core.verify, peer) {
             if !verify(peer) {
@@ -113,6 +104,16 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 log::debug!("refused {peer}: rejected by the verify hook");
                 return;
             }
+        }
+        // The cap is the server's: every loop (and prefork worker) counts against it.
+        if !core.admission.try_admit() {
+            // Dropping the socket closes it now: the client sees end of stream, not a hang.
+            metrics::add(&core.stats.refused_over_capacity, 1);
+            log::debug!(
+                "refused {shown}: {} connections open on the server",
+                core.config.max_connections
+            );
+            return;
         }
         if let Err(error) = stream.apply_options(&core.config) {
             log::debug!("{shown}: setting socket options failed: {error}");
@@ -132,6 +133,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         {
             log::warn!("{shown}: register failed: {error}");
             self.connections.remove(id);
+            core.admission.release();
             return;
         }
         metrics::add(&core.stats.accepted, 1);

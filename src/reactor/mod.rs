@@ -54,6 +54,7 @@ use self::completions::{CompletionSender, Completions, ShutdownSignal};
 use self::connection::{flag, CloseReason, Connection};
 use self::timer::{Clock, Timers};
 use self::token::{ConnId, Slots, LISTENER, SIGNALS, WAKER};
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{interrupted, Error, Result};
 use crate::metrics::{self, Stats};
@@ -137,6 +138,9 @@ pub(crate) struct Core {
     pub(crate) graveyard: Vec<ConnId>,
     pub(crate) verify: Option<VerifyHook>,
     pub(crate) on_error: ErrorHook,
+    /// The server's count of connections held, against `max_connections` (shared by every
+    /// loop of the server).
+    pub(crate) admission: Admission,
     /// Graceful shutdown has begun.
     pub(crate) draining: bool,
 }
@@ -166,6 +170,7 @@ pub(crate) struct Parts<F> {
     pub(crate) shutdown: Arc<ShutdownSignal>,
     pub(crate) verify: Option<VerifyHook>,
     pub(crate) on_error: ErrorHook,
+    pub(crate) admission: Admission,
     pub(crate) factory: F,
 }
 
@@ -182,6 +187,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             shutdown,
             verify,
             on_error,
+            admission,
             factory,
         } = parts;
         poll.registry()
@@ -206,6 +212,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 graveyard: Vec::new(),
                 verify,
                 on_error,
+                admission,
                 draining: false,
             },
             factory,
@@ -424,6 +431,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         for id in self.core.graveyard.drain(..) {
             if self.connections.remove(id).is_some() {
                 metrics::sub(&self.core.stats.active, 1);
+                self.core.admission.release();
             }
         }
     }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use mio::{Poll, Waker};
 
+use crate::admission::Admission;
 use crate::blocking::{self, Model};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -67,6 +68,9 @@ pub struct Server {
     first_stats: Arc<Stats>,
     verify: Option<VerifyHook>,
     on_error: ErrorHook,
+    /// The count of connections held, shared by every loop (and, under prefork, every worker
+    /// process) of the server.
+    admission: Admission,
 }
 
 /// Controls a server from any thread: read its address and counters, ask it to shut down.
@@ -224,7 +228,15 @@ impl Server {
             stats,
             verify: None,
             on_error: Arc::new(default_error_hook),
+            admission: Admission::local(0),
         })
+    }
+
+    /// Counts this server's connections in a table shared with the other workers of a prefork
+    /// server, so that `max_connections` holds for all of them together.
+    pub(crate) fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// The TCP address actually bound (with the real port when port 0 was asked for). A Unix
@@ -319,6 +331,7 @@ impl Server {
     fn into_first_reactor<F>(self, pool: Option<Arc<WorkerPool>>, factory: F) -> Parts<F> {
         let notifier = Notifier::new(self.waker.clone());
         Parts {
+            admission: self.admission.with_max(self.config.max_connections),
             config: self.config,
             poll: self.poll,
             listener: self.listener,
@@ -365,6 +378,8 @@ impl Server {
             self.shutdown.clone(),
         );
         let (verify, on_error) = (self.verify.clone(), self.on_error.clone());
+        // Every loop counts against the one limit of the server.
+        let admission = self.admission.clone().with_max(config.max_connections);
         // The first loop takes the signals: it registers them before any other loop can serve
         // a client, so no signal finds the process without its handler.
         let first = Reactor::new(self.into_first_reactor(pool.clone(), factory.clone()))?;
@@ -387,6 +402,7 @@ impl Server {
                 shutdown: shutdown.clone(),
                 verify: verify.clone(),
                 on_error: on_error.clone(),
+                admission: admission.clone(),
                 factory: factory.clone(),
             };
             let thread = std::thread::Builder::new()
