@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use socketserver::protocol::http::{HttpLimits, Request, Response, Router};
 use socketserver::protocol::{Http, Session};
 use socketserver::{Config, Model, RunningServer};
+use util::http::{get, read_answer};
 use util::{connect, read_to_end, start_with, test_config, wait_for, TIMEOUT};
 
 /// A router for the tests: hello, echo of the body, a handler offloaded behind a gate.
@@ -44,71 +45,6 @@ fn serve(config: Config, router: Router) -> RunningServer {
     let limits = HttpLimits::from_config(&config);
     let router = Arc::new(router);
     start_with(config, move || Http::new(router.clone(), limits))
-}
-
-/// One response read off a stream: status, headers (names lower-cased), body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(field, _)| field == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// Reads one response (head, then a Content-Length body unless `head_only`), keeping bytes of
-/// the next response in `buffer`.
-fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>, head_only: bool) -> Answer {
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut slots = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut slots);
-        if let Ok(httparse::Status::Complete(head_len)) = response.parse(buffer) {
-            let status = response.code.expect("status");
-            let headers: Vec<(String, String)> = response
-                .headers
-                .iter()
-                .map(|header| {
-                    let value = String::from_utf8_lossy(header.value).into_owned();
-                    (header.name.to_ascii_lowercase(), value)
-                })
-                .collect();
-            let length: usize = headers
-                .iter()
-                .find(|(name, _)| name == "content-length")
-                .map_or(0, |(_, value)| value.parse().expect("length"));
-            let length = if head_only || status == 100 {
-                0
-            } else {
-                length
-            };
-            while buffer.len() < head_len + length {
-                let count = stream.read(&mut chunk).expect("read body");
-                assert!(count > 0, "closed inside a body");
-                buffer.extend_from_slice(&chunk[..count]);
-            }
-            let body = buffer[head_len..head_len + length].to_vec();
-            buffer.drain(..head_len + length);
-            return Answer {
-                status,
-                headers,
-                body,
-            };
-        }
-        let count = stream.read(&mut chunk).expect("read head");
-        assert!(count > 0, "closed before a response: {buffer:?}");
-        buffer.extend_from_slice(&chunk[..count]);
-    }
-}
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
 
 #[test]
@@ -246,6 +182,69 @@ fn every_request_split_at_every_byte_parses_the_same() {
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
     assert_eq!(answers_to(&bytes), whole, "one byte at a time");
+}
+
+/// The status answered to `request` by a connection with `limits`, fed whole and split at every
+/// byte (which must not change it).
+fn status_for(limits: HttpLimits, request: &[u8]) -> u16 {
+    let router = Arc::new(router(None));
+    let status_of = |pieces: &[&[u8]]| {
+        let mut session = Session::new(Http::new(router.clone(), limits));
+        for piece in pieces {
+            session.feed(piece);
+        }
+        let output = session.take_output();
+        let text = String::from_utf8_lossy(&output);
+        text.get(9..12)
+            .and_then(|code| code.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no answer: {text:?}"))
+    };
+    let whole = status_of(&[request]);
+    for split in 0..=request.len() {
+        let (head, tail) = request.split_at(split);
+        assert_eq!(status_of(&[head, tail]), whole, "split at {split}");
+    }
+    whole
+}
+
+/// Each HTTP limit holds at its boundary: one below and exactly at it are served, one above
+/// gets the limit's status.
+#[test]
+fn every_http_limit_holds_at_its_boundary() {
+    let limits = HttpLimits {
+        max_head_bytes: 128,
+        max_headers: 4,
+        max_body_bytes: 50,
+        ..HttpLimits::default()
+    };
+    // A head of exactly `length` bytes, its empty line included.
+    let head = |length: usize| {
+        let start = "GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ";
+        let padding = length - start.len() - 4;
+        format!("{start}{}\r\n\r\n", "p".repeat(padding)).into_bytes()
+    };
+    assert_eq!(status_for(limits, &head(127)), 200);
+    assert_eq!(status_for(limits, &head(128)), 200);
+    assert_eq!(status_for(limits, &head(129)), 431);
+
+    let with_headers = |count: usize| {
+        let extra: String = (1..count).map(|i| format!("X-{i}: v\r\n")).collect();
+        format!("GET / HTTP/1.1\r\nHost: h\r\n{extra}\r\n").into_bytes()
+    };
+    assert_eq!(status_for(limits, &with_headers(3)), 200);
+    assert_eq!(status_for(limits, &with_headers(4)), 200);
+    assert_eq!(status_for(limits, &with_headers(5)), 431);
+
+    let body = |length: usize| {
+        let mut request =
+            format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {length}\r\n\r\n")
+                .into_bytes();
+        request.resize(request.len() + length, b'b');
+        request
+    };
+    assert_eq!(status_for(limits, &body(49)), 200);
+    assert_eq!(status_for(limits, &body(50)), 200);
+    assert_eq!(status_for(limits, &body(51)), 413);
 }
 
 /// Sends `request` (and `then`), expects `status` with `Connection: close` and the whole error
@@ -428,6 +427,126 @@ fn http_1_0_closes_unless_asked_to_keep_alive() {
         let answer = read_answer(&mut stream, &mut buffer, false);
         assert_eq!(answer.header("connection"), Some("keep-alive"));
     }
+    server.shutdown().expect("clean shutdown");
+}
+
+/// An HTTP/1.0 request with Transfer-Encoding has framing a 1.0 peer may not share: it is
+/// answered, then the connection closes, even when the client asked to keep it (RFC 9112, 6.1).
+#[test]
+fn http_1_0_with_transfer_encoding_is_answered_then_closed() {
+    let server = serve(test_config(), router(None));
+    let mut stream = connect(server.local_addr());
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nhi\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+        )
+        .expect("write");
+    let all = read_to_end(&mut stream).expect("closed after the answer");
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK") && text.ends_with("hi"),
+        "{text}"
+    );
+    assert!(text.contains("Connection: close"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "nothing after: {text}");
+    server.shutdown().expect("clean shutdown");
+}
+
+/// Two Host headers, or a Host that is no `host[:port]`, make the target ambiguous: 400
+/// (RFC 9112, 3.2). An empty Host is allowed, as are IP literals and ports.
+#[test]
+fn two_host_headers_or_an_invalid_host_are_refused() {
+    let server = serve(test_config(), router(None));
+    let addr = server.local_addr();
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+    ] {
+        expect_rejection(addr, bad, b"", 400);
+    }
+    let mut stream = connect(addr);
+    let mut buffer = Vec::new();
+    for good in [
+        "example.com",
+        "example.com:8080",
+        "127.0.0.1:80",
+        "[::1]:8080",
+        "",
+        "xn--bcher-kva.example",
+        "a%20b",
+    ] {
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n").as_bytes())
+            .expect("write");
+        let answer = read_answer(&mut stream, &mut buffer, false);
+        assert_eq!(answer.status, 200, "Host: {good}");
+    }
+    server.shutdown().expect("clean shutdown");
+}
+
+/// A method that a route does not serve gets 405 with the methods it does serve, not 404.
+#[test]
+fn a_method_the_route_does_not_serve_gets_405_with_allow() {
+    let server = serve(test_config(), router(None));
+    let mut stream = connect(server.local_addr());
+    let mut buffer = Vec::new();
+    stream
+        .write_all(b"DELETE / HTTP/1.1\r\nHost: h\r\n\r\nPUT /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\nDELETE /nowhere HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("write");
+    let answer = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("allow"), Some("GET, HEAD"));
+    let answer = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("allow"), Some("POST"));
+    let answer = read_answer(&mut stream, &mut buffer, false);
+    assert_eq!(answer.status, 404, "no route has the path at all");
+    server.shutdown().expect("clean shutdown");
+}
+
+/// An absolute-form target gives its path and keeps its query, whatever the scheme's case.
+#[test]
+fn an_absolute_form_target_keeps_its_query_in_any_scheme_case() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let router = Router::new().get("/*", move |request: &Request| {
+        let mut seen = record.lock().expect("lock");
+        seen.push((request.path.clone(), request.query.clone()));
+        Response::new(204)
+    });
+    let server = serve(test_config(), router);
+    let mut stream = connect(server.local_addr());
+    let mut buffer = Vec::new();
+    for target in [
+        "http://h/p?x=1",
+        "HTTP://h/p?x=1",
+        "HtTpS://h:8443/p?x=1",
+        "http://h?x=1",
+        "http://h",
+    ] {
+        stream
+            .write_all(format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .expect("write");
+        assert_eq!(read_answer(&mut stream, &mut buffer, false).status, 204);
+    }
+    let query = Some("x=1".to_string());
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        [
+            ("/p".to_string(), query.clone()),
+            ("/p".to_string(), query.clone()),
+            ("/p".to_string(), query.clone()),
+            ("/".to_string(), query),
+            ("/".to_string(), None),
+        ]
+    );
     server.shutdown().expect("clean shutdown");
 }
 

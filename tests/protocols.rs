@@ -129,3 +129,31 @@ fn every_protocol_closes_gracefully_at_end_of_input() {
     framed.eof();
     assert_eq!(framed.close_request(), Some(CloseRequest::Graceful));
 }
+
+/// Every limit holds at its boundary: one below and exactly at it are accepted, one above is
+/// refused, however the input is split.
+#[test]
+fn line_and_frame_limits_hold_at_their_boundaries() {
+    let limit = 16;
+    let line = |length: usize| {
+        let mut line = vec![b'y'; length - 1];
+        line.push(b'\n');
+        line
+    };
+    for length in [limit - 1, limit] {
+        let (output, close) = same_however_split(|| Line::new(limit), &line(length));
+        assert_eq!((output.len(), close), (length, None), "a line of {length}");
+    }
+    let (output, close) = same_however_split(|| Line::new(limit), &line(limit + 1));
+    assert_eq!(output, b"error: line too long\n");
+    assert!(matches!(close, Some(CloseRequest::Failed(_))));
+
+    for length in [limit - 1, limit] {
+        let input = frame(&vec![b'f'; length]);
+        let (output, close) = same_however_split(|| Frame::new(limit), &input);
+        assert_eq!((output, close), (input, None), "a frame of {length}");
+    }
+    let (output, close) = same_however_split(|| Frame::new(limit), &frame(&vec![b'f'; limit + 1]));
+    assert!(output.is_empty());
+    assert!(matches!(close, Some(CloseRequest::Failed(_))));
+}

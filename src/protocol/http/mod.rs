@@ -227,7 +227,7 @@ impl Http {
     fn dispatch(&mut self, request: Request, meta: Meta, ctx: &mut Context<'_>) {
         let started = self.take_started(ctx.now());
         let answer = match self.router.find(&request.method, &request.path) {
-            None => Answer::Ready(Response::text(404, "not found\n")),
+            None => Answer::Ready(self.not_routed(&request)),
             Some(Found {
                 runs: Runs::Inline,
                 handler,
@@ -256,6 +256,15 @@ impl Http {
         self.phase = if meta.close { Phase::Done } else { Phase::Head };
         // The next request gets a deadline of its own.
         self.timer = Timer::None;
+    }
+
+    /// The answer to a request no route takes: 405 with the methods the path does allow, or
+    /// 404 if none does.
+    fn not_routed(&self, request: &Request) -> Response {
+        match self.router.allowed_methods(&request.path) {
+            Some(allow) => Response::text(405, "method not allowed\n").header("Allow", allow),
+            None => Response::text(404, "not found\n"),
+        }
     }
 
     /// Writes the answers at the front of the queue that are ready, in order, straight into
@@ -569,17 +578,14 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
     else {
         return Err((400, "malformed request line"));
     };
-    let target = origin_form(target).ok_or((400, "malformed request target"))?;
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
-    };
+    let (path, query) = split_target(target).ok_or((400, "malformed request target"))?;
+    let (path, query) = (path.to_string(), query.map(str::to_string));
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut close = false;
     let mut keep_alive_token = false;
-    let mut host = false;
+    let mut hosts = 0;
     let mut expect_continue = false;
     let mut headers = Vec::with_capacity(parsed.headers.len());
     for header in parsed.headers.iter() {
@@ -613,7 +619,10 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("host") {
-            host = true;
+            hosts += 1;
+            if !valid_host(value) {
+                return Err((400, "invalid Host header"));
+            }
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
@@ -626,7 +635,10 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
     if transfer_encoding && !chunked {
         return Err((501, "unsupported transfer coding"));
     }
-    if minor_version >= 1 && !host {
+    if hosts > 1 {
+        return Err((400, "more than one Host header"));
+    }
+    if minor_version >= 1 && hosts == 0 {
         return Err((400, "no Host header"));
     }
     let framing = match content_length {
@@ -651,27 +663,93 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
         keep_alive: if minor_version >= 1 {
             !close
         } else {
-            keep_alive_token && !close
+            // An HTTP/1.0 message with Transfer-Encoding has framing a 1.0 peer may not share:
+            // answer it, then close (RFC 9112, section 6.1).
+            keep_alive_token && !close && !transfer_encoding
         },
         expect_continue: expect_continue && minor_version >= 1,
     };
     Ok(Some((head, length)))
 }
 
-/// The origin-form (`/path?query`) of a request target; an absolute-form target
-/// (`http://host/path`) gives its path. `*` (for OPTIONS) stays as it is.
-fn origin_form(target: &str) -> Option<&str> {
-    if target.starts_with('/') || target == "*" {
-        return Some(target);
+/// The path and query of a request target. An origin-form target (`/path?query`) is split at
+/// its `?`; an absolute-form one (`http://host/path?query`, scheme in any case) gives its path
+/// (`/` when it has none) and query; `*` (for OPTIONS) stays as it is.
+fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let origin = if target.starts_with('/') || target == "*" {
+        target
+    } else {
+        let after_scheme = strip_prefix_ignore_case(target, "http://")
+            .or_else(|| strip_prefix_ignore_case(target, "https://"))?;
+        let authority_end = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
+        let rest = &after_scheme[authority_end..];
+        if !rest.starts_with('/') {
+            return Some(("/", rest.strip_prefix('?')));
+        }
+        rest
+    };
+    Some(match origin.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (origin, None),
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// A Host value as RFC 9110 (section 7.2) has it: `uri-host [ ":" port ]`, the host an IP
+/// literal in brackets or a reg-name (unreserved characters, percent-encodings, sub-delims);
+/// empty is allowed (a target without an authority).
+fn valid_host(value: &[u8]) -> bool {
+    let (host_ok, after_host) = match value.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&byte| byte == b']') {
+            Some(close) => {
+                let inside = &literal[..close];
+                let ok = !inside.is_empty()
+                    && inside.iter().all(|&byte| {
+                        byte.is_ascii_alphanumeric() || b":._~-!$&'()*+,;=".contains(&byte)
+                    });
+                (ok, &literal[close + 1..])
+            }
+            None => (false, &b""[..]),
+        },
+        None => {
+            let end = value
+                .iter()
+                .position(|&byte| byte == b':')
+                .unwrap_or(value.len());
+            (reg_name(&value[..end]), &value[end..])
+        }
+    };
+    let port_ok = match after_host.strip_prefix(b":") {
+        Some(port) => port.iter().all(u8::is_ascii_digit),
+        None => after_host.is_empty(),
+    };
+    host_ok && port_ok
+}
+
+/// A reg-name of RFC 3986: unreserved characters, `%XX` and sub-delims.
+fn reg_name(name: &[u8]) -> bool {
+    let mut at = 0;
+    while at < name.len() {
+        let byte = name[at];
+        if byte == b'%' {
+            let escaped = name.get(at + 1..at + 3);
+            if !escaped.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            at += 3;
+            continue;
+        }
+        if !(byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&byte)) {
+            return false;
+        }
+        at += 1;
     }
-    let after_scheme = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))?;
-    Some(
-        after_scheme
-            .find('/')
-            .map_or("/", |slash| &after_scheme[slash..]),
-    )
+    true
 }
 
 /// A Content-Length value: decimal digits only, no sign, no overflow.

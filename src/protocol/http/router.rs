@@ -26,6 +26,17 @@ struct Route {
     handler: Handler,
 }
 
+impl Route {
+    /// Whether this route's path (exact, or a prefix) takes `path`.
+    fn matches(&self, path: &str) -> bool {
+        if self.prefix {
+            path.starts_with(self.path.as_str())
+        } else {
+            path == self.path
+        }
+    }
+}
+
 /// Routes requests to handlers; the first route that matches wins. A `HEAD` request is routed
 /// as `GET` and answered without the body.
 ///
@@ -132,17 +143,35 @@ impl Router {
         let method = if method == "HEAD" { "GET" } else { method };
         self.routes
             .iter()
-            .find(|route| {
-                route.method == method
-                    && if route.prefix {
-                        path.starts_with(route.path.as_str())
-                    } else {
-                        path == route.path
-                    }
-            })
+            .find(|route| route.method == method && route.matches(path))
             .map(|route| Found {
                 runs: route.runs,
                 handler: route.handler.clone(),
             })
+    }
+
+    /// The methods some route serves for `path`, as an `Allow` header value (`HEAD` beside
+    /// `GET`), or `None` if no route matches the path at all: what a 405 answer lists.
+    ///
+    /// ```
+    /// use socketserver::protocol::http::{Response, Router};
+    ///
+    /// let router = Router::new()
+    ///     .get("/item", |_| Response::new(200))
+    ///     .post("/item", |_| Response::new(201));
+    /// assert_eq!(router.allowed_methods("/item").as_deref(), Some("GET, HEAD, POST"));
+    /// assert_eq!(router.allowed_methods("/other"), None);
+    /// ```
+    pub fn allowed_methods(&self, path: &str) -> Option<String> {
+        let mut methods: Vec<&str> = Vec::new();
+        for route in self.routes.iter().filter(|route| route.matches(path)) {
+            let implied = (route.method == "GET").then_some("HEAD");
+            for method in std::iter::once(route.method.as_str()).chain(implied) {
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+        }
+        (!methods.is_empty()).then(|| methods.join(", "))
     }
 }
