@@ -216,6 +216,10 @@ counters! {
     jobs_in_flight,
     /// The most output one connection has had waiting at once.
     peak_pending_output,
+    /// Times a connection stopped reading because the peer was not taking its output: pending
+    /// output passed the high watermark (reactor), or a write could not complete at once
+    /// (blocking drivers).
+    backpressure_pauses,
     /// Handler threads started and not yet joined (blocking drivers). A thread-per-connection
     /// server joins finished ones as it accepts, so this stays near the number of open
     /// connections; a pool holds its fixed number.
@@ -480,6 +484,12 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
         "counter",
         "Bytes written to connections.",
         &[("", stats.bytes_out)],
+    );
+    metric(
+        "backpressure_pauses_total",
+        "counter",
+        "Times a connection stopped reading because its peer was not taking output.",
+        &[("", stats.backpressure_pauses)],
     );
     metric(
         "jobs_total",

@@ -254,6 +254,46 @@ impl Write for &BlockingStream {
     }
 }
 
+impl BlockingStream {
+    /// A writer for this socket that never waits: each write takes what the socket's buffer
+    /// has room for now (`MSG_DONTWAIT`) and answers `WouldBlock` when it has none, though the
+    /// socket itself stays blocking. It lets a blocking driver tell a write that completes at
+    /// once from one that must wait for the peer to read.
+    pub(crate) fn without_waiting(&self) -> DontWait<'_> {
+        DontWait(socket2::SockRef::from(self))
+    }
+}
+
+/// See [`BlockingStream::without_waiting`].
+pub(crate) struct DontWait<'a>(socket2::SockRef<'a>);
+
+/// Send flags of a write that does not wait (and, on Linux, raises no SIGPIPE either).
+#[cfg(target_os = "linux")]
+const DONT_WAIT: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+#[cfg(not(target_os = "linux"))]
+const DONT_WAIT: libc::c_int = libc::MSG_DONTWAIT;
+
+impl Write for DontWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(buf, DONT_WAIT)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored_with_flags(bufs, DONT_WAIT)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for BlockingStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            BlockingStream::Tcp(stream) => stream.as_fd(),
+            BlockingStream::Unix(stream) => stream.as_fd(),
+        }
+    }
+}
+
 impl AsRawFd for BlockingStream {
     fn as_raw_fd(&self) -> RawFd {
         match self {

@@ -256,10 +256,8 @@ fn drive<P: Protocol>(
                 return CloseReason::OverLimit;
             }
             metrics::shared_raise(&stats.peak_pending_output, pending as u64);
-            match session.write_output(&mut socket) {
-                Ok(()) => metrics::shared_add(&stats.bytes_out, pending as u64),
-                Err(error) if would_block(&error) => return CloseReason::Idle, // write timed out
-                Err(error) => return closed_by(&error),
+            if let Err(reason) = write_pending(stream, &mut session, stats) {
+                return reason;
             }
             last_active = Instant::now();
         }
@@ -324,6 +322,39 @@ fn drive<P: Protocol>(
             Err(error) if would_block(&error) || interrupted(&error) => {}
             Err(error) => return closed_by(&error),
         }
+    }
+}
+
+/// Writes the session's pending output: first without waiting, which is all it takes while the
+/// peer keeps up; if the socket cannot take it all at once, the connection is in backpressure
+/// (counted), and the rest is written blocking, up to the write timeout. The time spent waiting
+/// does not count against an input timer, since nothing was read meanwhile.
+fn write_pending<P: Protocol>(
+    stream: &BlockingStream,
+    session: &mut Session<P>,
+    stats: &Stats,
+) -> std::result::Result<(), CloseReason> {
+    let pending = session.pending_output();
+    let at_once = session.write_output(&mut stream.without_waiting());
+    let written = pending - session.pending_output();
+    metrics::shared_add(&stats.bytes_out, written as u64);
+    match at_once {
+        Ok(()) => return Ok(()),
+        Err(error) if would_block(&error) => {}
+        Err(error) => return Err(closed_by(&error)),
+    }
+    metrics::shared_add(&stats.backpressure_pauses, 1);
+    let waiting_since = Instant::now();
+    let rest = session.pending_output();
+    let mut socket = stream;
+    let outcome = session.write_output(&mut socket);
+    metrics::shared_add(&stats.bytes_out, (rest - session.pending_output()) as u64);
+    session.postpone_input_timer(waiting_since.elapsed());
+    match outcome {
+        Ok(()) => Ok(()),
+        // The write timeout (the idle timeout) passed with the peer taking nothing.
+        Err(error) if would_block(&error) => Err(CloseReason::Idle),
+        Err(error) => Err(closed_by(&error)),
     }
 }
 

@@ -17,7 +17,11 @@
 //!   [`Config::max_input_bytes`](crate::Config::max_input_bytes).
 //! * Output written through the context is sent in order. While the connection's pending output
 //!   is above the high watermark the driver stops calling `on_read` (backpressure), so a protocol
-//!   whose output is proportional to its input needs no flow control of its own.
+//!   whose output is proportional to its input needs no flow control of its own. A timer armed
+//!   with [`Context::set_input_timer`] stands still meanwhile; one armed with
+//!   [`Context::set_timer`] runs on.
+//! * [`Context::hold_input`] stops reading until one of the connection's jobs completes, for a
+//!   protocol that cannot take more input before then.
 //! * After [`Protocol::on_job_done`] the driver offers the unconsumed input again (unless reading
 //!   is paused or the connection is closing), so a protocol may stop consuming while it waits
 //!   for a job, as HTTP does when its pipeline of answers is full.
@@ -101,8 +105,9 @@ pub(crate) enum TimerRequest {
     /// Leave the timer as it is.
     #[default]
     Keep,
-    /// Arm (or re-arm) the connection's timer to fire after this long.
-    Set(Duration),
+    /// Arm (or re-arm) the connection's timer to fire after `after`; an `input` timer stands
+    /// still while the driver withholds input (see [`Context::set_input_timer`]).
+    Set { after: Duration, input: bool },
     /// Disarm it.
     Cancel,
 }
@@ -112,6 +117,8 @@ pub(crate) enum TimerRequest {
 pub(crate) struct Wishes {
     pub(crate) close: Option<CloseRequest>,
     pub(crate) timer: TimerRequest,
+    /// No more input until one of this connection's jobs completes.
+    pub(crate) hold_input: bool,
 }
 
 /// Where [`Context::offload`] sends jobs.
@@ -228,14 +235,40 @@ impl<'a> Context<'a> {
         self.output.append_with(write)
     }
 
-    /// Arms the connection's one timer to fire after `after`, replacing any armed before.
+    /// Arms the connection's one timer to fire after `after`, replacing any armed before. It
+    /// runs whatever the connection is doing (a push protocol's tick, a heartbeat); for a
+    /// deadline on the peer's input use [`Context::set_input_timer`].
     pub fn set_timer(&mut self, after: Duration) {
-        self.wishes.timer = TimerRequest::Set(after);
+        self.wishes.timer = TimerRequest::Set {
+            after,
+            input: false,
+        };
+    }
+
+    /// Arms the connection's one timer as a deadline on the peer's *input* (a request that
+    /// must arrive within `after`, an idle keep-alive), replacing any armed before. Unlike
+    /// [`Context::set_timer`], it stands still while the driver withholds input because the
+    /// peer is not taking output (backpressure: the reactor above the high watermark, a
+    /// blocking driver waiting in a write), and runs on for the time it had left once input
+    /// flows again: a peer that already sent everything is not blamed for the server's pause.
+    pub fn set_input_timer(&mut self, after: Duration) {
+        self.wishes.timer = TimerRequest::Set { after, input: true };
     }
 
     /// Disarms the connection's timer.
     pub fn cancel_timer(&mut self) {
         self.wishes.timer = TimerRequest::Cancel;
+    }
+
+    /// Asks the driver to read nothing more from the peer until one of this connection's
+    /// offloaded jobs completes, because the protocol cannot take more input before then (HTTP
+    /// does this while its queue of answers is full). The driver stops reading (the kernel's
+    /// buffers then push back on the peer, instead of unread input piling up to
+    /// [`Config::max_input_bytes`](crate::Config::max_input_bytes)); when a job comes back it
+    /// offers the buffered input again and reads on, unless the protocol holds again. With no
+    /// job in flight the wish has no effect, since nothing would end the hold.
+    pub fn hold_input(&mut self) {
+        self.wishes.hold_input = true;
     }
 
     /// Runs `job` on the worker pool; its result comes back to [`Protocol::on_job_done`] with

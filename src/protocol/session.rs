@@ -2,7 +2,7 @@
 //! every protocol, and the core of the blocking drivers, which add only the socket calls.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
 use crate::reactor::buffer::{ReadBuf, WriteBuf};
@@ -33,12 +33,16 @@ pub struct Session<P: Protocol> {
     close: Option<CloseRequest>,
     /// When the protocol's timer is due, if armed.
     timer: Option<Instant>,
+    /// The armed timer is a deadline on input (it is postponed while a write waits).
+    input_timer: bool,
     eof: bool,
     /// The time callbacks see as `ctx.now()`; advanced by the driver with [`Session::set_now`].
     now: Instant,
     id: ConnId,
     /// Job results delivered so far (to notice a job that unblocked the protocol).
     jobs_delivered: u64,
+    /// The protocol asked for no more input until a job of its completes.
+    holding_input: bool,
     /// Counters the protocol's measurements go to (a blocking driver's, shared by its threads).
     stats: Option<std::sync::Arc<crate::metrics::Stats>>,
 }
@@ -57,10 +61,12 @@ impl<P: Protocol> Session<P> {
             output: WriteBuf::default(),
             close: None,
             timer: None,
+            input_timer: false,
             eof: false,
             now: Instant::now(),
             id,
             jobs_delivered: 0,
+            holding_input: false,
             stats: None,
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
@@ -131,6 +137,21 @@ impl<P: Protocol> Session<P> {
         self.timer
     }
 
+    /// Moves the deadline of an armed *input* timer ([`Context::set_input_timer`]) `by`
+    /// later; other timers are left as they are. A blocking driver calls it after a write that
+    /// had to wait for the peer: it read nothing meanwhile, so that time must not count against
+    /// the peer's input (the blocking counterpart of the reactor's frozen input timer).
+    pub fn postpone_input_timer(&mut self, by: Duration) {
+        if let (Some(deadline), true) = (&mut self.timer, self.input_timer) {
+            *deadline += by;
+        }
+    }
+
+    /// True while the protocol holds its input ([`Context::hold_input`]) waiting for a job.
+    pub fn is_holding_input(&self) -> bool {
+        self.holding_input
+    }
+
     /// Sends the protocol's measurements (requests, job latency) to `stats`, a part several
     /// threads may write.
     pub(crate) fn record_into(&mut self, stats: std::sync::Arc<crate::metrics::Stats>) {
@@ -180,6 +201,7 @@ impl<P: Protocol> Session<P> {
         let mut queue = VecDeque::from(done);
         while let Some((tag, job_result)) = queue.pop_front() {
             self.jobs_delivered += 1;
+            self.holding_input = false;
             let ((), more) =
                 self.invoke(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
             queue.extend(more);
@@ -213,11 +235,15 @@ impl<P: Protocol> Session<P> {
     fn apply(&mut self, wishes: Wishes) {
         match wishes.timer {
             TimerRequest::Keep => {}
-            TimerRequest::Set(after) => self.timer = Some(self.now + after),
+            TimerRequest::Set { after, input } => {
+                self.timer = Some(self.now + after);
+                self.input_timer = input;
+            }
             TimerRequest::Cancel => self.timer = None,
         }
         if self.close.is_none() {
             self.close = wishes.close;
         }
+        self.holding_input |= wishes.hold_input;
     }
 }

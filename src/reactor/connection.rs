@@ -44,6 +44,17 @@ pub(crate) mod flag {
     /// Answered and write side shut: input is read and discarded until end of stream or the
     /// linger timer, so that unread input cannot turn the close into a reset.
     pub const LINGERING: u16 = 1 << 9;
+    /// The protocol asked for no more input until one of its jobs completes.
+    pub const HELD: u16 = 1 << 10;
+    /// The protocol timer is a deadline on input ([`Context::set_input_timer`]): it stands
+    /// still while reading is paused by backpressure.
+    ///
+    /// [`Context::set_input_timer`]: crate::protocol::Context::set_input_timer
+    pub const INPUT_TIMER: u16 = 1 << 11;
+    /// Reading is paused by backpressure and the input timer does not run: `timer_deadline`
+    /// holds the time it had left (see [`Clock::span_as_instant`](super::timer::Clock)), and the
+    /// resume arms it again for that long.
+    pub const TIMER_FROZEN: u16 = 1 << 12;
 }
 
 /// Why a connection closed; each reason has its counter in [`Stats`](crate::Stats).
@@ -163,14 +174,14 @@ impl<P: Protocol> Connection<P> {
             self.flush(core);
         }
         if self.has(flag::PAUSED) && self.pending_output() <= core.config.write_low_watermark {
-            self.clear(flag::PAUSED);
+            self.resume(core);
             // Resume: feed what is already buffered before reading more.
-            if self.input.is_some() && !self.has(flag::CLOSING | flag::CLOSED) {
+            if self.input.is_some() && !self.has(flag::HELD | flag::CLOSING | flag::CLOSED) {
                 self.feed(core, &[]);
             }
         }
         if self.has(flag::READABLE)
-            && !self.has(flag::PAUSED | flag::CLOSING | flag::CLOSED | flag::EOF)
+            && !self.has(flag::PAUSED | flag::HELD | flag::CLOSING | flag::CLOSED | flag::EOF)
         {
             self.read(core, chunk);
         } else if self.has(flag::LINGERING) && self.has(flag::READABLE) && !self.has(flag::CLOSED) {
@@ -221,7 +232,7 @@ impl<P: Protocol> Connection<P> {
                     }
                     self.feed(core, &chunk[..count]);
                     if !self.has(flag::READABLE)
-                        || self.has(flag::PAUSED | flag::CLOSING | flag::CLOSED)
+                        || self.has(flag::PAUSED | flag::HELD | flag::CLOSING | flag::CLOSED)
                     {
                         return;
                     }
@@ -244,11 +255,64 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
-    /// Offers input the protocol left unconsumed once more, unless reading is paused or the
-    /// connection is closing (then the input waits for the resume, or is dropped).
-    pub(crate) fn offer_buffered_input(&mut self, core: &mut Core) {
+    /// One of this connection's jobs came back: a hold on input ends, the input the protocol
+    /// left unconsumed is offered once more (unless reading is paused or the connection is
+    /// closing: then it waits for the resume, or is dropped), and a socket still latched
+    /// readable is read again this turn, since no new edge may come for input already waiting.
+    pub(crate) fn job_returned(&mut self, core: &mut Core) {
+        self.clear(flag::HELD);
         if self.input.is_some() && !self.has(flag::PAUSED | flag::CLOSING | flag::CLOSED) {
             self.feed(core, &[]);
+        }
+        if self.has(flag::READABLE)
+            && !self.has(flag::PAUSED | flag::HELD | flag::CLOSING | flag::CLOSED | flag::EOF)
+            && !self.has(flag::READY_AGAIN)
+        {
+            self.set(flag::READY_AGAIN);
+            core.ready_again.push(self.id);
+        }
+    }
+
+    /// Stops feeding input: pending output passed the high watermark. An input timer stops
+    /// too, keeping the time it had left: while the driver withholds input, the peer's pace of
+    /// sending cannot be judged (a request timer would otherwise blame a client that sent
+    /// everything long ago for the server's own backpressure).
+    fn pause(&mut self, core: &mut Core) {
+        if self.has(flag::PAUSED) {
+            return;
+        }
+        self.set(flag::PAUSED);
+        metrics::add(&core.stats.backpressure_pauses, 1);
+        if let (Some(deadline), true) = (self.timer_deadline, self.has(flag::INPUT_TIMER)) {
+            let left = deadline.saturating_duration_since(core.clock.now());
+            self.timer_deadline = Some(core.clock.span_as_instant(left));
+            self.set(flag::TIMER_FROZEN);
+        }
+    }
+
+    /// Feeds input again: pending output fell to the low watermark. A frozen input timer runs
+    /// again for the time it had left when reading paused.
+    fn resume(&mut self, core: &mut Core) {
+        self.clear(flag::PAUSED);
+        if !self.has(flag::TIMER_FROZEN) {
+            return;
+        }
+        self.clear(flag::TIMER_FROZEN);
+        if let Some(stored) = self.timer_deadline {
+            let deadline = core.clock.now() + core.clock.instant_as_span(stored);
+            self.arm_timer(core, deadline);
+        }
+    }
+
+    /// Wants the protocol timer at `deadline`; pushes a heap entry only if the live one would
+    /// fire too late (a later deadline is picked up when the live entry comes due, see
+    /// `on_timer_entry`).
+    fn arm_timer(&mut self, core: &mut Core, deadline: Instant) {
+        self.timer_deadline = Some(deadline);
+        if self.timer_entry.is_none_or(|entry| entry > deadline) {
+            self.timer_entry = Some(deadline);
+            core.timers
+                .schedule(deadline, TimerEvent::Protocol(self.id));
         }
     }
 
@@ -357,19 +421,28 @@ impl<P: Protocol> Connection<P> {
     fn settle(&mut self, core: &mut Core, wishes: Wishes) {
         match wishes.timer {
             TimerRequest::Keep => {}
-            TimerRequest::Set(after) => {
-                let deadline = core.clock.now() + after;
-                self.timer_deadline = Some(deadline);
-                // Push only if the live entry would fire too late; a later deadline is picked up
-                // when the live entry comes due (see `on_timer_entry`).
-                if self.timer_entry.is_none_or(|entry| entry > deadline) {
-                    self.timer_entry = Some(deadline);
-                    core.timers
-                        .schedule(deadline, TimerEvent::Protocol(self.id));
+            TimerRequest::Set { after, input } => {
+                self.clear(flag::INPUT_TIMER | flag::TIMER_FROZEN);
+                if input {
+                    self.set(flag::INPUT_TIMER);
+                }
+                if input && self.has(flag::PAUSED) {
+                    // Armed while reading is paused: it starts to run at the resume.
+                    self.timer_deadline = Some(core.clock.span_as_instant(after));
+                    self.set(flag::TIMER_FROZEN);
+                } else {
+                    self.arm_timer(core, core.clock.now() + after);
                 }
             }
             // Lazy cancel: the heap entry stays and finds no wanted deadline when it comes due.
-            TimerRequest::Cancel => self.timer_deadline = None,
+            TimerRequest::Cancel => {
+                self.timer_deadline = None;
+                self.clear(flag::INPUT_TIMER | flag::TIMER_FROZEN);
+            }
+        }
+        // A hold with no job in flight would never end: it is only honoured while one is.
+        if wishes.hold_input && self.jobs_in_flight > 0 {
+            self.set(flag::HELD);
         }
         if wishes.close == Some(CloseRequest::Abort) {
             core.output.clear();
@@ -424,7 +497,7 @@ impl<P: Protocol> Connection<P> {
             );
             self.close(core, CloseReason::OverLimit);
         } else if pending >= core.config.write_high_watermark {
-            self.set(flag::PAUSED);
+            self.pause(core);
         }
     }
 
@@ -482,6 +555,9 @@ impl<P: Protocol> Connection<P> {
             return; // superseded by an earlier entry
         }
         self.timer_entry = None;
+        if self.has(flag::TIMER_FROZEN) {
+            return; // the resume arms it again
+        }
         match self.timer_deadline {
             None => {}
             Some(deadline) if deadline <= now => {

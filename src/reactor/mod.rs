@@ -379,8 +379,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                         protocol.on_job_done(tag, result, ctx)
                     });
                     // A protocol that stopped consuming until an answer was ready (a full
-                    // pipeline) gets its buffered input again.
-                    conn.offer_buffered_input(&mut self.core);
+                    // pipeline) gets its buffered input again, and reading resumes.
+                    conn.job_returned(&mut self.core);
                     conn.conclude(&mut self.core);
                 }
                 // Drop: the connection that asked for this job is gone.
@@ -434,5 +434,27 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 self.core.admission.release();
             }
         }
+        self.compact_timers();
+    }
+
+    /// Drops the timer entries of connections that have closed, once they must be at least
+    /// half the heap. Closing leaves a connection's entries behind (cancelling is lazy), so
+    /// without this, churn grows the heap by one idle entry per connection opened within the
+    /// idle timeout, however few are open. A live connection has at most three entries (idle,
+    /// protocol, linger), and the loop two of its own: past twice that bound, most are dead,
+    /// so the pass costs O(1) per entry it removes.
+    fn compact_timers(&mut self) {
+        let live_bound = 3 * self.connections.len() + 2;
+        if self.core.timers.len() <= 2 * live_bound + timer::COMPACT_FLOOR {
+            return;
+        }
+        let connections = &self.connections;
+        self.core.timers.retain(|deadline, event| match *event {
+            TimerEvent::Idle(id) | TimerEvent::Linger(id) => connections.get(id).is_some(),
+            TimerEvent::Protocol(id) => connections
+                .get(id)
+                .is_some_and(|conn| conn.timer_entry == Some(deadline)),
+            TimerEvent::AcceptResume | TimerEvent::ShutdownDeadline => true,
+        });
     }
 }

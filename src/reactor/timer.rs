@@ -19,14 +19,28 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     now: Instant,
+    /// When the clock was made; a fixed point that lets a span of time be kept where an
+    /// `Instant` is stored (see [`Clock::span_as_instant`]).
+    origin: Instant,
 }
 
 impl Clock {
     /// A clock reading the current time.
     pub fn new() -> Self {
-        Clock {
-            now: Instant::now(),
-        }
+        let now = Instant::now();
+        Clock { now, origin: now }
+    }
+
+    /// `span` kept in an `Instant`'s place (as the clock's origin plus `span`), so that a
+    /// connection can hold either a deadline or, while its timer is frozen, the time it has
+    /// left, in one field. Undone by [`Clock::instant_as_span`].
+    pub fn span_as_instant(&self, span: Duration) -> Instant {
+        self.origin + span
+    }
+
+    /// The span stored by [`Clock::span_as_instant`].
+    pub fn instant_as_span(&self, stored: Instant) -> Duration {
+        stored.saturating_duration_since(self.origin)
     }
 
     /// Reads the system clock; called once at the start of each turn.
@@ -46,6 +60,9 @@ impl Default for Clock {
         Clock::new()
     }
 }
+
+/// Heaps this small are never worth compacting, nor shrinking below.
+pub const COMPACT_FLOOR: usize = 256;
 
 /// One pending timer.
 #[derive(Debug)]
@@ -125,6 +142,19 @@ impl<T> Timers<T> {
         }
     }
 
+    /// Keeps only the timers for which `live(deadline, item)` holds, and gives back memory the
+    /// heap no longer needs. Costs a pass over the heap: the caller runs it when dead entries
+    /// (for connections since closed) are known to be a large share, so that the heap is
+    /// bounded by what is live rather than by what was armed in the last timeout's span.
+    pub fn retain(&mut self, mut live: impl FnMut(Instant, &T) -> bool) {
+        self.heap
+            .retain(|Reverse(entry)| live(entry.deadline, &entry.item));
+        let room = self.heap.len().max(COMPACT_FLOOR);
+        if self.heap.capacity() > 2 * room {
+            self.heap.shrink_to(room);
+        }
+    }
+
     /// Number of armed timers (cancelled ones included until they come due).
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -154,6 +184,29 @@ mod tests {
         assert_eq!(items, ["a", "a2", "b"]);
         assert_eq!(due[0].0, start + Duration::from_millis(10));
         assert_eq!(timers.poll_timeout(start), Some(Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn retain_keeps_the_live_and_gives_memory_back() {
+        let start = Instant::now();
+        let mut timers = Timers::default();
+        for index in 0..10_000u32 {
+            timers.schedule(start + Duration::from_millis(u64::from(index)), index);
+        }
+        timers.retain(|_, &index| index % 1000 == 0);
+        assert_eq!(timers.len(), 10);
+        assert!(timers.heap.capacity() <= 2 * COMPACT_FLOOR);
+        let mut due = Vec::new();
+        timers.collect_expired(start + Duration::from_secs(60), &mut due);
+        let items: Vec<u32> = due.iter().map(|(_, item)| *item).collect();
+        assert_eq!(items, (0..10).map(|i| i * 1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_span_survives_being_kept_as_an_instant() {
+        let clock = Clock::new();
+        let span = Duration::from_millis(1234);
+        assert_eq!(clock.instant_as_span(clock.span_as_instant(span)), span);
     }
 
     #[test]

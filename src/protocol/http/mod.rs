@@ -224,8 +224,10 @@ impl Http {
     }
 
     /// A whole request: routes it and queues its answer (or its place, if offloaded).
-    fn dispatch(&mut self, request: Request, meta: Meta, ctx: &mut Context<'_>) {
+    fn dispatch(&mut self, request: Request, mut meta: Meta, ctx: &mut Context<'_>) {
         let started = self.take_started(ctx.now());
+        // A request finished after a graceful shutdown began is the connection's last.
+        meta.close |= self.shutting_down;
         let answer = match self.router.find(&request.method, &request.path) {
             None => Answer::Ready(self.not_routed(&request)),
             Some(Found {
@@ -360,8 +362,10 @@ impl Http {
         }
         match want {
             Timer::None => ctx.cancel_timer(),
-            Timer::KeepAlive => ctx.set_timer(self.limits.keep_alive_timeout),
-            Timer::Request => ctx.set_timer(self.limits.request_timeout),
+            // Both judge the client's input: they stand still while the server, held up by a
+            // client not reading its answers, reads nothing.
+            Timer::KeepAlive => ctx.set_input_timer(self.limits.keep_alive_timeout),
+            Timer::Request => ctx.set_input_timer(self.limits.request_timeout),
         }
         self.timer = want;
     }
@@ -372,9 +376,11 @@ impl Http {
         loop {
             if self.queue.len() >= self.limits.max_pipeline {
                 // Send what is ready to make room; if an answer still being computed holds the
-                // queue, the rest waits (the driver offers it again when that job is done).
+                // queue, the rest waits, and so does the socket: the driver reads no more until
+                // that job is done, then offers what it holds again.
                 self.flush(ctx);
                 if self.queue.len() >= self.limits.max_pipeline {
+                    ctx.hold_input();
                     break;
                 }
             }
@@ -499,6 +505,10 @@ impl Protocol for Http {
     fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
         let used = self.read_requests(input, ctx);
         self.partial = used < input.len() || matches!(self.phase, Phase::Body(_));
+        if self.shutting_down && !self.partial {
+            // Shutting down, and no request is under way any more: this is the end.
+            self.finish(ctx);
+        }
         self.flush(ctx);
         self.update_timer(ctx);
         used
@@ -546,8 +556,14 @@ impl Protocol for Http {
 
     fn on_shutdown(&mut self, ctx: &mut Context<'_>) {
         self.shutting_down = true;
+        if self.partial && self.queue.is_empty() && !matches!(self.phase, Phase::Done) {
+            // A request has begun arriving and nothing else is owed: read the rest and answer
+            // it with `Connection: close` (bounded by the request timeout and the shutdown
+            // deadline), so the client learns that this connection ends.
+            return;
+        }
         // Requests already read are answered (the last with `Connection: close`); an idle
-        // connection closes now, and an unfinished request is dropped.
+        // connection closes now.
         self.finish(ctx);
         self.flush(ctx);
         self.update_timer(ctx);
