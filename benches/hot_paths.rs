@@ -3,12 +3,12 @@
 //! Run with `cargo bench --bench hot_paths`. End-to-end figures (sockets, every model) come from
 //! `socketserver compare`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use socketserver::protocol::{Frame, Line, Session};
 use socketserver::reactor::buffer::{ReadBuf, WriteBuf};
-use socketserver::reactor::timer::Timers;
+use socketserver::reactor::timer::{Clock, Timers};
 
 fn line_protocol(c: &mut Criterion) {
     let input: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".repeat(100);
@@ -115,15 +115,15 @@ fn write_buffer(c: &mut Criterion) {
 
 fn timer_heap(c: &mut Criterion) {
     c.bench_function("timers: schedule and expire 1,000", |b| {
-        let start = Instant::now();
+        let start = Clock::new().now_tick();
         let mut due = Vec::with_capacity(1000);
         b.iter(|| {
             let mut timers = Timers::default();
             for i in 0..1000u64 {
-                timers.schedule(start + Duration::from_micros((i * 7919) % 1000), i);
+                timers.schedule(start.after(Duration::from_micros((i * 7919) % 1000)), i);
             }
             due.clear();
-            timers.collect_expired(start + Duration::from_millis(1), &mut due);
+            timers.collect_expired(start.after(Duration::from_millis(1)), &mut due);
             black_box(due.len());
         })
     });
@@ -132,18 +132,18 @@ fn timer_heap(c: &mut Criterion) {
 fn timer_rearm(c: &mut Criterion) {
     c.bench_function("timers: 10,000 connections, one due each turn", |b| {
         // The idle-timeout pattern: many far deadlines, a few expiring per reactor turn.
-        let start = Instant::now();
+        let start = Clock::new().now_tick();
         let mut timers = Timers::default();
         for i in 0..10_000u64 {
-            timers.schedule(start + Duration::from_secs(60 + i), i);
+            timers.schedule(start.after(Duration::from_secs(60 + i)), i);
         }
         let mut due = Vec::with_capacity(4);
         let mut turn = 0u64;
         b.iter(|| {
             turn += 1;
-            timers.schedule(start + Duration::from_micros(turn), turn);
+            timers.schedule(start.after(Duration::from_micros(turn)), turn);
             due.clear();
-            timers.collect_expired(start + Duration::from_micros(turn), &mut due);
+            timers.collect_expired(start.after(Duration::from_micros(turn)), &mut due);
             black_box(due.len());
         })
     });

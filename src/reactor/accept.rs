@@ -61,8 +61,10 @@ impl Acceptor {
                 WARN_INTERVAL
             );
         }
-        core.timers
-            .schedule(now + core.config.accept_pause, TimerEvent::AcceptResume);
+        core.timers.schedule(
+            core.clock.now_tick().after(core.config.accept_pause),
+            TimerEvent::AcceptResume,
+        );
     }
 }
 
@@ -118,7 +120,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         if let Err(error) = stream.apply_options(&core.config) {
             log::debug!("{shown}: setting socket options failed: {error}");
         }
-        let now = core.clock.now();
+        let now = core.clock.now_tick();
         let protocol = (self.factory)();
         let id = self
             .connections
@@ -139,7 +141,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         metrics::add(&core.stats.accepted, 1);
         metrics::add(&core.stats.active, 1);
         if let Some(idle) = core.config.idle_timeout {
-            core.timers.schedule(now + idle, TimerEvent::Idle(id));
+            core.timers.schedule(now.after(idle), TimerEvent::Idle(id));
         }
         log::debug!("{id:?}: accepted {shown}");
         conn.call(core, |protocol, ctx| protocol.on_open(ctx));

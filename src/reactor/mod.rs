@@ -43,7 +43,7 @@ pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::{Events, Poll};
 use signal_hook_mio::v1_0::Signals;
@@ -52,7 +52,7 @@ use self::accept::Acceptor;
 use self::buffer::WriteBuf;
 use self::completions::{CompletionSender, Completions, ShutdownSignal};
 use self::connection::{flag, CloseReason, Connection};
-use self::timer::{Clock, Timers};
+use self::timer::{Clock, Tick, Timers};
 use self::token::{ConnId, Slots, LISTENER, SIGNALS, WAKER};
 use crate::admission::Admission;
 use crate::config::Config;
@@ -240,7 +240,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         let timeout = if self.acceptor.ready_again || !self.core.ready_again.is_empty() {
             Some(Duration::ZERO)
         } else {
-            self.core.timers.poll_timeout(self.core.clock.now())
+            self.core.timers.poll_timeout(self.core.clock.now_tick())
         };
         if let Err(error) = self.core.poll.poll(events, timeout) {
             if !interrupted(&error) {
@@ -248,7 +248,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             }
             // EINTR: an empty turn; the timers below still run.
         }
-        let now = self.core.clock.update();
+        let turn_started = self.core.clock.update();
+        let now = self.core.clock.now_tick();
         metrics::add(&self.core.stats.turns, 1);
 
         for event in events.iter() {
@@ -263,7 +264,10 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         self.run_timers(now);
         self.reap();
         metrics::set(&self.core.stats.timers, self.core.timers.len() as u64);
-        self.core.stats.turn_duration.observe(now.elapsed());
+        self.core
+            .stats
+            .turn_duration
+            .observe(turn_started.elapsed());
         Ok(())
     }
 
@@ -294,7 +298,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         }
     }
 
-    fn run_timers(&mut self, now: Instant) {
+    fn run_timers(&mut self, now: Tick) {
         if self
             .core
             .timers
@@ -336,7 +340,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
 
     /// Closes the connection if it has been idle for the whole timeout; otherwise re-arms the
     /// check for the moment it would be (the timer is armed once per timeout, not per byte).
-    fn check_idle(&mut self, id: ConnId, now: Instant) {
+    fn check_idle(&mut self, id: ConnId, now: Tick) {
         let Some(idle) = self.core.config.idle_timeout else {
             return;
         };
@@ -346,10 +350,12 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         if conn.has(flag::CLOSED) {
             return;
         }
-        let deadline = conn.last_active + idle;
+        let deadline = conn.last_active.after(idle);
         if conn.jobs_in_flight > 0 {
             // Waiting on a worker is not idleness: look again a full timeout later.
-            self.core.timers.schedule(now + idle, TimerEvent::Idle(id));
+            self.core
+                .timers
+                .schedule(now.after(idle), TimerEvent::Idle(id));
         } else if deadline <= now {
             log::debug!("{id:?}: idle for {idle:?}");
             conn.close(&mut self.core, CloseReason::Idle);
@@ -410,7 +416,11 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         if let Some(mut listener) = self.acceptor.listener.take() {
             let _ = self.core.poll.registry().deregister(&mut listener);
         }
-        let deadline = self.core.clock.now() + self.core.config.shutdown_timeout;
+        let deadline = self
+            .core
+            .clock
+            .now_tick()
+            .after(self.core.config.shutdown_timeout);
         self.core
             .timers
             .schedule(deadline, TimerEvent::ShutdownDeadline);

@@ -13,14 +13,44 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
+
+/// A moment on a reactor's [`Clock`]: nanoseconds since the clock's origin (plus one, so that an
+/// `Option<Tick>` is no larger than a `Tick`). Eight bytes where an `Instant` takes sixteen,
+/// which matters in a connection record that must stay small: a reactor holds one per
+/// connection and one per timer. Ticks of different clocks do not compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(NonZeroU64);
+
+impl Tick {
+    /// The tick `span` after the origin.
+    fn from_span(span: Duration) -> Tick {
+        let nanos = u64::try_from(span.as_nanos()).unwrap_or(u64::MAX - 1);
+        Tick(NonZeroU64::MIN.saturating_add(nanos))
+    }
+
+    /// Time from the origin to this tick.
+    fn span(self) -> Duration {
+        Duration::from_nanos(self.0.get() - 1)
+    }
+
+    /// This tick moved `by` later.
+    pub fn after(self, by: Duration) -> Tick {
+        Tick::from_span(self.span().saturating_add(by))
+    }
+
+    /// How long from `earlier` to this tick (zero if `earlier` is later).
+    pub fn since(self, earlier: Tick) -> Duration {
+        self.span().saturating_sub(earlier.span())
+    }
+}
 
 /// The reactor's clock: read once per turn, so every decision in a turn sees the same `now`.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     now: Instant,
-    /// When the clock was made; a fixed point that lets a span of time be kept where an
-    /// `Instant` is stored (see [`Clock::span_as_instant`]).
+    /// The moment ticks count from.
     origin: Instant,
 }
 
@@ -29,18 +59,6 @@ impl Clock {
     pub fn new() -> Self {
         let now = Instant::now();
         Clock { now, origin: now }
-    }
-
-    /// `span` kept in an `Instant`'s place (as the clock's origin plus `span`), so that a
-    /// connection can hold either a deadline or, while its timer is frozen, the time it has
-    /// left, in one field. Undone by [`Clock::instant_as_span`].
-    pub fn span_as_instant(&self, span: Duration) -> Instant {
-        self.origin + span
-    }
-
-    /// The span stored by [`Clock::span_as_instant`].
-    pub fn instant_as_span(&self, stored: Instant) -> Duration {
-        stored.saturating_duration_since(self.origin)
     }
 
     /// Reads the system clock; called once at the start of each turn.
@@ -53,6 +71,33 @@ impl Clock {
     pub fn now(&self) -> Instant {
         self.now
     }
+
+    /// The time cached at the start of this turn, as a tick.
+    pub fn now_tick(&self) -> Tick {
+        self.tick(self.now)
+    }
+
+    /// `at` as a tick of this clock (the origin, for a moment before it).
+    pub fn tick(&self, at: Instant) -> Tick {
+        Tick::from_span(at.saturating_duration_since(self.origin))
+    }
+
+    /// The moment `tick` stands for.
+    pub fn instant(&self, tick: Tick) -> Instant {
+        self.origin + tick.span()
+    }
+
+    /// `span` kept in a tick's place (as the tick `span` after the origin), so that a connection
+    /// can hold either a deadline or, while its timer is frozen, the time it has left, in one
+    /// field. Undone by [`Clock::span_kept_in`].
+    pub fn keep_span(&self, span: Duration) -> Tick {
+        Tick::from_span(span)
+    }
+
+    /// The span stored by [`Clock::keep_span`].
+    pub fn span_kept_in(&self, kept: Tick) -> Duration {
+        kept.span()
+    }
 }
 
 impl Default for Clock {
@@ -64,12 +109,13 @@ impl Default for Clock {
 /// Heaps this small are never worth compacting, nor shrinking below.
 pub const COMPACT_FLOOR: usize = 256;
 
-/// One pending timer.
+/// One pending timer: 24 bytes with a connection id as its item.
 #[derive(Debug)]
 struct Entry<T> {
-    deadline: Instant,
-    /// Insertion order, so timers with equal deadlines fire first-in first-out.
-    seq: u64,
+    deadline: Tick,
+    /// Insertion order, so timers with equal deadlines fire first-in first-out (it wraps after
+    /// four billion timers, which can only swap two timers due at the same nanosecond).
+    seq: u32,
     item: T,
 }
 
@@ -94,7 +140,7 @@ impl<T> Ord for Entry<T> {
 #[derive(Debug)]
 pub struct Timers<T> {
     heap: BinaryHeap<Reverse<Entry<T>>>,
-    next_seq: u64,
+    next_seq: u32,
 }
 
 impl<T> Default for Timers<T> {
@@ -108,9 +154,9 @@ impl<T> Default for Timers<T> {
 
 impl<T> Timers<T> {
     /// Arms a timer for `item` at `deadline`.
-    pub fn schedule(&mut self, deadline: Instant, item: T) {
+    pub fn schedule(&mut self, deadline: Tick, item: T) {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         self.heap.push(Reverse(Entry {
             deadline,
             seq,
@@ -120,18 +166,17 @@ impl<T> Timers<T> {
 
     /// The earliest deadline, if any timer is armed (cancelled ones included: they fire and are
     /// dropped, which costs at most one spurious wake-up per cancelled timer).
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Tick> {
         self.heap.peek().map(|Reverse(entry)| entry.deadline)
     }
 
     /// How long the poll may sleep: until the next deadline, or forever (`None`).
-    pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        self.next_deadline()
-            .map(|deadline| deadline.saturating_duration_since(now))
+    pub fn poll_timeout(&self, now: Tick) -> Option<Duration> {
+        self.next_deadline().map(|deadline| deadline.since(now))
     }
 
     /// Moves every item due at `now` into `due` with its deadline, earliest first.
-    pub fn collect_expired(&mut self, now: Instant, due: &mut Vec<(Instant, T)>) {
+    pub fn collect_expired(&mut self, now: Tick, due: &mut Vec<(Tick, T)>) {
         while let Some(Reverse(entry)) = self.heap.peek() {
             if entry.deadline > now {
                 break;
@@ -146,7 +191,7 @@ impl<T> Timers<T> {
     /// heap no longer needs. Costs a pass over the heap: the caller runs it when dead entries
     /// (for connections since closed) are known to be a large share, so that the heap is
     /// bounded by what is live rather than by what was armed in the last timeout's span.
-    pub fn retain(&mut self, mut live: impl FnMut(Instant, &T) -> bool) {
+    pub fn retain(&mut self, mut live: impl FnMut(Tick, &T) -> bool) {
         self.heap
             .retain(|Reverse(entry)| live(entry.deadline, &entry.item));
         let room = self.heap.len().max(COMPACT_FLOOR);
@@ -170,52 +215,63 @@ impl<T> Timers<T> {
 mod tests {
     use super::*;
 
+    fn at(clock: &Clock, millis: u64) -> Tick {
+        clock.now_tick().after(Duration::from_millis(millis))
+    }
+
     #[test]
     fn expired_timers_come_out_in_deadline_order() {
-        let start = Instant::now();
+        let clock = Clock::new();
         let mut timers = Timers::default();
-        timers.schedule(start + Duration::from_millis(30), "c");
-        timers.schedule(start + Duration::from_millis(10), "a");
-        timers.schedule(start + Duration::from_millis(20), "b");
-        timers.schedule(start + Duration::from_millis(10), "a2");
+        timers.schedule(at(&clock, 30), "c");
+        timers.schedule(at(&clock, 10), "a");
+        timers.schedule(at(&clock, 20), "b");
+        timers.schedule(at(&clock, 10), "a2");
         let mut due = Vec::new();
-        timers.collect_expired(start + Duration::from_millis(20), &mut due);
+        timers.collect_expired(at(&clock, 20), &mut due);
         let items: Vec<_> = due.iter().map(|(_, item)| *item).collect();
         assert_eq!(items, ["a", "a2", "b"]);
-        assert_eq!(due[0].0, start + Duration::from_millis(10));
-        assert_eq!(timers.poll_timeout(start), Some(Duration::from_millis(30)));
+        assert_eq!(due[0].0, at(&clock, 10));
+        assert_eq!(
+            timers.poll_timeout(clock.now_tick()),
+            Some(Duration::from_millis(30))
+        );
     }
 
     #[test]
     fn retain_keeps_the_live_and_gives_memory_back() {
-        let start = Instant::now();
+        let clock = Clock::new();
         let mut timers = Timers::default();
         for index in 0..10_000u32 {
-            timers.schedule(start + Duration::from_millis(u64::from(index)), index);
+            timers.schedule(at(&clock, u64::from(index)), index);
         }
         timers.retain(|_, &index| index % 1000 == 0);
         assert_eq!(timers.len(), 10);
         assert!(timers.heap.capacity() <= 2 * COMPACT_FLOOR);
         let mut due = Vec::new();
-        timers.collect_expired(start + Duration::from_secs(60), &mut due);
+        timers.collect_expired(at(&clock, 60_000), &mut due);
         let items: Vec<u32> = due.iter().map(|(_, item)| *item).collect();
         assert_eq!(items, (0..10).map(|i| i * 1000).collect::<Vec<_>>());
     }
 
     #[test]
-    fn a_span_survives_being_kept_as_an_instant() {
+    fn ticks_stand_for_instants_and_keep_spans() {
         let clock = Clock::new();
+        let later = clock.now() + Duration::from_micros(1500);
+        assert_eq!(clock.instant(clock.tick(later)), later);
         let span = Duration::from_millis(1234);
-        assert_eq!(clock.instant_as_span(clock.span_as_instant(span)), span);
+        assert_eq!(clock.span_kept_in(clock.keep_span(span)), span);
+        assert_eq!(std::mem::size_of::<Option<Tick>>(), 8);
+        assert_eq!(std::mem::size_of::<Entry<[u32; 3]>>(), 24);
     }
 
     #[test]
     fn nothing_is_due_before_its_deadline() {
-        let start = Instant::now();
+        let clock = Clock::new();
         let mut timers = Timers::default();
-        timers.schedule(start + Duration::from_secs(1), ());
+        timers.schedule(at(&clock, 1000), ());
         let mut due = Vec::new();
-        timers.collect_expired(start, &mut due);
+        timers.collect_expired(clock.now_tick(), &mut due);
         assert!(due.is_empty());
         assert_eq!(timers.len(), 1);
     }
