@@ -115,3 +115,99 @@ fn output_over_the_hard_limit_closes_the_connection() {
     );
     server.shutdown().expect("clean shutdown");
 }
+
+/// More than the kernel's socket buffers take at once on loopback (up to 4 MiB).
+const BURST: usize = 8 << 20;
+
+/// On open writes far more than the high watermark, then counts the input it is fed and the
+/// drains it is told of; with `own` it manages its own backpressure (keeps being fed).
+struct Burst {
+    own: bool,
+    fed: Arc<AtomicU64>,
+    drained: Arc<AtomicU64>,
+}
+
+impl Protocol for Burst {
+    fn on_open(&mut self, ctx: &mut Context<'_>) {
+        if self.own {
+            ctx.manage_own_backpressure();
+        }
+        ctx.write_owned(vec![b'b'; BURST]);
+    }
+    fn on_read(&mut self, input: &[u8], _ctx: &mut Context<'_>) -> usize {
+        self.fed.fetch_add(input.len() as u64, Ordering::Relaxed);
+        input.len()
+    }
+    fn on_drain(&mut self, ctx: &mut Context<'_>) {
+        self.drained.fetch_add(1, Ordering::Relaxed);
+        ctx.write(b"drained\n");
+    }
+}
+
+/// Output that backed up past the high watermark and drained is reported once, on every
+/// driver; and a protocol that manages its own backpressure is fed while it is backed up.
+#[test]
+fn a_drain_is_reported_and_a_protocol_that_owns_its_backpressure_keeps_reading() {
+    for own in [false, true] {
+        for blocking in [false, true] {
+            let fed = Arc::new(AtomicU64::new(0));
+            let drained = Arc::new(AtomicU64::new(0));
+            let (fed_by, drained_by) = (fed.clone(), drained.clone());
+            let factory = move || Burst {
+                own,
+                fed: fed_by.clone(),
+                drained: drained_by.clone(),
+            };
+            let bound = bind(Config {
+                write_hard_limit: 4 * BURST,
+                ..small_buffers()
+            });
+            let server = if blocking {
+                let model = socketserver::Model::ThreadPerConnection {
+                    block_on_close: false,
+                };
+                bound.spawn_blocking(model, factory)
+            } else {
+                bound.spawn(factory)
+            }
+            .expect("spawn");
+            let mut stream = connect_with_small_window(server.local_addr());
+            wait_for("the server to be backed up", || {
+                server.stats().backpressure_pauses == 1
+            });
+            stream.write_all(b"input while backed up").expect("write");
+            if own && !blocking {
+                wait_for("input fed while backed up", || {
+                    fed.load(Ordering::Relaxed) == 21
+                });
+            }
+            let mut received = Vec::new();
+            while !received.ends_with(b"drained\n") {
+                let mut chunk = [0u8; 256 * 1024];
+                let count = std::io::Read::read(&mut stream, &mut chunk).expect("read");
+                assert!(count > 0, "closed before the drain");
+                received.extend_from_slice(&chunk[..count]);
+            }
+            assert_eq!(received.len(), BURST + 8, "own {own} blocking {blocking}");
+            assert_eq!(drained.load(Ordering::Relaxed), 1);
+            wait_for("the input fed after the drain", || {
+                fed.load(Ordering::Relaxed) == 21
+            });
+            drop(stream);
+            server.shutdown().expect("clean shutdown");
+        }
+    }
+}
+
+/// A client with a small receive window, so that the server backs up after a few kilobytes.
+fn connect_with_small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(8 * 1024).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&addr.into(), TIMEOUT)
+        .expect("connect");
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream
+}

@@ -208,7 +208,9 @@ pub(crate) fn serve_connection<P: Protocol>(
         index: index as u32,
         gen: 0,
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| drive(&stream, protocol, id, shared)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        drive(&stream, peer, protocol, id, shared)
+    }));
     shared.live().remove(index);
     let reason = match outcome {
         Ok(reason) => reason,
@@ -232,6 +234,7 @@ pub(crate) fn serve_connection<P: Protocol>(
 /// the protocol's timer, or the idle timeout, whichever comes first.
 fn drive<P: Protocol>(
     stream: &BlockingStream,
+    peer: Option<SocketAddr>,
     protocol: P,
     id: ConnId,
     shared: &Shared,
@@ -239,7 +242,7 @@ fn drive<P: Protocol>(
     let config = &shared.config;
     let stats = &shared.stats;
     let mut socket = stream;
-    let mut session = Session::with_id(protocol, id);
+    let mut session = Session::with_id_and_peer(protocol, id, peer);
     session.record_into(stats.clone());
     let mut chunk = vec![0u8; config.read_chunk_bytes];
     let mut last_active = Instant::now();
@@ -351,7 +354,10 @@ fn write_pending<P: Protocol>(
     metrics::shared_add(&stats.bytes_out, (rest - session.pending_output()) as u64);
     session.postpone_input_timer(waiting_since.elapsed());
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            session.drained();
+            Ok(())
+        }
         // The write timeout (the idle timeout) passed with the peer taking nothing.
         Err(error) if would_block(&error) => Err(CloseReason::Idle),
         Err(error) => Err(closed_by(&error)),

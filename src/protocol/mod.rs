@@ -21,7 +21,10 @@
 //!   with [`Context::set_input_timer`] stands still meanwhile; one armed with
 //!   [`Context::set_timer`] runs on.
 //! * [`Context::hold_input`] stops reading until one of the connection's jobs completes, for a
-//!   protocol that cannot take more input before then.
+//!   protocol that cannot take more input before then; [`Context::manage_own_backpressure`]
+//!   keeps input flowing above the high watermark, for a protocol that bounds its own output.
+//! * [`Protocol::on_drain`] follows when pending output that reached the high watermark is back
+//!   at the low watermark (for a blocking driver: when a write that had to wait completes).
 //! * After [`Protocol::on_job_done`] the driver offers the unconsumed input again (unless reading
 //!   is paused or the connection is closing), so a protocol may stop consuming while it waits
 //!   for a job, as HTTP does when its pipeline of answers is full.
@@ -86,6 +89,14 @@ pub trait Protocol: 'static {
     fn on_shutdown(&mut self, ctx: &mut Context<'_>) {
         ctx.close();
     }
+
+    /// Pending output that had reached the high watermark has drained to the low watermark
+    /// (under a blocking driver: a write that had to wait for the peer has completed). Input
+    /// is fed again right after; a protocol that paces its own output (a WebSocket handler
+    /// told of backpressure) may write more now.
+    fn on_drain(&mut self, ctx: &mut Context<'_>) {
+        let _ = ctx;
+    }
 }
 
 /// How the protocol asked the connection to end.
@@ -119,6 +130,19 @@ pub(crate) struct Wishes {
     pub(crate) timer: TimerRequest,
     /// No more input until one of this connection's jobs completes.
     pub(crate) hold_input: bool,
+    /// From now on, input is fed even above the high watermark.
+    pub(crate) own_backpressure: bool,
+}
+
+/// Where [`Context::peer_addr`] finds the peer's address.
+#[derive(Clone, Copy)]
+pub(crate) enum PeerSource<'a> {
+    /// Nobody knows it (a bare [`Session`], a Unix-domain peer).
+    Unknown,
+    /// Known when the connection was accepted (the blocking drivers).
+    Known(std::net::SocketAddr),
+    /// Asked of the socket when wanted (the reactor: no per-connection copy is kept).
+    Socket(&'a crate::net::Stream),
 }
 
 /// Where [`Context::offload`] sends jobs.
@@ -154,6 +178,8 @@ pub struct Context<'a> {
     pub(crate) recorder: Option<crate::metrics::Recorder<'a>>,
     /// The clock read for measurements during this callback, read at most once.
     pub(crate) measured_now: Option<Instant>,
+    /// Where the peer's address comes from.
+    pub(crate) peer: PeerSource<'a>,
 }
 
 impl<'a> Context<'a> {
@@ -165,6 +191,17 @@ impl<'a> Context<'a> {
     /// The time cached at the start of this reactor turn (cheap; no system call).
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// The peer's address: TCP peers only (a Unix-domain peer has none), and `None` where the
+    /// driver does not know it (a [`Session`] in a test). Under the reactor it is asked of the
+    /// socket (one system call), since no connection keeps a copy.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self.peer {
+            PeerSource::Unknown => None,
+            PeerSource::Known(addr) => Some(addr),
+            PeerSource::Socket(stream) => stream.peer_addr(),
+        }
     }
 
     /// Queues `bytes` for sending, after everything written before.
@@ -269,6 +306,17 @@ impl<'a> Context<'a> {
     /// job in flight the wish has no effect, since nothing would end the hold.
     pub fn hold_input(&mut self) {
         self.wishes.hold_input = true;
+    }
+
+    /// Tells the driver that, from now on, this protocol bounds its own output: input keeps
+    /// being fed while pending output is above the high watermark, instead of pausing (the
+    /// hard limit still closes the connection). A protocol does this when it must go on
+    /// reading whatever it writes, as WebSocket must to answer pings and see close frames
+    /// while a slow peer's queue drains; it then answers its own senders with backpressure
+    /// (see [`Context::pending_output`]) and learns of the drain from
+    /// [`Protocol::on_drain`]. It lasts for the rest of the connection.
+    pub fn manage_own_backpressure(&mut self) {
+        self.wishes.own_backpressure = true;
     }
 
     /// Runs `job` on the worker pool; its result comes back to [`Protocol::on_job_done`] with

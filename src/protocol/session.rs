@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
+use super::{CloseRequest, Context, Offload, PeerSource, Protocol, TimerRequest, Wishes};
 use crate::reactor::buffer::{ReadBuf, WriteBuf};
 use crate::reactor::token::ConnId;
 use crate::worker::JobResult;
@@ -45,6 +45,8 @@ pub struct Session<P: Protocol> {
     holding_input: bool,
     /// Counters the protocol's measurements go to (a blocking driver's, shared by its threads).
     stats: Option<std::sync::Arc<crate::metrics::Stats>>,
+    /// The peer's address, if the driver knows it.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl<P: Protocol> Session<P> {
@@ -55,6 +57,11 @@ impl<P: Protocol> Session<P> {
 
     /// Opens a connection known to callbacks as `id`.
     pub fn with_id(protocol: P, id: ConnId) -> Self {
+        Session::with_id_and_peer(protocol, id, None)
+    }
+
+    /// Opens a connection known to callbacks as `id`, from `peer`.
+    pub fn with_id_and_peer(protocol: P, id: ConnId, peer: Option<std::net::SocketAddr>) -> Self {
         let mut session = Session {
             protocol,
             input: ReadBuf::default(),
@@ -68,6 +75,7 @@ impl<P: Protocol> Session<P> {
             jobs_delivered: 0,
             holding_input: false,
             stats: None,
+            peer,
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
@@ -111,6 +119,21 @@ impl<P: Protocol> Session<P> {
         } else {
             false
         }
+    }
+
+    /// Tells the protocol that output which had backed up has drained (calls
+    /// [`Protocol::on_drain`]): a blocking driver does this once a write that had to wait for
+    /// the peer completes.
+    pub fn drained(&mut self) {
+        if self.close.is_none() {
+            self.call(|protocol, ctx| protocol.on_drain(ctx));
+        }
+    }
+
+    /// Sets the peer's address that callbacks see through
+    /// [`Context::peer_addr`](super::Context::peer_addr).
+    pub fn set_peer_addr(&mut self, peer: Option<std::net::SocketAddr>) {
+        self.peer = peer;
     }
 
     /// Starts a graceful shutdown (calls [`Protocol::on_shutdown`]).
@@ -225,6 +248,7 @@ impl<P: Protocol> Session<P> {
                 offload: Offload::Inline(&mut done),
                 recorder: self.stats.as_deref().map(crate::metrics::Recorder::shared),
                 measured_now: None,
+                peer: self.peer.map_or(PeerSource::Unknown, PeerSource::Known),
             };
             callback(&mut self.protocol, &mut ctx)
         };

@@ -17,7 +17,7 @@ use super::{Core, TimerEvent};
 use crate::error::{interrupted, is_disconnect, would_block};
 use crate::metrics::{self, Stats};
 use crate::net::Stream;
-use crate::protocol::{CloseRequest, Context, Offload, Protocol, TimerRequest, Wishes};
+use crate::protocol::{CloseRequest, Context, Offload, PeerSource, Protocol, TimerRequest, Wishes};
 use crate::server::ErrorReport;
 use crate::worker::panic_message;
 
@@ -55,6 +55,11 @@ pub(crate) mod flag {
     /// holds the time it had left (see [`Clock::keep_span`](super::timer::Clock::keep_span)),
     /// and the resume arms it again for that long.
     pub const TIMER_FROZEN: u16 = 1 << 12;
+    /// Pending output reached the high watermark: the protocol is owed an `on_drain` once it
+    /// falls to the low watermark.
+    pub const DRAIN_OWED: u16 = 1 << 13;
+    /// The protocol bounds its own output: input is fed above the high watermark too.
+    pub const OWN_BACKPRESSURE: u16 = 1 << 14;
 }
 
 /// Why a connection closed; each reason has its counter in [`Stats`](crate::Stats).
@@ -173,8 +178,12 @@ impl<P: Protocol> Connection<P> {
         if self.has(flag::WRITABLE) && self.pending_output() > 0 {
             self.flush(core);
         }
-        if self.has(flag::PAUSED) && self.pending_output() <= core.config.write_low_watermark {
+        if self.has(flag::DRAIN_OWED) && self.pending_output() <= core.config.write_low_watermark {
+            self.clear(flag::DRAIN_OWED);
             self.resume(core);
+            if !self.has(flag::CLOSED) {
+                self.call(core, |protocol, ctx| protocol.on_drain(ctx));
+            }
             // Resume: feed what is already buffered before reading more.
             if self.input.is_some() && !self.has(flag::HELD | flag::CLOSING | flag::CLOSED) {
                 self.feed(core, &[]);
@@ -278,11 +287,15 @@ impl<P: Protocol> Connection<P> {
     /// sending cannot be judged (a request timer would otherwise blame a client that sent
     /// everything long ago for the server's own backpressure).
     fn pause(&mut self, core: &mut Core) {
-        if self.has(flag::PAUSED) {
+        if self.has(flag::DRAIN_OWED) {
             return;
         }
-        self.set(flag::PAUSED);
+        self.set(flag::DRAIN_OWED);
         metrics::add(&core.stats.backpressure_pauses, 1);
+        if self.has(flag::OWN_BACKPRESSURE) {
+            return; // input keeps flowing; only the drain is owed
+        }
+        self.set(flag::PAUSED);
         if let (Some(deadline), true) = (self.timer_deadline, self.has(flag::INPUT_TIMER)) {
             let left = deadline.since(core.clock.now_tick());
             self.timer_deadline = Some(core.clock.keep_span(left));
@@ -390,6 +403,7 @@ impl<P: Protocol> Connection<P> {
             offload,
             recorder: Some(metrics::Recorder::own(&core.stats)),
             measured_now: None,
+            peer: PeerSource::Socket(&self.stream),
         };
         let protocol = &mut self.protocol;
         let outcome = catch_unwind(AssertUnwindSafe(|| callback(protocol, &mut ctx)));
@@ -443,6 +457,13 @@ impl<P: Protocol> Connection<P> {
         // A hold with no job in flight would never end: it is only honoured while one is.
         if wishes.hold_input && self.jobs_in_flight > 0 {
             self.set(flag::HELD);
+        }
+        if wishes.own_backpressure {
+            self.set(flag::OWN_BACKPRESSURE);
+            // Already paused: input flows again now (the drain stays owed).
+            if self.has(flag::PAUSED) {
+                self.resume(core);
+            }
         }
         if wishes.close == Some(CloseRequest::Abort) {
             core.output.clear();
