@@ -95,6 +95,27 @@ pub struct Config {
     /// not yet sent because an earlier one is still being computed); while full, no more
     /// requests are read. Default 32; range 1..=1,024.
     pub http_max_pipeline: usize,
+    /// Largest WebSocket message (after joining its fragments, and after inflating it); a
+    /// frame or message over it ends the connection with close code 1009. Default 1 MiB;
+    /// range 1..=1 GiB.
+    pub ws_max_message_bytes: usize,
+    /// Output a WebSocket may have waiting before a message sent to it is dropped (or, as a
+    /// route chooses, the connection closed with 1008): what a peer that does not read can
+    /// cost. Default 1 MiB; range 1..=`write_hard_limit`.
+    pub ws_max_backpressure: usize,
+    /// A WebSocket quiet this long (nothing received) is pinged. Default 25 s, under the 60 s
+    /// that nginx and most proxies let an upstream stay silent; `None` sends no pings. Range
+    /// 1 ms..=1 h.
+    pub ws_ping_interval: Option<Duration>,
+    /// A pinged WebSocket from which nothing arrives for this long is closed as dead. Default
+    /// 20 s; range 1 ms..=1 h.
+    pub ws_ping_timeout: Duration,
+    /// How long the server waits for the peer to answer its close frame before cutting the
+    /// connection. Default 5 s; range 1 ms..=1 h.
+    pub ws_close_timeout: Duration,
+    /// Outgoing WebSocket messages over this many bytes are sent in fragments of this size, so
+    /// that control frames can go between them. Default 64 KiB; range 125 B..=1 GiB.
+    pub ws_fragment_bytes: usize,
     /// Handler threads of the thread-pool model. Default 64; range 1..=4,096.
     pub pool_threads: usize,
     /// Accepted connections waiting for a pool thread; over it a connection is closed at once
@@ -152,6 +173,12 @@ impl Default for Config {
             http_request_timeout: Duration::from_secs(10),
             http_keep_alive_timeout: Duration::from_secs(5),
             http_max_pipeline: 32,
+            ws_max_message_bytes: 1 << 20,
+            ws_max_backpressure: 1 << 20,
+            ws_ping_interval: Some(Duration::from_secs(25)),
+            ws_ping_timeout: Duration::from_secs(20),
+            ws_close_timeout: Duration::from_secs(5),
+            ws_fragment_bytes: 64 * 1024,
             pool_threads: 64,
             pool_queue: 1024,
             max_datagram_bytes: 65_507,
@@ -240,6 +267,25 @@ impl Config {
         })?;
         check((1..=1024).contains(&self.http_max_pipeline), || {
             "http_max_pipeline is outside 1..=1024".into()
+        })?;
+        check((1..=1 << 30).contains(&self.ws_max_message_bytes), || {
+            "ws_max_message_bytes is outside 1..=1GiB".into()
+        })?;
+        check(
+            (1..=self.write_hard_limit).contains(&self.ws_max_backpressure),
+            || "ws_max_backpressure is outside 1..=write_hard_limit".into(),
+        )?;
+        check(self.ws_ping_interval.is_none_or(timeout_ok), || {
+            "ws_ping_interval is outside 1ms..=1h".into()
+        })?;
+        check(timeout_ok(self.ws_ping_timeout), || {
+            "ws_ping_timeout is outside 1ms..=1h".into()
+        })?;
+        check(timeout_ok(self.ws_close_timeout), || {
+            "ws_close_timeout is outside 1ms..=1h".into()
+        })?;
+        check((125..=1 << 30).contains(&self.ws_fragment_bytes), || {
+            "ws_fragment_bytes is outside 125..=1GiB".into()
         })?;
         check(self.write_low_watermark < self.write_high_watermark, || {
             "write_low_watermark must be below write_high_watermark".into()

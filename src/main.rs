@@ -1,6 +1,6 @@
 //! The `socketserver` command: a thin layer of argument parsing over the library.
 //!
-//! `socketserver serve --protocol echo|line|frame|http --model reactor|reactors|threads|pool|prefork
+//! `socketserver serve --protocol echo|line|frame|http|ws --model reactor|reactors|threads|pool|prefork
 //! [--addr HOST:PORT | --unix PATH] [--udp] [--metrics-addr HOST:PORT]` prints exactly
 //! `listening on <addr>` as its first line on stdout (so scripts can bind port 0 and read the
 //! port; with `--metrics-addr`, `metrics at http://<addr>/metrics` follows), then serves until
@@ -16,6 +16,7 @@ use socketserver::prefork::{self, Inherited, Supervisor};
 use std::sync::Arc;
 
 use socketserver::protocol::http::{HttpLimits, Response, Router};
+use socketserver::protocol::ws::{self, DeflateOptions, WebSocketOptions, WebSocketRoute};
 use socketserver::protocol::{Echo, Frame, Http, Line, Protocol};
 use socketserver::{Config, DatagramServer, Error, Model, Server};
 
@@ -309,6 +310,9 @@ enum ProtocolName {
     /// HTTP/1.1: `GET /` answers `Hello, World!`, `GET /metrics` the server's counters in
     /// Prometheus text format.
     Http,
+    /// WebSocket echo: every text or binary message comes back unchanged, on any path; `GET
+    /// /metrics` without an upgrade serves the counters.
+    Ws,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -360,9 +364,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().max_connections as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,
-    /// Close connections idle this many seconds (0 disables the idle timeout).
-    #[arg(long, default_value_t = 60)]
-    idle_timeout: u64,
+    /// Close connections idle this many seconds (0 disables the idle timeout). Default 60, but
+    /// off for ws, whose heartbeats find dead peers.
+    #[arg(long)]
+    idle_timeout: Option<u64>,
     /// Worker threads for offloaded jobs.
     #[arg(long, default_value_t = Config::default().workers as u64,
           value_parser = clap::value_parser!(u64).range(0..=1024))]
@@ -373,6 +378,30 @@ struct ServeArgs {
     /// Largest frame payload the frame protocol accepts, in bytes.
     #[arg(long, default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
+    /// Largest WebSocket message, in bytes (after inflating it).
+    #[arg(long, default_value_t = Config::default().ws_max_message_bytes)]
+    max_message_bytes: usize,
+    /// Ping a WebSocket quiet this many seconds (0: no pings).
+    #[arg(long, default_value_t = 25.0)]
+    ping_interval: f64,
+    /// Close a pinged WebSocket from which nothing arrives within this many seconds.
+    #[arg(long, default_value_t = 20.0)]
+    ping_timeout: f64,
+    /// Offer permessage-deflate to WebSocket clients that ask for it.
+    #[arg(long)]
+    deflate: bool,
+}
+
+impl ServeArgs {
+    /// The idle timeout in seconds, 0 for none: the flag, or the protocol's default.
+    fn idle_timeout_secs(&self) -> u64 {
+        self.idle_timeout
+            .unwrap_or(if matches!(self.protocol, ProtocolName::Ws) {
+                0
+            } else {
+                60
+            })
+    }
 }
 
 /// How the bound socket is served.
@@ -384,12 +413,19 @@ enum Run {
 }
 
 fn serve(args: ServeArgs) -> socketserver::Result<()> {
+    let idle_timeout = args.idle_timeout_secs();
     let config = Config {
         max_connections: args.max_connections as usize,
-        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
         workers: args.workers as usize,
         max_line_bytes: args.max_line_bytes,
         max_frame_bytes: args.max_frame_bytes,
+        ws_max_message_bytes: args.max_message_bytes,
+        ws_ping_interval: match seconds(args.ping_interval, "--ping-interval")? {
+            interval if interval.is_zero() => None,
+            interval => Some(interval),
+        },
+        ws_ping_timeout: seconds(args.ping_timeout, "--ping-timeout")?,
         pool_threads: args
             .threads
             .map_or(Config::default().pool_threads, |n| n as usize),
@@ -411,7 +447,7 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
     // A prefork worker serves the socket its supervisor handed over, on one reactor.
     if let Some(inherited) = prefork::inherited(config.clone())? {
         return match inherited {
-            Inherited::Stream(server) => serve_stream(server, args.protocol, Run::Reactor),
+            Inherited::Stream(server) => serve_stream(server, &args, Run::Reactor),
             Inherited::Datagram(server) => serve_datagrams(server, Run::Reactor),
         };
     }
@@ -460,7 +496,7 @@ fn serve(args: ServeArgs) -> socketserver::Result<()> {
     // The first line is a contract with scripts: make sure it leaves now, not at exit.
     let _ = std::io::stdout().flush();
     let served = match bound {
-        Bound::Stream(server) => serve_stream(server, args.protocol, run),
+        Bound::Stream(server) => serve_stream(server, &args, run),
         Bound::Datagram(server) => serve_datagrams(server, run),
     };
     if let Some(metrics) = metrics {
@@ -477,12 +513,12 @@ enum Bound {
     Datagram(DatagramServer),
 }
 
-fn serve_stream(server: Server, protocol: ProtocolName, run: Run) -> socketserver::Result<()> {
+fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Result<()> {
     let (max_line, max_frame) = (
         server.config().max_line_bytes,
         server.config().max_frame_bytes,
     );
-    match protocol {
+    match args.protocol {
         ProtocolName::Echo => run_stream(server, run, || Echo),
         ProtocolName::Line => run_stream(server, run, move || Line::new(max_line)),
         ProtocolName::Frame => run_stream(server, run, move || Frame::new(max_frame)),
@@ -493,6 +529,20 @@ fn serve_stream(server: Server, protocol: ProtocolName, run: Run) -> socketserve
                 Router::new()
                     .get("/", |_| Response::text(200, "Hello, World!"))
                     .get("/metrics", move |_| Response::metrics(&handle.stats())),
+            );
+            run_stream(server, run, move || Http::new(router.clone(), limits))
+        }
+        ProtocolName::Ws => {
+            let limits = HttpLimits::from_config(server.config());
+            let mut options = WebSocketOptions::from_config(server.config());
+            if args.deflate {
+                options = options.with_deflate(DeflateOptions::default());
+            }
+            let handle = server.handle();
+            let router = Arc::new(
+                Router::new()
+                    .get("/metrics", move |_| Response::metrics(&handle.stats()))
+                    .websocket("/*", WebSocketRoute::new(options, |_| ws::Echo)),
             );
             run_stream(server, run, move || Http::new(router.clone(), limits))
         }
@@ -533,11 +583,17 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
         "--model=reactor".into(),
         format!("--protocol={protocol}"),
         format!("--max-connections={}", args.max_connections),
-        format!("--idle-timeout={}", args.idle_timeout),
+        format!("--idle-timeout={}", args.idle_timeout_secs()),
         format!("--workers={}", args.workers),
         format!("--max-line-bytes={}", args.max_line_bytes),
         format!("--max-frame-bytes={}", args.max_frame_bytes),
+        format!("--max-message-bytes={}", args.max_message_bytes),
+        format!("--ping-interval={}", args.ping_interval),
+        format!("--ping-timeout={}", args.ping_timeout),
     ];
+    if args.deflate {
+        worker_args.push("--deflate".into());
+    }
     if args.udp {
         worker_args.push("--udp".into());
     }

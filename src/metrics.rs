@@ -250,6 +250,44 @@ counters! {
     requests_4xx,
     /// Requests answered with a 5xx status (or a status outside 100..=599).
     requests_5xx,
+    /// WebSocket upgrades accepted.
+    websockets_opened,
+    /// WebSockets open now.
+    websockets_open,
+    /// Whole WebSocket messages received (fragments joined, inflated).
+    websocket_messages_in,
+    /// WebSocket messages sent.
+    websocket_messages_out,
+    /// Payload bytes of the WebSocket messages received (inflated).
+    websocket_bytes_in,
+    /// Payload bytes of the WebSocket messages sent (before compression).
+    websocket_bytes_out,
+    /// WebSockets closed with code 1000 (normal).
+    websocket_closed_normal,
+    /// WebSockets closed with code 1001 (going away: a shutdown, a browser leaving).
+    websocket_closed_going_away,
+    /// WebSockets closed with code 1002 (the peer broke the protocol).
+    websocket_closed_protocol_error,
+    /// WebSockets closed with code 1007 (text that is not UTF-8).
+    websocket_closed_invalid_data,
+    /// WebSockets closed with code 1008 (policy: a peer that does not read its messages).
+    websocket_closed_policy,
+    /// WebSockets closed with code 1009 (a message over the size limit).
+    websocket_closed_too_big,
+    /// WebSockets closed with code 1011 (the handler failed).
+    websocket_closed_internal_error,
+    /// WebSockets that ended without a close frame (1006: the peer vanished, or missed its
+    /// heartbeat).
+    websocket_closed_abnormal,
+    /// WebSockets closed with any other code.
+    websocket_closed_other,
+    /// WebSockets closed because the peer answered no ping within the ping timeout.
+    websocket_heartbeat_timeouts,
+    /// Pings sent to quiet WebSockets.
+    websocket_pings_sent,
+    /// Messages a WebSocket handler sent that were dropped: the peer was past its backpressure
+    /// limit.
+    websocket_send_dropped,
     ;
     histograms:
     /// From the turn in which a request's first byte was read to its answer being queued for
@@ -314,6 +352,26 @@ impl<'a> Recorder<'a> {
     /// One job finished, `latency` after it was handed over.
     pub(crate) fn job(&self, latency: Duration) {
         self.observe(&self.stats.job_latency, latency);
+    }
+
+    /// Adds `amount` to the counter `pick` names.
+    pub(crate) fn add(&self, pick: impl FnOnce(&Stats) -> &AtomicU64, amount: u64) {
+        let counter = pick(self.stats);
+        if self.shared {
+            shared_add(counter, amount);
+        } else {
+            add(counter, amount);
+        }
+    }
+
+    /// Subtracts `amount` from the gauge `pick` names.
+    pub(crate) fn sub(&self, pick: impl FnOnce(&Stats) -> &AtomicU64, amount: u64) {
+        let counter = pick(self.stats);
+        if self.shared {
+            shared_sub(counter, amount);
+        } else {
+            sub(counter, amount);
+        }
     }
 
     fn count(&self, counter: &AtomicU64) {
@@ -530,6 +588,70 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
             ("{class=\"4xx\"}", stats.requests_4xx),
             ("{class=\"5xx\"}", stats.requests_5xx),
         ],
+    );
+    metric(
+        "websockets_opened_total",
+        "counter",
+        "WebSocket upgrades accepted.",
+        &[("", stats.websockets_opened)],
+    );
+    metric(
+        "websockets_open",
+        "gauge",
+        "WebSockets open now.",
+        &[("", stats.websockets_open)],
+    );
+    metric(
+        "websocket_messages_total",
+        "counter",
+        "Whole WebSocket messages, by direction.",
+        &[
+            ("{direction=\"in\"}", stats.websocket_messages_in),
+            ("{direction=\"out\"}", stats.websocket_messages_out),
+        ],
+    );
+    metric(
+        "websocket_payload_bytes_total",
+        "counter",
+        "WebSocket message payload bytes (uncompressed), by direction.",
+        &[
+            ("{direction=\"in\"}", stats.websocket_bytes_in),
+            ("{direction=\"out\"}", stats.websocket_bytes_out),
+        ],
+    );
+    metric(
+        "websocket_closes_total",
+        "counter",
+        "WebSockets closed, by close code (1006: ended without a close frame).",
+        &[
+            ("{code=\"1000\"}", stats.websocket_closed_normal),
+            ("{code=\"1001\"}", stats.websocket_closed_going_away),
+            ("{code=\"1002\"}", stats.websocket_closed_protocol_error),
+            ("{code=\"1006\"}", stats.websocket_closed_abnormal),
+            ("{code=\"1007\"}", stats.websocket_closed_invalid_data),
+            ("{code=\"1008\"}", stats.websocket_closed_policy),
+            ("{code=\"1009\"}", stats.websocket_closed_too_big),
+            ("{code=\"1011\"}", stats.websocket_closed_internal_error),
+            ("{code=\"other\"}", stats.websocket_closed_other),
+        ],
+    );
+    metric(
+        "websocket_heartbeat_timeouts_total",
+        "counter",
+        "WebSockets closed because no ping was answered in time.",
+        &[("", stats.websocket_heartbeat_timeouts)],
+    );
+    metric(
+        "websocket_pings_sent_total",
+        "counter",
+        "Pings sent to quiet WebSockets.",
+        &[("", stats.websocket_pings_sent)],
+    );
+    metric(
+        "websocket_send_dropped_total",
+        "counter",
+        "Messages dropped because their WebSocket was past its backpressure limit.",
+        &[("", stats.websocket_send_dropped)],
     );
     histogram(
         &mut out,

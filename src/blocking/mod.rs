@@ -239,11 +239,23 @@ fn drive<P: Protocol>(
     id: ConnId,
     shared: &Shared,
 ) -> CloseReason {
+    let mut session = Session::with_id_and_peer(protocol, id, peer);
+    session.record_into(shared.stats.clone());
+    session.report_errors_to(shared.on_error.clone());
+    let reason = drive_session(stream, &mut session, shared);
+    session.closed();
+    reason
+}
+
+/// The loop of [`drive`], over its session.
+fn drive_session<P: Protocol>(
+    stream: &BlockingStream,
+    session: &mut Session<P>,
+    shared: &Shared,
+) -> CloseReason {
     let config = &shared.config;
     let stats = &shared.stats;
     let mut socket = stream;
-    let mut session = Session::with_id_and_peer(protocol, id, peer);
-    session.record_into(stats.clone());
     let mut chunk = vec![0u8; config.read_chunk_bytes];
     let mut last_active = Instant::now();
     let mut read_timeout: Option<Duration> = None;
@@ -259,7 +271,7 @@ fn drive<P: Protocol>(
                 return CloseReason::OverLimit;
             }
             metrics::shared_raise(&stats.peak_pending_output, pending as u64);
-            if let Err(reason) = write_pending(stream, &mut session, stats) {
+            if let Err(reason) = write_pending(stream, session, stats) {
                 return reason;
             }
             last_active = Instant::now();

@@ -41,6 +41,7 @@ mod frame;
 pub mod http;
 mod line;
 mod session;
+pub mod ws;
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,14 @@ pub trait Protocol: 'static {
     /// is fed again right after; a protocol that paces its own output (a WebSocket handler
     /// told of backpressure) may write more now.
     fn on_drain(&mut self, ctx: &mut Context<'_>) {
+        let _ = ctx;
+    }
+
+    /// The connection is closed, for whatever reason (the protocol's own close, the peer's,
+    /// a reset, a limit, the shutdown deadline); no other callback follows, and nothing
+    /// written now is sent. For a protocol that must learn of every end (WebSocket tells its
+    /// handler `on_close` exactly once).
+    fn on_closed(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;
     }
 }
@@ -180,6 +189,8 @@ pub struct Context<'a> {
     pub(crate) measured_now: Option<Instant>,
     /// Where the peer's address comes from.
     pub(crate) peer: PeerSource<'a>,
+    /// The server's error hook, for panics a protocol catches in code it calls.
+    pub(crate) on_error: Option<&'a (dyn Fn(&crate::ErrorReport) + Send + Sync)>,
 }
 
 impl<'a> Context<'a> {
@@ -191,6 +202,19 @@ impl<'a> Context<'a> {
     /// The time cached at the start of this reactor turn (cheap; no system call).
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Reports a panic the protocol caught in code it runs (a WebSocket handler, say) to the
+    /// server's error hook, as the driver reports a panic in the protocol itself. The protocol
+    /// decides what becomes of the connection.
+    pub fn report_panic(&self, message: String) {
+        if let Some(on_error) = self.on_error {
+            on_error(&crate::ErrorReport {
+                conn: Some(self.conn),
+                peer: self.peer_addr(),
+                message,
+            });
+        }
     }
 
     /// The peer's address: TCP peers only (a Unix-domain peer has none), and `None` where the

@@ -47,6 +47,10 @@ pub struct Session<P: Protocol> {
     stats: Option<std::sync::Arc<crate::metrics::Stats>>,
     /// The peer's address, if the driver knows it.
     peer: Option<std::net::SocketAddr>,
+    /// The server's error hook, for panics the protocol catches itself.
+    on_error: Option<crate::reactor::ErrorHook>,
+    /// The protocol was told the connection is over.
+    closed: bool,
 }
 
 impl<P: Protocol> Session<P> {
@@ -76,6 +80,8 @@ impl<P: Protocol> Session<P> {
             holding_input: false,
             stats: None,
             peer,
+            on_error: None,
+            closed: false,
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
@@ -128,6 +134,22 @@ impl<P: Protocol> Session<P> {
         if self.close.is_none() {
             self.call(|protocol, ctx| protocol.on_drain(ctx));
         }
+    }
+
+    /// Ends the session: the protocol is told the connection is closed
+    /// ([`Protocol::on_closed`]), once. A blocking driver calls it when the connection ends.
+    pub fn closed(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.call(|protocol, ctx| protocol.on_closed(ctx));
+            self.output.release();
+        }
+    }
+
+    /// Sends panics the protocol reports ([`Context::report_panic`](super::Context::report_panic))
+    /// to the server's error hook.
+    pub(crate) fn report_errors_to(&mut self, hook: crate::reactor::ErrorHook) {
+        self.on_error = Some(hook);
     }
 
     /// Sets the peer's address that callbacks see through
@@ -249,6 +271,7 @@ impl<P: Protocol> Session<P> {
                 recorder: self.stats.as_deref().map(crate::metrics::Recorder::shared),
                 measured_now: None,
                 peer: self.peer.map_or(PeerSource::Unknown, PeerSource::Known),
+                on_error: self.on_error.as_deref(),
             };
             callback(&mut self.protocol, &mut ctx)
         };

@@ -404,6 +404,7 @@ impl<P: Protocol> Connection<P> {
             recorder: Some(metrics::Recorder::own(&core.stats)),
             measured_now: None,
             peer: PeerSource::Socket(&self.stream),
+            on_error: Some(&*core.on_error),
         };
         let protocol = &mut self.protocol;
         let outcome = catch_unwind(AssertUnwindSafe(|| callback(protocol, &mut ctx)));
@@ -641,6 +642,9 @@ impl<P: Protocol> Connection<P> {
         metrics::add(reason.counter(&core.stats), 1);
         log::debug!("{:?}: closed ({reason:?})", self.id);
         core.graveyard.push(self.id);
+        // The protocol learns of every end; what it writes now goes nowhere.
+        self.call(core, |protocol, ctx| protocol.on_closed(ctx));
+        core.output.clear();
     }
 }
 

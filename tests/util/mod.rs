@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod http;
+pub mod ws;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

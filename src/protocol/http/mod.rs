@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 pub use message::{reason, with_date, write_response, Request, Response};
 pub use router::{Found, Handler, Router, Runs};
 
+use super::ws::{handshake, WebSocketConnection, WebSocketRoute};
 use super::{Context, JobResult, Protocol};
 use crate::config::Config;
 use body::{BodyReader, Chunk, Framing};
@@ -148,8 +149,22 @@ enum Timer {
     Request,
 }
 
-/// One HTTP/1.1 connection; see the [module documentation](self).
+/// One HTTP/1.1 connection; see the [module documentation](self). After a WebSocket upgrade
+/// the same connection speaks WebSocket ([`ws`](super::ws)).
 pub struct Http {
+    state: State,
+}
+
+/// What the connection speaks now. Kept small: an idle upgraded connection costs only the
+/// WebSocket's few words, while HTTP's state, which an idle WebSocket no longer needs, is
+/// boxed (and freed at the upgrade).
+enum State {
+    Requests(Box<Requests>),
+    WebSocket(WebSocketConnection),
+}
+
+/// HTTP/1.1 requests and their answers on one connection.
+struct Requests {
     router: Arc<Router>,
     limits: HttpLimits,
     phase: Phase,
@@ -169,6 +184,14 @@ impl Http {
     /// A connection served by `router`, with `limits`.
     pub fn new(router: Arc<Router>, limits: HttpLimits) -> Http {
         Http {
+            state: State::Requests(Box::new(Requests::new(router, limits))),
+        }
+    }
+}
+
+impl Requests {
+    fn new(router: Arc<Router>, limits: HttpLimits) -> Requests {
+        Requests {
             router,
             limits,
             phase: Phase::Head,
@@ -263,6 +286,11 @@ impl Http {
     /// The answer to a request no route takes: 405 with the methods the path does allow, or
     /// 404 if none does.
     fn not_routed(&self, request: &Request) -> Response {
+        if request.method == "GET" && self.router.find_websocket(&request.path).is_some() {
+            return Response::text(426, "this path speaks WebSocket\n")
+                .header("Upgrade", "websocket")
+                .header("Connection", "Upgrade");
+        }
         match self.router.allowed_methods(&request.path) {
             Some(allow) => Response::text(405, "method not allowed\n").header("Allow", allow),
             None => Response::text(404, "not found\n"),
@@ -370,8 +398,13 @@ impl Http {
         self.timer = want;
     }
 
-    /// Reads requests from `input`; returns the bytes used.
-    fn read_requests(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
+    /// Reads requests from `input`; returns the bytes used and, if a request upgraded the
+    /// connection to WebSocket, the WebSocket (the bytes after that request are its).
+    fn read_requests(
+        &mut self,
+        input: &[u8],
+        ctx: &mut Context<'_>,
+    ) -> (usize, Option<WebSocketConnection>) {
         let mut at = 0;
         loop {
             if self.queue.len() >= self.limits.max_pipeline {
@@ -385,7 +418,7 @@ impl Http {
                 }
             }
             match std::mem::replace(&mut self.phase, Phase::Done) {
-                Phase::Done => return input.len(),
+                Phase::Done => return (input.len(), None),
                 Phase::Head => {
                     self.phase = Phase::Head;
                     // Empty lines before a request are ignored (RFC 9112, section 2.2).
@@ -414,22 +447,36 @@ impl Http {
                     match parsed {
                         Err((status, why)) => {
                             self.reject(status, why, ctx.now());
-                            return input.len();
+                            return (input.len(), None);
                         }
                         Ok(None) => {
                             if rest.len() > self.limits.max_head_bytes {
                                 self.reject(431, "request head too large", ctx.now());
-                                return input.len();
+                                return (input.len(), None);
                             }
                             self.scanned = self.scanned.max(rest.len());
                             break;
                         }
                         Ok(Some((_, end))) if end > self.limits.max_head_bytes => {
                             self.reject(431, "request head too large", ctx.now());
-                            return input.len();
+                            return (input.len(), None);
                         }
                         Ok(Some((head, end))) => {
                             self.scanned = 0;
+                            if let Some(route) = self.upgrade_route(&head) {
+                                // Every answer owed goes out before the switch; one still
+                                // being computed holds the upgrade (it is parsed again).
+                                self.flush(ctx);
+                                if !self.queue.is_empty() {
+                                    ctx.hold_input();
+                                    break;
+                                }
+                                at += end;
+                                match self.upgrade(head, route, ctx) {
+                                    Some(websocket) => return (at, Some(websocket)),
+                                    None => continue,
+                                }
+                            }
                             at += end;
                             self.start_request(head, at < input.len(), ctx);
                         }
@@ -438,7 +485,7 @@ impl Http {
                 Phase::Body(mut in_body) => match in_body.reader.read(&input[at..]) {
                     Err((status, why)) => {
                         self.reject(status, why, ctx.now());
-                        return input.len();
+                        return (input.len(), None);
                     }
                     Ok((used, done)) => {
                         at += used;
@@ -458,7 +505,76 @@ impl Http {
                 },
             }
         }
-        at
+        (at, None)
+    }
+
+    /// The WebSocket route an upgrade request (`Upgrade: websocket`) is addressed to, if any.
+    fn upgrade_route(&self, head: &Head) -> Option<Arc<WebSocketRoute>> {
+        if !handshake::is_upgrade(&head.request) {
+            return None;
+        }
+        self.router.find_websocket(&head.request.path)
+    }
+
+    /// Answers an upgrade request: `101 Switching Protocols` and the open WebSocket, or the
+    /// refusal the handshake check (or the route) answered, queued like any answer.
+    fn upgrade(
+        &mut self,
+        head: Head,
+        route: Arc<WebSocketRoute>,
+        ctx: &mut Context<'_>,
+    ) -> Option<WebSocketConnection> {
+        let started = self.take_started(ctx.now());
+        let request = head.request;
+        let refused = |requests: &mut Requests, response: Response, ctx: &mut Context<'_>| {
+            requests.queue.push_back(Slot {
+                meta: Meta {
+                    head_only: false,
+                    // A body behind an upgrade request is not read: the connection ends.
+                    close: !head.keep_alive || head.framing.is_some() || requests.shutting_down,
+                    keep_alive_1_0: false,
+                },
+                answer: Answer::Ready(response),
+                rejection: None,
+                started,
+            });
+            if head.framing.is_some() || requests.shutting_down || !head.keep_alive {
+                requests.phase = Phase::Done;
+            }
+            requests.flush(ctx);
+            None
+        };
+        if head.framing.is_some() {
+            let response = Response::text(400, "an upgrade request with a body\n");
+            return refused(self, response, ctx);
+        }
+        let options = &route.options;
+        let origin_allowed = |origin: Option<&str>| route.origin_allowed(origin);
+        let terms = handshake::Terms {
+            subprotocols: &options.subprotocols,
+            deflate: options.deflate.as_ref(),
+            origin_allowed: &origin_allowed,
+        };
+        let accepted = match handshake::check(&request, &terms) {
+            Ok(accepted) => accepted,
+            Err(response) => return refused(self, response, ctx),
+        };
+        let handler = match route.make_handler(&request) {
+            Ok(handler) => handler,
+            Err(response) => return refused(self, response, ctx),
+        };
+        let subprotocol = accepted
+            .subprotocol
+            .and_then(|index| options.subprotocols.get(index))
+            .map(String::as_str);
+        ctx.write_with(|out| handshake::write_switching_protocols(out, &accepted, subprotocol));
+        ctx.record_request(101, started);
+        Some(WebSocketConnection::open(
+            route.clone(),
+            handler,
+            &accepted,
+            ctx,
+        ))
     }
 
     /// A head is in: reads its body next, or dispatches it at once.
@@ -497,13 +613,20 @@ impl Http {
     }
 }
 
-impl Protocol for Http {
+impl Requests {
     fn on_open(&mut self, ctx: &mut Context<'_>) {
         self.update_timer(ctx);
     }
 
-    fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
-        let used = self.read_requests(input, ctx);
+    fn on_read(
+        &mut self,
+        input: &[u8],
+        ctx: &mut Context<'_>,
+    ) -> (usize, Option<WebSocketConnection>) {
+        let (used, upgraded) = self.read_requests(input, ctx);
+        if upgraded.is_some() {
+            return (used, upgraded);
+        }
         self.partial = used < input.len() || matches!(self.phase, Phase::Body(_));
         if self.shutting_down && !self.partial {
             // Shutting down, and no request is under way any more: this is the end.
@@ -511,7 +634,7 @@ impl Protocol for Http {
         }
         self.flush(ctx);
         self.update_timer(ctx);
-        used
+        (used, None)
     }
 
     fn on_eof(&mut self, ctx: &mut Context<'_>) {
@@ -567,6 +690,71 @@ impl Protocol for Http {
         self.finish(ctx);
         self.flush(ctx);
         self.update_timer(ctx);
+    }
+}
+
+impl Protocol for Http {
+    fn on_open(&mut self, ctx: &mut Context<'_>) {
+        if let State::Requests(requests) = &mut self.state {
+            requests.on_open(ctx);
+        }
+    }
+
+    fn on_read(&mut self, input: &[u8], ctx: &mut Context<'_>) -> usize {
+        let requests = match &mut self.state {
+            State::WebSocket(websocket) => return websocket.on_read(input, ctx),
+            State::Requests(requests) => requests,
+        };
+        let (used, upgraded) = requests.on_read(input, ctx);
+        let Some(websocket) = upgraded else {
+            return used;
+        };
+        // The bytes right behind the upgrade request are the first frames: not one is lost.
+        self.state = State::WebSocket(websocket);
+        match &mut self.state {
+            State::WebSocket(websocket) => used + websocket.on_read(&input[used..], ctx),
+            State::Requests(_) => used,
+        }
+    }
+
+    fn on_eof(&mut self, ctx: &mut Context<'_>) {
+        match &mut self.state {
+            State::Requests(requests) => requests.on_eof(ctx),
+            State::WebSocket(websocket) => websocket.on_eof(ctx),
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<'_>) {
+        match &mut self.state {
+            State::Requests(requests) => requests.on_timer(ctx),
+            State::WebSocket(websocket) => websocket.on_timer(ctx),
+        }
+    }
+
+    fn on_job_done(&mut self, tag: u64, result: JobResult, ctx: &mut Context<'_>) {
+        match &mut self.state {
+            State::Requests(requests) => requests.on_job_done(tag, result, ctx),
+            State::WebSocket(websocket) => websocket.on_job_done(tag, result, ctx),
+        }
+    }
+
+    fn on_shutdown(&mut self, ctx: &mut Context<'_>) {
+        match &mut self.state {
+            State::Requests(requests) => requests.on_shutdown(ctx),
+            State::WebSocket(websocket) => websocket.on_shutdown(ctx),
+        }
+    }
+
+    fn on_drain(&mut self, ctx: &mut Context<'_>) {
+        if let State::WebSocket(websocket) = &mut self.state {
+            websocket.on_drain(ctx);
+        }
+    }
+
+    fn on_closed(&mut self, ctx: &mut Context<'_>) {
+        if let State::WebSocket(websocket) = &mut self.state {
+            websocket.on_closed(ctx);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::message::{Request, Response};
+use crate::protocol::ws::WebSocketRoute;
 
 /// A request handler. It runs on the event loop unless its route is offloaded, so it must be
 /// quick there: anything slow belongs on the worker pool ([`Router::route_offloaded`]).
@@ -56,6 +57,8 @@ impl Route {
 #[derive(Default, Clone)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    /// WebSocket routes, by path: an upgrade request addressed to one becomes a WebSocket.
+    websockets: Vec<(String, bool, Arc<WebSocketRoute>)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -138,6 +141,32 @@ impl Router {
         self
     }
 
+    /// Upgrades requests for `path` (exact, or a prefix ending in `*`) to WebSocket with
+    /// `route`. A plain HTTP route on the same path still answers requests that do not ask to
+    /// upgrade; a `GET` without an upgrade to a path only WebSocket serves gets 426.
+    pub fn websocket(mut self, path: &str, route: WebSocketRoute) -> Router {
+        let (path, prefix) = match path.strip_suffix('*') {
+            Some(prefix) => (prefix.to_string(), true),
+            None => (path.to_string(), false),
+        };
+        self.websockets.push((path, prefix, Arc::new(route)));
+        self
+    }
+
+    /// The WebSocket route for `path`, if any.
+    pub fn find_websocket(&self, path: &str) -> Option<Arc<WebSocketRoute>> {
+        self.websockets
+            .iter()
+            .find(|(route_path, prefix, _)| {
+                if *prefix {
+                    path.starts_with(route_path.as_str())
+                } else {
+                    path == route_path
+                }
+            })
+            .map(|(_, _, route)| route.clone())
+    }
+
     /// The route for `method` and `path`, if any.
     pub fn find(&self, method: &str, path: &str) -> Option<Found> {
         let method = if method == "HEAD" { "GET" } else { method };
@@ -164,6 +193,9 @@ impl Router {
     /// ```
     pub fn allowed_methods(&self, path: &str) -> Option<String> {
         let mut methods: Vec<&str> = Vec::new();
+        if self.find_websocket(path).is_some() {
+            methods.push("GET");
+        }
         for route in self.routes.iter().filter(|route| route.matches(path)) {
             let implied = (route.method == "GET").then_some("HEAD");
             for method in std::iter::once(route.method.as_str()).chain(implied) {
