@@ -77,8 +77,9 @@ struct CompareArgs {
     #[arg(long, default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     message_bytes: u64,
-    /// The protocol served and loaded: echo (the default) or http (GET / answered `Hello,
-    /// World!`), line or frame.
+    /// The protocol served and loaded: echo (the default), http (GET / answered `Hello,
+    /// World!`), ws (WebSocket echo of binary messages), line or frame. With --idle: echo or
+    /// ws.
     #[arg(long, value_enum, default_value = "echo")]
     protocol: LoadProtocolName,
     /// Requests each connection keeps in flight (HTTP pipelining when above 1).
@@ -222,13 +223,14 @@ struct LoadArgs {
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: std::net::SocketAddr,
     /// The request format (echo, line, frame: each answer is the request itself; http: GET of
-    /// --path, answered by a 2xx with a Content-Length body).
+    /// --path, answered by a 2xx with a Content-Length body; ws: an upgrade of --path, then
+    /// binary messages echoed).
     #[arg(long, value_enum, default_value = "echo")]
     protocol: LoadProtocolName,
     /// Requests each connection keeps in flight: 1 waits for every answer; more pipelines them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pipeline: u64,
-    /// The path an http load requests.
+    /// The path an http load requests (or a ws load upgrades).
     #[arg(long, default_value = "/")]
     path: String,
     /// Connections to open.
@@ -286,6 +288,8 @@ enum LoadProtocolName {
     Frame,
     /// HTTP/1.1 GET requests on kept-alive connections.
     Http,
+    /// WebSocket: each connection upgrades, then sends binary messages to be echoed.
+    Ws,
 }
 
 impl From<LoadProtocolName> for LoadProtocol {
@@ -295,6 +299,7 @@ impl From<LoadProtocolName> for LoadProtocol {
             LoadProtocolName::Line => LoadProtocol::Line,
             LoadProtocolName::Frame => LoadProtocol::Frame,
             LoadProtocolName::Http => LoadProtocol::Http,
+            LoadProtocolName::Ws => LoadProtocol::Ws,
         }
     }
 }

@@ -273,6 +273,67 @@ fn compare_measures_http_with_pipelining_under_every_model() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+#[test]
+fn compare_measures_websocket_echo_under_every_model_and_idle_websockets() {
+    let out = out_dir("compare-ws");
+    let out_arg = out.to_str().expect("utf-8 path");
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "compare",
+            "--protocol",
+            "ws",
+            "--connections",
+            "4",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.4",
+            "--out",
+            out_arg,
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("WebSocket 64-byte binary messages"),
+        "{stdout}"
+    );
+    let json = std::fs::read_to_string(out.join("compare.json")).expect("compare.json");
+    let comparison: Comparison = serde_json::from_str(&json).expect("a Comparison");
+    assert_eq!(comparison.protocol, "ws");
+    for row in &comparison.rows {
+        assert!(row.ok, "{}: {:?}", row.model, row.failure);
+        assert_eq!(row.served, 4, "{}", row.model);
+    }
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "compare",
+            "--idle",
+            "50",
+            "--protocol",
+            "ws",
+            "--models",
+            "reactor,threads",
+            "--out",
+            out_arg,
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    let json = std::fs::read_to_string(out.join("idle.json")).expect("idle.json");
+    let idle: IdleComparison = serde_json::from_str(&json).expect("an IdleComparison");
+    for row in &idle.rows {
+        assert_eq!(
+            (row.held, row.gave_out_at),
+            (50, None),
+            "{}: {:?}",
+            row.model,
+            row.reason
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Starts `compare` on a long sweep of the reactor and waits for the server it starts; returns
 /// both processes.
 fn compare_with_its_server() -> (std::process::Child, u32) {

@@ -30,7 +30,7 @@ fn the_counts_match_what_the_server_received_and_sent() {
             LoadProtocol::Echo => start(|| Echo),
             LoadProtocol::Line => start(Line::default),
             LoadProtocol::Frame => start(Frame::default),
-            LoadProtocol::Http => unreachable!("HTTP has a test of its own"),
+            LoadProtocol::Http | LoadProtocol::Ws => unreachable!("tested on their own"),
         };
         let config = LoadConfig {
             protocol,
@@ -82,6 +82,43 @@ fn http_load_keeps_connections_alive_and_pipelines_and_every_request_is_answered
         });
         // One connection each, kept alive for the whole run.
         assert_eq!(server.stats().accepted - before.accepted, 4);
+    }
+    server.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn websocket_load_upgrades_each_connection_and_every_message_is_echoed() {
+    use socketserver::protocol::ws::{self, WebSocketOptions, WebSocketRoute};
+    let config = test_config();
+    let limits = HttpLimits::from_config(&config);
+    let route = WebSocketRoute::new(WebSocketOptions::from_config(&config), |_| ws::Echo);
+    let router = Arc::new(Router::new().websocket("/*", route));
+    let server = start_with(config, move || Http::new(router.clone(), limits));
+    for (message_bytes, pipeline) in [(64, 1), (16 * 1024, 1), (64, 4)] {
+        let before = server.stats();
+        let config = LoadConfig {
+            protocol: LoadProtocol::Ws,
+            message_bytes,
+            pipeline,
+            ..short_run(server.local_addr())
+        };
+        let report = load::run(&config).expect("load run");
+        assert_eq!(
+            (report.connected, report.served, report.errors),
+            (4, 4, 0),
+            "{report:?}"
+        );
+        assert_eq!(report.answers, report.requests_sent, "{message_bytes}");
+        wait_for("the server to count every message", || {
+            let stats = server.stats();
+            stats.websocket_messages_out - before.websocket_messages_out == report.answers
+                && stats.websocket_bytes_in - before.websocket_bytes_in
+                    == report.requests_sent * message_bytes as u64
+        });
+        assert_eq!(
+            server.stats().websockets_opened - before.websockets_opened,
+            4
+        );
     }
     server.shutdown().expect("clean shutdown");
 }

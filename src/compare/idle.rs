@@ -3,7 +3,8 @@
 //! For each model, a fresh server (pinned like a [`super::run`] server, idle timeout off) is
 //! given idle connections in steps (1, 10, 100, 1,000, then tenths of N). After each step a
 //! *probe*, a new client, makes [`PROBE_REQUESTS`] echo round trips, and the server's memory
-//! and threads are sampled. A model *gives out* at the first step where a connect fails, the
+//! and threads are sampled. With `--protocol ws` every idle connection is an upgraded
+//! WebSocket and the probe a WebSocket echo; otherwise, plain echo. A model *gives out* at the first step where a connect fails, the
 //! probe gets no answer within [`PROBE_TIMEOUT`], the server closes idle connections, or the
 //! server dies; the row says which, and the memory per connection is measured up to there.
 
@@ -109,6 +110,11 @@ pub fn run(
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<IdleComparison> {
     config.validate()?;
+    if !matches!(config.protocol, LoadProtocol::Echo | LoadProtocol::Ws) {
+        return Err(Error::Config(
+            "compare --idle holds echo or ws connections (--protocol echo or ws)".into(),
+        ));
+    }
     if !(1..=100_000).contains(&target) {
         return Err(Error::Config(
             "idle connections must be within 1..=100000".into(),
@@ -176,7 +182,8 @@ fn ramp(
     row: &mut IdleRow,
 ) -> std::result::Result<(), GaveOut> {
     // Room for the probe above the idle connections, so a cap is never what is measured.
-    let args = model.serve_args("echo", target + 16, config.parallel);
+    let websocket = config.protocol == LoadProtocol::Ws;
+    let args = model.serve_args(config.protocol_name(), target + 16, config.parallel);
     let mut server = ServerProcess::start(&config.program, &args, &config.server_cpus)
         .map_err(|error| (0, format!("server: {error}")))?;
     let addr: SocketAddr = server
@@ -184,10 +191,10 @@ fn ramp(
         .parse()
         .map_err(|_| (0, format!("server listens on {:?}", server.listen_addr)))?;
     // The first probe warms the server up, so the baseline includes what any client costs.
-    probe(addr).map_err(|reason| (0, reason))?;
+    probe(addr, websocket).map_err(|reason| (0, reason))?;
     row.baseline_rss_bytes = server.usage().rss_bytes;
     let mut idle: Vec<TcpStream> = Vec::with_capacity(target);
-    let grown = grow(&mut server, addr, target, row, &mut idle);
+    let grown = grow(&mut server, addr, websocket, target, row, &mut idle);
     // Stop the server while the idle connections are still open: shutting down with them is
     // part of what every model must do.
     server.stop();
@@ -198,15 +205,16 @@ fn ramp(
 fn grow(
     server: &mut ServerProcess,
     addr: SocketAddr,
+    websocket: bool,
     target: usize,
     row: &mut IdleRow,
     idle: &mut Vec<TcpStream>,
 ) -> std::result::Result<(), GaveOut> {
     for step in steps(target) {
-        if let Some(reason) = open_idle(addr, idle, step, target) {
+        if let Some(reason) = open_idle(addr, websocket, idle, step, target) {
             return Err((idle.len(), reason));
         }
-        let probed = probe(addr);
+        let probed = probe(addr, websocket);
         if let Some(status) = server.exited() {
             let ended = super::process::describe(Some(status));
             return Err((idle.len(), format!("server {ended}")));
@@ -234,17 +242,49 @@ fn grow(
 /// Opens idle connections until `idle` holds `until`; the reason of the first failure, if any.
 fn open_idle(
     addr: SocketAddr,
+    websocket: bool,
     idle: &mut Vec<TcpStream>,
     until: usize,
     target: usize,
 ) -> Option<String> {
     while idle.len() < until {
         match connect(addr, idle.len(), target) {
-            Ok(stream) => idle.push(stream),
+            Ok(mut stream) => {
+                if websocket {
+                    if let Err(reason) = upgrade(&mut stream, addr) {
+                        return Some(reason);
+                    }
+                }
+                idle.push(stream)
+            }
             Err(error) => return Some(format!("connect: {error}")),
         }
     }
     None
+}
+
+/// Upgrades a connected stream to WebSocket (blocking, bounded by the probe timeout).
+fn upgrade(stream: &mut TcpStream, addr: SocketAddr) -> std::result::Result<(), String> {
+    let request = crate::load::ws_upgrade(&addr.to_string(), "/");
+    stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .and_then(|()| stream.write_all(&request))
+        .map_err(|error| format!("upgrade: {error}"))?;
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    // Byte by byte, so that nothing after the head is taken from the stream.
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) if head.len() < 8192 => head.push(byte[0]),
+            Ok(_) => return Err("upgrade: no answer".into()),
+            Err(error) => return Err(format!("upgrade: {error}")),
+        }
+    }
+    if head.starts_with(b"HTTP/1.1 101 ") {
+        Ok(())
+    } else {
+        Err("upgrade refused".into())
+    }
 }
 
 /// Connects connection `index` of `connections` (blocking, bounded by the connect timeout).
@@ -255,10 +295,20 @@ fn connect(addr: SocketAddr, index: usize, connections: usize) -> std::io::Resul
 }
 
 /// A new client's round trips, or why it was not answered.
-fn probe(addr: SocketAddr) -> std::result::Result<Histogram<u64>, String> {
-    let request = LoadProtocol::Echo.request(PROBE_BYTES);
-    let mut answer = vec![0u8; request.len()];
+fn probe(addr: SocketAddr, websocket: bool) -> std::result::Result<Histogram<u64>, String> {
+    let (request, answer_bytes) = if websocket {
+        // The server's frame: a two-byte header (the payload is under 126 bytes), no mask.
+        (LoadProtocol::Ws.request(PROBE_BYTES), 2 + PROBE_BYTES)
+    } else {
+        let request = LoadProtocol::Echo.request(PROBE_BYTES);
+        let length = request.len();
+        (request, length)
+    };
+    let mut answer = vec![0u8; answer_bytes];
     let mut stream = connect(addr, 0, 1).map_err(|error| format!("probe connect: {error}"))?;
+    if websocket {
+        upgrade(&mut stream, addr)?;
+    }
     let timeouts = stream
         .set_read_timeout(Some(PROBE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(PROBE_TIMEOUT)));

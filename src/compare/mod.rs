@@ -195,12 +195,13 @@ impl CompareConfig {
         Ok(())
     }
 
-    fn protocol_name(&self) -> &'static str {
+    pub(crate) fn protocol_name(&self) -> &'static str {
         match self.protocol {
             LoadProtocol::Echo => "echo",
             LoadProtocol::Line => "line",
             LoadProtocol::Frame => "frame",
             LoadProtocol::Http => "http",
+            LoadProtocol::Ws => "ws",
         }
     }
 }
@@ -307,6 +308,8 @@ impl Comparison {
     pub fn requests(&self) -> String {
         let what = if self.protocol == "http" {
             "http GET / requests".to_string()
+        } else if self.protocol == "ws" {
+            format!("WebSocket {}-byte binary messages", self.message_bytes)
         } else {
             format!("{} {}-byte requests", self.protocol, self.message_bytes)
         };

@@ -17,6 +17,16 @@ pub(crate) enum Answers {
         /// Bytes of the current answer received so far.
         received: usize,
     },
+    /// WebSocket frames from a server: each final data frame ends an answer; control frames
+    /// (a ping) are passed over.
+    WebSocket {
+        /// The header of the frame now arriving, as far as it has.
+        header: [u8; 10],
+        header_len: usize,
+        /// Payload bytes of the current frame still to come, once its header is in; and
+        /// whether it ends an answer.
+        payload_left: Option<(u64, bool)>,
+    },
     /// HTTP/1.1 responses framed by `Content-Length`.
     Http {
         /// The head of the current answer, as far as it has arrived.
@@ -32,6 +42,15 @@ impl Answers {
         Answers::Fixed {
             length,
             received: 0,
+        }
+    }
+
+    /// WebSocket answers.
+    pub(crate) fn websocket() -> Answers {
+        Answers::WebSocket {
+            header: [0; 10],
+            header_len: 0,
+            payload_left: None,
         }
     }
 
@@ -55,6 +74,77 @@ impl Answers {
                 *received = total % *length;
                 if completed > outstanding || (completed == outstanding && *received > 0) {
                     return Err("an answer longer than its request".into());
+                }
+            }
+            Answers::WebSocket {
+                header,
+                header_len,
+                payload_left,
+            } => {
+                while !bytes.is_empty() {
+                    if let Some((left, ends_answer)) = payload_left {
+                        let taken = (*left).min(bytes.len() as u64);
+                        *left -= taken;
+                        bytes = &bytes[taken as usize..];
+                        if *left == 0 {
+                            if *ends_answer {
+                                if completed >= outstanding {
+                                    return Err("a WebSocket message to no request".into());
+                                }
+                                completed += 1;
+                            }
+                            *payload_left = None;
+                        }
+                        continue;
+                    }
+                    let need = match (*header_len, header[1] & 0x7F) {
+                        (0 | 1, _) => 2,
+                        (_, 126) => 4,
+                        (_, 127) => 10,
+                        _ => 2,
+                    };
+                    let taken = (need - *header_len).min(bytes.len());
+                    header[*header_len..*header_len + taken].copy_from_slice(&bytes[..taken]);
+                    *header_len += taken;
+                    bytes = &bytes[taken..];
+                    let need = match header[1] & 0x7F {
+                        126 => 4,
+                        127 => 10,
+                        _ => 2,
+                    };
+                    if *header_len < need {
+                        continue;
+                    }
+                    if header[1] & 0x80 != 0 {
+                        return Err("a masked frame from the server".into());
+                    }
+                    let length = match header[1] & 0x7F {
+                        126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+                        127 => {
+                            let mut eight = [0u8; 8];
+                            eight.copy_from_slice(&header[2..10]);
+                            u64::from_be_bytes(eight)
+                        }
+                        short => u64::from(short),
+                    };
+                    let opcode = header[0] & 0x0F;
+                    if opcode == 0x8 {
+                        return Err("closed by the server (a WebSocket close frame)".into());
+                    }
+                    // A final data frame ends an answer; control frames do not.
+                    let ends_answer = header[0] & 0x80 != 0 && opcode < 0x8;
+                    *header_len = 0;
+                    *payload_left = Some((length, ends_answer));
+                    if length == 0 {
+                        // An empty frame is whole already: settle it before the next header.
+                        if ends_answer {
+                            if completed >= outstanding {
+                                return Err("a WebSocket message to no request".into());
+                            }
+                            completed += 1;
+                        }
+                        *payload_left = None;
+                    }
                 }
             }
             Answers::Http { head, body_left } => {

@@ -21,6 +21,8 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// WebSocket: connected, the upgrade sent, its `101` not yet read.
+    Upgrading,
     Ready,
     Gone,
 }
@@ -44,7 +46,12 @@ struct Client {
     scheduled: bool,
     /// At least one answer was recorded on this connection (in the measured window).
     answered: bool,
+    /// WebSocket: the upgrade's answer as far as it has arrived.
+    handshake: Vec<u8>,
 }
+
+/// The longest `101` answer a WebSocket load client reads.
+const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 
 /// Counters of one run.
 #[derive(Default)]
@@ -114,12 +121,14 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
             unsent: 0,
             answers: match config.protocol {
                 LoadProtocol::Http => Answers::http(),
+                LoadProtocol::Ws => Answers::websocket(),
                 _ => Answers::fixed(request.len()),
             },
             next_index: 0,
             first_due,
             scheduled: false,
             answered: false,
+            handshake: Vec::new(),
         };
         match open(config.addr, index, config.connections) {
             Ok(mut stream) => {
@@ -151,6 +160,8 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
     let mut scratch = vec![0u8; 64 * 1024];
     let mut draining: Option<Instant> = None;
     let mut measuring = false;
+    let upgrade = (config.protocol == LoadProtocol::Ws)
+        .then(|| super::ws_upgrade(&config.addr.to_string(), &config.http_path));
     let mut run = Run {
         requests: &requests,
         request_bytes: request.len(),
@@ -177,7 +188,10 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
             }
         }
         if connecting > 0 && now >= connect_deadline {
-            for client in clients.iter_mut().filter(|c| c.state == State::Connecting) {
+            for client in clients
+                .iter_mut()
+                .filter(|c| matches!(c.state, State::Connecting | State::Upgrading))
+            {
                 run.drop_client(client, &poll, None);
                 run.counts.failed_connects += 1;
                 run.counts.failed(|| "connect: timed out".into());
@@ -216,19 +230,51 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                 State::Connecting
                     if event.is_writable() || event.is_error() || event.is_write_closed() =>
                 {
-                    connecting -= 1;
                     if let Err(reason) = connected(client) {
+                        connecting -= 1;
                         run.drop_client(client, &poll, None);
                         run.counts.failed_connects += 1;
                         run.counts.failed(|| format!("connect: {reason}"));
                         continue;
                     }
+                    if let Some(upgrade) = &upgrade {
+                        // Still connecting until the upgrade is answered.
+                        client.state = State::Upgrading;
+                        if let Err(reason) = send_upgrade(client, upgrade) {
+                            connecting -= 1;
+                            run.drop_client(client, &poll, None);
+                            run.counts.failed_connects += 1;
+                            run.counts.failed(|| format!("upgrade: {reason}"));
+                        }
+                        continue;
+                    }
+                    connecting -= 1;
                     client.state = State::Ready;
                     run.counts.connected += 1;
                     if sending {
                         run.fill(client, index, now, &mut due, &poll);
                     }
                 }
+                State::Upgrading => match read_upgrade(client, &mut scratch) {
+                    Ok(None) => continue,
+                    Ok(Some(rest)) => {
+                        connecting -= 1;
+                        client.state = State::Ready;
+                        run.counts.connected += 1;
+                        if !rest.is_empty() {
+                            log::debug!("{} bytes before any request", rest.len());
+                        }
+                        if sending {
+                            run.fill(client, index, now, &mut due, &poll);
+                        }
+                    }
+                    Err(reason) => {
+                        connecting -= 1;
+                        run.drop_client(client, &poll, None);
+                        run.counts.failed_connects += 1;
+                        run.counts.failed(|| format!("upgrade: {reason}"));
+                    }
+                },
                 State::Ready => {
                     if event.is_writable() && client.unsent > 0 {
                         run.write(client, &poll);
@@ -359,6 +405,60 @@ fn connected(client: &Client) -> std::result::Result<(), String> {
             .map_err(|error| error.to_string()),
         Ok(Some(error)) | Err(error) => Err(error.to_string()),
     }
+}
+
+/// Writes a WebSocket upgrade request on a socket just connected (a few hundred bytes: the
+/// socket's buffer takes them whole).
+fn send_upgrade(client: &mut Client, upgrade: &[u8]) -> std::result::Result<(), String> {
+    let Some(stream) = client.stream.as_mut() else {
+        return Err("no socket".into());
+    };
+    match stream.write(upgrade) {
+        Ok(count) if count == upgrade.len() => Ok(()),
+        Ok(_) => Err("the upgrade request did not fit the socket".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Reads the upgrade's answer: `Ok(None)` while its head is incomplete, the bytes after it once
+/// a `101` is in, or why it failed.
+fn read_upgrade(
+    client: &mut Client,
+    scratch: &mut [u8],
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    let Some(stream) = client.stream.as_mut() else {
+        return Err("no socket".into());
+    };
+    loop {
+        match stream.read(scratch) {
+            Ok(0) => return Err("closed by the server".into()),
+            Ok(count) => client.handshake.extend_from_slice(&scratch[..count]),
+            Err(error) if would_block(&error) => break,
+            Err(error) if interrupted(&error) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+        if client.handshake.len() > MAX_HANDSHAKE_BYTES {
+            return Err("an upgrade answer over 8 KiB".into());
+        }
+    }
+    let Some(end) = client
+        .handshake
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+    else {
+        return Ok(None);
+    };
+    if !client.handshake.starts_with(b"HTTP/1.1 101 ") {
+        let line = client
+            .handshake
+            .split(|&b| b == b'\r')
+            .next()
+            .unwrap_or(&[]);
+        return Err(format!("answered {:?}", String::from_utf8_lossy(line)));
+    }
+    let rest = client.handshake[end + 4..].to_vec();
+    client.handshake = Vec::new();
+    Ok(Some(rest))
 }
 
 /// What the per-connection steps share.

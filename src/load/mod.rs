@@ -78,6 +78,10 @@ pub enum LoadProtocol {
     /// An HTTP/1.1 `GET` (of `/` here; of [`LoadConfig::http_path`] in a run), answered by a
     /// 2xx response with a `Content-Length` body.
     Http,
+    /// A WebSocket echo: each connection upgrades (`GET` of [`LoadConfig::http_path`]) and
+    /// sends the message as a masked binary frame; the answer is the server's frame carrying
+    /// it back (control frames between are passed over).
+    Ws,
 }
 
 /// An HTTP/1.1 `GET` of `path` from `host`, keeping the connection.
@@ -107,8 +111,32 @@ impl LoadProtocol {
                 frame
             }
             LoadProtocol::Http => http_get("localhost", "/"),
+            LoadProtocol::Ws => {
+                let mut frame = Vec::with_capacity(payload.len() + 14);
+                // A load tool's frames need no unpredictable key (that guards browsers'
+                // proxies against cache poisoning): one key, so one encoded frame serves all.
+                let key = [0x5a, 0x3c, 0x96, 0xe1];
+                crate::protocol::ws::frame::write_frame(
+                    &mut frame,
+                    true,
+                    false,
+                    crate::protocol::ws::frame::Opcode::Binary,
+                    &payload,
+                    Some(key),
+                );
+                frame
+            }
         }
     }
+}
+
+/// The upgrade request a WebSocket load client sends for `path` on `host`.
+pub(crate) fn ws_upgrade(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: c29ja2V0c2VydmVybG9hZA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// What a load run does. Every run is bounded by `warmup + duration + drain_timeout` plus the
@@ -130,7 +158,7 @@ pub struct LoadConfig {
     /// Requests each connection keeps in flight (1..=1024): 1 waits for every answer; more
     /// pipelines them, sent together in one write.
     pub pipeline: usize,
-    /// HTTP: the path requested (printable, starting with `/`).
+    /// HTTP: the path requested; WebSocket: the path upgraded (printable, starting with `/`).
     pub http_path: String,
     /// Open loop at this many requests per second in all; `None` for closed loop.
     pub rate: Option<f64>,

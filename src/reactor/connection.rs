@@ -671,5 +671,10 @@ mod tests {
             besides_the_socket <= 56,
             "{besides_the_socket} bytes besides the socket"
         );
+        // An idle WebSocket is an HTTP connection upgraded: its record, all it costs but a
+        // timer entry, must stay within the 160 bytes an idle WebSocket may cost in all.
+        let websocket = std::mem::size_of::<Connection<crate::protocol::Http>>()
+            - std::mem::size_of::<Stream>();
+        assert!(websocket <= 96, "{websocket} bytes besides the socket");
     }
 }

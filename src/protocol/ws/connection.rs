@@ -54,12 +54,21 @@ pub(crate) struct Link {
     route: SharedRoute,
     /// permessage-deflate as agreed in the handshake.
     deflate: Option<Agreed>,
-    /// Compression contexts kept from message to message (context takeover only).
-    kept: Option<Box<Kept>>,
+    /// What only some connections need, some of the time: the message being assembled, and
+    /// compression contexts kept between messages. One box for both keeps an idle connection
+    /// a word smaller; it is freed whenever it holds neither.
+    spare: Option<Box<Spare>>,
     /// Bits of [`state`].
     state: u8,
     /// The index of the agreed subprotocol in the route's list, or [`NO_SUBPROTOCOL`].
     subprotocol: u8,
+}
+
+/// See [`Link::spare`].
+#[derive(Default)]
+struct Spare {
+    reading: Option<Reading>,
+    kept: Kept,
 }
 
 /// Contexts of a connection that negotiated context takeover.
@@ -92,11 +101,10 @@ struct Reading {
     inflater: Option<Inflater>,
 }
 
-/// One upgraded connection: about fifty bytes while idle.
+/// One upgraded connection: forty bytes while idle.
 pub(crate) struct WebSocketConnection {
     link: Link,
     handler: Box<dyn WebSocketHandler>,
-    reading: Option<Box<Reading>>,
 }
 
 /// What one step of reading input did.
@@ -132,6 +140,58 @@ impl Link {
         self.has(state::CLOSE_SENT)
     }
 
+    /// The message being assembled, if one is under way.
+    fn reading(&self) -> Option<&Reading> {
+        self.spare.as_ref().and_then(|spare| spare.reading.as_ref())
+    }
+
+    fn reading_mut(&mut self) -> Option<&mut Reading> {
+        self.spare.as_mut().and_then(|spare| spare.reading.as_mut())
+    }
+
+    /// Starts assembling a message.
+    fn start_reading(&mut self, reading: Reading) -> &mut Reading {
+        self.spare
+            .get_or_insert_with(Box::default)
+            .reading
+            .insert(reading)
+    }
+
+    /// Takes the assembled message, freeing the spare box if nothing else is in it.
+    fn take_reading(&mut self) -> Option<Reading> {
+        let reading = self.spare.as_mut()?.reading.take();
+        self.tidy();
+        reading
+    }
+
+    /// The connection's own compressor (server context takeover).
+    fn kept_compressor(&mut self) -> Option<&mut Compressor> {
+        self.spare.as_mut()?.kept.compressor.as_mut()
+    }
+
+    /// The connection's own inflater (client context takeover), lent to one message.
+    fn take_kept_inflater(&mut self) -> Option<Inflater> {
+        let inflater = self.spare.as_mut()?.kept.inflater.take();
+        self.tidy();
+        inflater
+    }
+
+    /// Gives the connection's own inflater back after a message.
+    fn keep_inflater(&mut self, inflater: Inflater) {
+        self.spare.get_or_insert_with(Box::default).kept.inflater = Some(inflater);
+    }
+
+    /// Frees the spare box once it holds nothing.
+    fn tidy(&mut self) {
+        if self.spare.as_ref().is_some_and(|spare| {
+            spare.reading.is_none()
+                && spare.kept.compressor.is_none()
+                && spare.kept.inflater.is_none()
+        }) {
+            self.spare = None;
+        }
+    }
+
     pub(crate) fn send(&mut self, ctx: &mut Context<'_>, message: Message<'_>) -> SendStatus {
         if self.is_closing() {
             return SendStatus::Closed;
@@ -158,7 +218,7 @@ impl Link {
         match compress {
             None => ctx.write_with(|out| write_fragments(out, opcode, payload, false, fragment)),
             Some((agreed, level)) => {
-                let kept = self.kept.as_mut().and_then(|kept| kept.compressor.as_mut());
+                let kept = self.kept_compressor();
                 let keeps_context = kept.is_some();
                 COMPRESSED.with_borrow_mut(|compressed| {
                     compressed.clear();
@@ -298,16 +358,19 @@ impl WebSocketConnection {
         ctx: &mut Context<'_>,
     ) -> WebSocketConnection {
         let deflate = accepted.deflate.as_ref().map(|(agreed, _)| *agreed);
-        let kept = deflate.and_then(|agreed| {
+        let spare = deflate.and_then(|agreed| {
             let options = route.options.deflate?;
             let compressor = (!agreed.server_no_context_takeover)
                 .then(|| Compressor::new(options.level, agreed.server_window_bits));
             let inflater = (!agreed.client_no_context_takeover)
                 .then(|| Inflater::kept(agreed.client_window_bits));
             (compressor.is_some() || inflater.is_some()).then(|| {
-                Box::new(Kept {
-                    compressor,
-                    inflater,
+                Box::new(Spare {
+                    reading: None,
+                    kept: Kept {
+                        compressor,
+                        inflater,
+                    },
                 })
             })
         });
@@ -319,12 +382,11 @@ impl WebSocketConnection {
             link: Link {
                 route,
                 deflate,
-                kept,
+                spare,
                 state: 0,
                 subprotocol,
             },
             handler,
-            reading: None,
         };
         ctx.manage_own_backpressure();
         ctx.cancel_timer();
@@ -371,8 +433,8 @@ impl WebSocketConnection {
     /// One step: more payload of the frame under way, or the next frame's header.
     fn step(&mut self, input: &[u8], ctx: &mut Context<'_>) -> Step {
         if self
-            .reading
-            .as_ref()
+            .link
+            .reading()
             .is_some_and(|reading| reading.frame.is_some())
         {
             return self.payload_piece(input, ctx);
@@ -405,7 +467,7 @@ impl WebSocketConnection {
     /// then deliver it at once if it is a whole message already here, or start reading it.
     fn data_header(&mut self, header: &Header, rest: &[u8], ctx: &mut Context<'_>) -> Step {
         // A message is under way exactly while its assembly exists.
-        let under_way = self.reading.is_some();
+        let under_way = self.link.reading().is_some();
         match header.opcode {
             Opcode::Continuation if !under_way => {
                 return self.fail(ctx, Violation::protocol("a continuation with no message"))
@@ -422,11 +484,11 @@ impl WebSocketConnection {
             _ => {}
         }
         let max = self.link.options().max_message_bytes;
-        let compressed = match &self.reading {
+        let compressed = match self.link.reading() {
             Some(reading) => reading.compressed,
             None => header.rsv1,
         };
-        let so_far = self.reading.as_ref().map_or(0, |reading| {
+        let so_far = self.link.reading().map_or(0, |reading| {
             if compressed {
                 reading.compressed_bytes
             } else {
@@ -463,25 +525,25 @@ impl WebSocketConnection {
                 Err(violation) => self.fail(ctx, violation),
             };
         }
-        let reading = self.reading.get_or_insert_with(|| {
-            Box::new(Reading {
+        if !under_way {
+            let inflater = header.rsv1.then(|| {
+                self.link
+                    .take_kept_inflater()
+                    .unwrap_or_else(Inflater::borrow)
+            });
+            self.link.start_reading(Reading {
                 frame: None,
                 text: header.opcode == Opcode::Text,
                 compressed: header.rsv1,
                 payload: Vec::new(),
                 utf8: Utf8Validator::default(),
                 compressed_bytes: 0,
-                inflater: None,
-            })
-        });
-        if reading.compressed && reading.inflater.is_none() {
-            let kept = self
-                .link
-                .kept
-                .as_mut()
-                .and_then(|kept| kept.inflater.take());
-            reading.inflater = Some(kept.unwrap_or_else(Inflater::borrow));
+                inflater,
+            });
         }
+        let Some(reading) = self.link.reading_mut() else {
+            return Step::Wait;
+        };
         if !reading.compressed {
             reading.payload.reserve(length);
         }
@@ -505,7 +567,7 @@ impl WebSocketConnection {
     /// More of the payload of the data frame under way.
     fn payload_piece(&mut self, input: &[u8], ctx: &mut Context<'_>) -> Step {
         let max = self.link.options().max_message_bytes;
-        let Some(reading) = self.reading.as_mut() else {
+        let Some(reading) = self.link.reading_mut() else {
             return Step::Wait;
         };
         let Some(in_frame) = reading.frame.as_mut() else {
@@ -548,10 +610,10 @@ impl WebSocketConnection {
             reading.frame = None;
         }
         if last {
-            let Some(reading) = self.reading.take() else {
+            let Some(reading) = self.link.take_reading() else {
                 return Step::Consumed(take);
             };
-            if let Err(violation) = self.deliver_assembled(*reading, ctx) {
+            if let Err(violation) = self.deliver_assembled(reading, ctx) {
                 return self.fail(ctx, violation);
             }
         }
@@ -585,12 +647,10 @@ impl WebSocketConnection {
         ctx: &mut Context<'_>,
     ) -> Result<(), Violation> {
         let max = self.link.options().max_message_bytes;
-        let kept = self
+        let mut inflater = self
             .link
-            .kept
-            .as_mut()
-            .and_then(|kept| kept.inflater.take());
-        let mut inflater = kept.unwrap_or_else(Inflater::borrow);
+            .take_kept_inflater()
+            .unwrap_or_else(Inflater::borrow);
         let mut inflated = Vec::new();
         let result = UNMASKED.with_borrow_mut(|unmasked| {
             unmasked.clear();
@@ -634,7 +694,7 @@ impl WebSocketConnection {
             .deflate
             .is_none_or(|agreed| agreed.client_no_context_takeover);
         if let Some(kept) = inflater.finish_message(no_takeover) {
-            self.link.kept.get_or_insert_with(Box::default).inflater = Some(kept);
+            self.link.keep_inflater(kept);
         }
     }
 
