@@ -17,6 +17,10 @@
 //!                 +------------------ results ------------------ worker threads
 //! ```
 //!
+//! The protocols ([`protocol`]) are echo, lines, length-prefixed frames, HTTP/1.1 with a router,
+//! and WebSocket ([`protocol::ws`]), entered from HTTP by an upgrade: heartbeats, backpressure
+//! that `send` reports, permessage-deflate.
+//!
 //! Beside the reactor, [`blocking`] drives the same protocols over blocking sockets (a thread per
 //! connection, or a bounded pool), so the two designs can be compared on identical code. The
 //! rest of the family serves the same protocols too: several reactors on one port

@@ -24,9 +24,17 @@
 //! | a transfer coding other than `chunked` | 501 |
 //! | the request not complete within [`Config::http_request_timeout`] of its first byte | 408 |
 //!
-//! A connection quiet between requests for [`Config::http_keep_alive_timeout`] is closed. On a
-//! graceful shutdown an idle connection closes at once, and requests already read are answered,
-//! the last with `Connection: close`.
+//! A connection quiet between requests for [`Config::http_keep_alive_timeout`] is closed (both
+//! timers judge the client's sending, so they stand still while the server is not reading because
+//! the client is not taking its answers). On a graceful shutdown an idle connection closes at
+//! once, requests already read are answered, the last with `Connection: close`, and a request
+//! that has begun arriving is finished and answered with `Connection: close`.
+//!
+//! A request with `Upgrade: websocket` to a [`Router::websocket`] route is checked as a
+//! WebSocket handshake and, if it passes, answered `101 Switching Protocols`; from then on the
+//! connection speaks WebSocket ([`ws`](super::ws)), bytes right behind the request included. A
+//! method no route serves on a path gets 405 with `Allow`; a plain `GET` to a path only a
+//! WebSocket route serves gets 426.
 //!
 //! [`Config::http_max_pipeline`]: crate::Config::http_max_pipeline
 //! [`Config::http_max_head_bytes`]: crate::Config::http_max_head_bytes

@@ -14,7 +14,7 @@ use super::close;
 use super::deflate::{self, Agreed, Compressor, Inflater};
 use super::frame::{self, Header, Opcode, Role, Violation, MAX_CONTROL_PAYLOAD};
 use super::handshake::Accepted;
-use super::utf8::Utf8Validator;
+use super::utf8::{self, Utf8Validator};
 use super::{Message, SendStatus, SharedRoute, WebSocket, WebSocketHandler};
 use crate::metrics::Stats;
 use crate::protocol::Context;
@@ -683,8 +683,9 @@ impl WebSocketConnection {
         if text && utf8.finish().is_err() {
             return Err(invalid_utf8());
         }
-        self.deliver_checked(&payload, text, ctx);
-        Ok(())
+        // Checked piece by piece as it came; checked once more whole to make it a `str`
+        // without unsafe code (a second pass, for messages that came in pieces only).
+        self.deliver(&payload, text, ctx)
     }
 
     /// The inflater of a finished message: back to the thread, or kept by the connection.
@@ -698,38 +699,26 @@ impl WebSocketConnection {
         }
     }
 
-    /// Checks a whole message's text, then hands it over.
+    /// Checks a whole message's text (one pass), then hands it to the handler (unless the
+    /// server is closing: after its close frame, data is read and dropped until the peer's
+    /// close comes).
     fn deliver(
         &mut self,
         payload: &[u8],
         text: bool,
         ctx: &mut Context<'_>,
     ) -> Result<(), Violation> {
-        if text && std::str::from_utf8(payload).is_err() {
-            return Err(invalid_utf8());
-        }
-        self.deliver_checked(payload, text, ctx);
-        Ok(())
-    }
-
-    /// Hands a checked message to the handler (unless the server is closing: after its close
-    /// frame, data is read and dropped until the peer's close comes).
-    fn deliver_checked(&mut self, payload: &[u8], text: bool, ctx: &mut Context<'_>) {
-        record(ctx, |stats| &stats.websocket_messages_in, 1);
-        record(ctx, |stats| &stats.websocket_bytes_in, payload.len() as u64);
-        if self.link.is_closing() {
-            return;
-        }
         let message = if text {
-            // Checked just before: a text message is UTF-8 here.
-            match std::str::from_utf8(payload) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return,
-            }
+            Message::Text(utf8::validate(payload).map_err(|_| invalid_utf8())?)
         } else {
             Message::Binary(payload)
         };
-        self.call_handler(ctx, |handler, ws| handler.on_message(message, ws));
+        record(ctx, |stats| &stats.websocket_messages_in, 1);
+        record(ctx, |stats| &stats.websocket_bytes_in, payload.len() as u64);
+        if !self.link.is_closing() {
+            self.call_handler(ctx, |handler, ws| handler.on_message(message, ws));
+        }
+        Ok(())
     }
 
     /// A whole control frame (unmasked).

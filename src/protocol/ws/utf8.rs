@@ -1,6 +1,7 @@
-//! UTF-8 validation of a text message that arrives in pieces (fragments, or parts of a frame
-//! read as they come), failing at the first byte that makes the text invalid rather than at
-//! the end of the message (RFC 6455, section 8.1).
+//! UTF-8 validation of WebSocket text: a whole message at once ([`validate`]), or a message that
+//! arrives in pieces (fragments, or parts of a frame read as they come), failing at the first
+//! byte that makes the text invalid rather than at the end of the message (RFC 6455,
+//! section 8.1). Both use `simdutf8`'s SIMD validation.
 
 /// Validates text fed in pieces; a code point may straddle two pieces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -14,6 +15,11 @@ pub struct Utf8Validator {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidUtf8;
 
+/// `bytes` as text, if they are UTF-8.
+pub fn validate(bytes: &[u8]) -> Result<&str, InvalidUtf8> {
+    simdutf8::basic::from_utf8(bytes).map_err(|_| InvalidUtf8)
+}
+
 impl Utf8Validator {
     /// Validates `bytes`, which follow every piece fed before. Fails as soon as the text so far
     /// cannot be the start of valid UTF-8.
@@ -26,14 +32,14 @@ impl Utf8Validator {
             self.partial_len += 1;
             bytes = rest;
             let started = &self.partial[..usize::from(self.partial_len)];
-            match std::str::from_utf8(started) {
+            match simdutf8::compat::from_utf8(started) {
                 Ok(_) => self.partial_len = 0,
                 Err(error) if error.error_len().is_some() => return Err(InvalidUtf8),
                 Err(_) if self.partial_len == 4 => return Err(InvalidUtf8),
                 Err(_) => {} // still a valid start: wait for its next byte
             }
         }
-        match std::str::from_utf8(bytes) {
+        match simdutf8::compat::from_utf8(bytes) {
             Ok(_) => Ok(()),
             Err(error) if error.error_len().is_some() => Err(InvalidUtf8),
             Err(error) => {
