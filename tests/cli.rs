@@ -111,10 +111,9 @@ fn sigterm_closes_connections_and_exits_cleanly() {
     let (status, stderr) = server.terminate();
     assert!(status.success(), "exit status {status:?}, stderr: {stderr}");
     assert!(is_closed_by_server(&mut stream));
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the listening socket is closed"
-    );
+    // No probe of `addr` now: the process has exited (so its listener is gone), and the port
+    // may already be another test's, whose counts a stray connection would upset.
+    let _ = addr;
 }
 
 #[test]

@@ -213,10 +213,17 @@ fn open_loop_shows_a_stall_in_p99_that_closed_loop_hides() {
 
 #[test]
 fn a_server_that_is_not_there_is_reported_as_failed_connects() {
-    // A port that was just free: connecting to it is refused.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port");
+    // A port held bound but not listening: connecting to it is refused, and no other test can
+    // be given it meanwhile.
+    let held =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = held
+        .local_addr()
+        .ok()
+        .and_then(|local| local.as_socket())
+        .expect("the held port");
     let report = load::run(&short_run(addr)).expect("a run with nothing to connect to");
     assert_eq!(
         (report.connected, report.failed_connects),

@@ -113,6 +113,21 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// True if no socket listens on `addr`: a listener of our own can be bound there (with
+/// SO_REUSEADDR, as servers bind, so connections lingering in TIME_WAIT do not count). It
+/// probes by binding, not connecting: a connection would land in whatever server of another
+/// test has since been given the port, and upset its counts.
+pub fn nobody_listens_on(addr: SocketAddr) -> bool {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.bind(&addr.into()).is_ok() && socket.listen(1).is_ok()
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so a corrupted echo cannot pass by accident.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
