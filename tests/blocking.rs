@@ -49,7 +49,10 @@ fn a_line_is_echoed_three_times_then_the_server_shuts_down_and_closes_its_socket
             );
         }
         drop(stream);
-        assert!(!util::nobody_listens_on(addr), "the probe sees a live listener");
+        assert!(
+            !util::nobody_listens_on(addr),
+            "the probe sees a live listener"
+        );
         server.shutdown().expect("clean shutdown");
         assert!(
             util::nobody_listens_on(addr),

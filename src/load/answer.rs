@@ -81,69 +81,52 @@ impl Answers {
                 header_len,
                 payload_left,
             } => {
+                use crate::protocol::ws::frame::{self, Opcode, Role};
                 while !bytes.is_empty() {
                     if let Some((left, ends_answer)) = payload_left {
                         let taken = (*left).min(bytes.len() as u64);
                         *left -= taken;
                         bytes = &bytes[taken as usize..];
                         if *left == 0 {
-                            if *ends_answer {
+                            let ends_answer = *ends_answer;
+                            *payload_left = None;
+                            if ends_answer {
                                 if completed >= outstanding {
                                     return Err("a WebSocket message to no request".into());
                                 }
                                 completed += 1;
                             }
-                            *payload_left = None;
                         }
                         continue;
                     }
-                    let need = match (*header_len, header[1] & 0x7F) {
-                        (0 | 1, _) => 2,
-                        (_, 126) => 4,
-                        (_, 127) => 10,
-                        _ => 2,
-                    };
-                    let taken = (need - *header_len).min(bytes.len());
-                    header[*header_len..*header_len + taken].copy_from_slice(&bytes[..taken]);
-                    *header_len += taken;
-                    bytes = &bytes[taken..];
-                    let need = match header[1] & 0x7F {
-                        126 => 4,
-                        127 => 10,
-                        _ => 2,
-                    };
-                    if *header_len < need {
+                    // A server frame's header is at most ten bytes (it is not masked): take one
+                    // byte at a time into it until the codec, in the client's role, parses it.
+                    header[*header_len] = bytes[0];
+                    *header_len += 1;
+                    bytes = &bytes[1..];
+                    let parsed = frame::parse_header(&header[..*header_len], Role::Client, false)
+                        .map_err(|violation| {
+                        format!("a broken server frame: {}", violation.reason)
+                    })?;
+                    let Some(parsed) = parsed else {
                         continue;
-                    }
-                    if header[1] & 0x80 != 0 {
-                        return Err("a masked frame from the server".into());
-                    }
-                    let length = match header[1] & 0x7F {
-                        126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-                        127 => {
-                            let mut eight = [0u8; 8];
-                            eight.copy_from_slice(&header[2..10]);
-                            u64::from_be_bytes(eight)
-                        }
-                        short => u64::from(short),
                     };
-                    let opcode = header[0] & 0x0F;
-                    if opcode == 0x8 {
+                    *header_len = 0;
+                    if parsed.opcode == Opcode::Close {
                         return Err("closed by the server (a WebSocket close frame)".into());
                     }
                     // A final data frame ends an answer; control frames do not.
-                    let ends_answer = header[0] & 0x80 != 0 && opcode < 0x8;
-                    *header_len = 0;
-                    *payload_left = Some((length, ends_answer));
-                    if length == 0 {
-                        // An empty frame is whole already: settle it before the next header.
+                    let ends_answer = parsed.fin && !parsed.opcode.is_control();
+                    *payload_left = Some((parsed.payload_len, ends_answer));
+                    if parsed.payload_len == 0 {
+                        // Whole already: settle it before the next header.
+                        *payload_left = None;
                         if ends_answer {
                             if completed >= outstanding {
                                 return Err("a WebSocket message to no request".into());
                             }
                             completed += 1;
                         }
-                        *payload_left = None;
                     }
                 }
             }
@@ -260,6 +243,42 @@ mod tests {
         for piece in 1..=stream.len() {
             assert_eq!(count(&mut Answers::http(), &stream, piece, 4), 4, "{piece}");
         }
+    }
+
+    #[test]
+    fn websocket_answers_are_counted_at_every_split_and_pings_pass_over() {
+        use crate::protocol::ws::frame::{write_frame, Opcode};
+        let mut stream = Vec::new();
+        write_frame(&mut stream, true, false, Opcode::Binary, &[1; 64], None);
+        write_frame(&mut stream, true, false, Opcode::Ping, b"", None);
+        write_frame(&mut stream, false, false, Opcode::Binary, &[2; 200], None);
+        write_frame(
+            &mut stream,
+            true,
+            false,
+            Opcode::Continuation,
+            &[3; 70_000],
+            None,
+        );
+        write_frame(&mut stream, true, false, Opcode::Text, b"", None);
+        for piece in [1, 2, 3, 7, 64, 1000, stream.len()] {
+            assert_eq!(
+                count(&mut Answers::websocket(), &stream, piece, 3),
+                3,
+                "{piece}"
+            );
+        }
+        let mut close = Vec::new();
+        write_frame(&mut close, true, false, Opcode::Close, &[3, 232], None);
+        assert!(
+            Answers::websocket().feed(&close, 1).is_err(),
+            "a close ends it"
+        );
+        let masked = [0x82, 0x80, 1, 2, 3, 4];
+        assert!(
+            Answers::websocket().feed(&masked, 1).is_err(),
+            "a masked server frame"
+        );
     }
 
     #[test]
