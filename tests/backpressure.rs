@@ -198,16 +198,3 @@ fn a_drain_is_reported_and_a_protocol_that_owns_its_backpressure_keeps_reading()
         }
     }
 }
-
-/// A client with a small receive window, so that the server backs up after a few kilobytes.
-fn connect_with_small_window(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(8 * 1024).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&addr.into(), TIMEOUT)
-        .expect("connect");
-    let stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    stream
-}

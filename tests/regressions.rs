@@ -9,7 +9,7 @@ use std::time::Duration;
 use socketserver::protocol::http::{HttpLimits, Response, Router};
 use socketserver::protocol::{Echo, Http, Line};
 use socketserver::reactor::token::{ConnId, Slots};
-use socketserver::{Config, Model, Server};
+use socketserver::Config;
 use util::*;
 
 /// An event, timer or worker result still naming a closed connection must not reach the new
@@ -122,57 +122,10 @@ fn an_http_trailer_line_ending_at_the_limit_is_refused_not_kept_without_bound() 
     server.shutdown().expect("clean shutdown");
 }
 
-/// Which driver serves a test server.
-#[derive(Debug, Clone, Copy)]
-enum Driver {
-    Reactor,
-    Reactors,
-    Threads,
-    Pool,
-}
-
-const DRIVERS: [Driver; 4] = [
-    Driver::Reactor,
-    Driver::Reactors,
-    Driver::Threads,
-    Driver::Pool,
-];
-
 fn spawn_http(driver: Driver, config: Config) -> socketserver::RunningServer {
     let router = http_router(None);
     let limits = HttpLimits::from_config(&config);
-    let factory = move || Http::new(router.clone(), limits);
-    let bound = |config: Config| Server::bind_with("127.0.0.1:0", config).expect("bind");
-    match driver {
-        Driver::Reactor => bound(config).spawn(factory),
-        Driver::Reactors => bound(Config {
-            reuse_port: true,
-            ..config
-        })
-        .spawn_reactors(2, factory),
-        Driver::Threads => bound(config).spawn_blocking(
-            Model::ThreadPerConnection {
-                block_on_close: false,
-            },
-            factory,
-        ),
-        Driver::Pool => bound(config).spawn_blocking(Model::ThreadPool, factory),
-    }
-    .expect("spawn")
-}
-
-/// A client socket with a small receive buffer, so that a server whose answers it does not
-/// read is held up after a few kilobytes rather than megabytes.
-fn connect_with_small_receive_buffer(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&addr.into(), TIMEOUT)
-        .expect("connect");
-    let stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    stream
+    spawn_on(driver, config, move || Http::new(router.clone(), limits))
 }
 
 /// Reads answers (after those already in `buffer`) until `expected` have come or the stream
@@ -223,7 +176,7 @@ fn a_request_timer_does_not_blame_the_client_for_the_servers_backpressure() {
             ..test_config()
         };
         let server = spawn_http(driver, config);
-        let mut stream = connect_with_small_receive_buffer(server.local_addr());
+        let mut stream = connect_with_small_window(server.local_addr());
         // 4 KiB answers: far more than the kernel's socket buffers take.
         let requests = 5_000;
         let pipeline = util::http::get("/big").repeat(requests);

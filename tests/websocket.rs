@@ -17,21 +17,12 @@ use socketserver::protocol::ws::{
     WebSocketRoute,
 };
 use socketserver::protocol::{Http, Session};
-use socketserver::{Config, Model, RunningServer, Server};
+use socketserver::{Config, RunningServer, Server};
 use util::ws::{
     client_frame, close_payload, frame, upgrade_request, RawClient, BINARY, CLOSE, CONTINUATION,
     PING, PONG, TEXT,
 };
-use util::{connect, read_to_end, test_config, wait_for, TIMEOUT};
-
-/// Which driver serves a test server.
-#[derive(Debug, Clone, Copy)]
-enum Driver {
-    Reactor,
-    Reactors,
-    Threads,
-    Pool,
-}
+use util::{connect, read_to_end, test_config, wait_for, Driver, TIMEOUT};
 
 /// A router with a page at `/`, an echo WebSocket at `/echo`, and `route` at `/ws`.
 fn router_with(route: WebSocketRoute, options: &WebSocketOptions) -> Arc<Router> {
@@ -45,24 +36,7 @@ fn router_with(route: WebSocketRoute, options: &WebSocketOptions) -> Arc<Router>
 
 fn spawn(driver: Driver, config: Config, router: Arc<Router>) -> RunningServer {
     let limits = HttpLimits::from_config(&config);
-    let factory = move || Http::new(router.clone(), limits);
-    let bound = |config: Config| Server::bind_with("127.0.0.1:0", config).expect("bind");
-    match driver {
-        Driver::Reactor => bound(config).spawn(factory),
-        Driver::Reactors => bound(Config {
-            reuse_port: true,
-            ..config
-        })
-        .spawn_reactors(2, factory),
-        Driver::Threads => bound(config).spawn_blocking(
-            Model::ThreadPerConnection {
-                block_on_close: false,
-            },
-            factory,
-        ),
-        Driver::Pool => bound(config).spawn_blocking(Model::ThreadPool, factory),
-    }
-    .expect("spawn")
+    util::spawn_on(driver, config, move || Http::new(router.clone(), limits))
 }
 
 /// An echo server on the reactor with `options` (and `/ws` echoing too).
@@ -114,12 +88,7 @@ fn check_echo(addr: SocketAddr) {
 
 #[test]
 fn echo_round_trips_under_every_model() {
-    for driver in [
-        Driver::Reactor,
-        Driver::Reactors,
-        Driver::Threads,
-        Driver::Pool,
-    ] {
+    for driver in util::DRIVERS {
         let options = WebSocketOptions::default();
         let route = WebSocketRoute::new(options.clone(), |_| ws::Echo);
         let server = spawn(driver, test_config(), router_with(route, &options));

@@ -48,6 +48,65 @@ where
     bind(config).spawn(factory).expect("spawn server")
 }
 
+/// Which driver serves a test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Reactor,
+    Reactors,
+    Threads,
+    Pool,
+}
+
+/// Every driver a server can run in-process.
+pub const DRIVERS: [Driver; 4] = [
+    Driver::Reactor,
+    Driver::Reactors,
+    Driver::Threads,
+    Driver::Pool,
+];
+
+/// Starts a server with `config` on `driver` (two loops for `Reactors`, with SO_REUSEPORT).
+pub fn spawn_on<P, F>(driver: Driver, config: Config, factory: F) -> RunningServer
+where
+    P: Protocol + Send,
+    F: FnMut() -> P + Clone + Send + 'static,
+{
+    use socketserver::Model;
+    match driver {
+        Driver::Reactor => bind(config).spawn(factory),
+        Driver::Reactors => bind(Config {
+            reuse_port: true,
+            ..config
+        })
+        .spawn_reactors(2, factory),
+        Driver::Threads => bind(config).spawn_blocking(
+            Model::ThreadPerConnection {
+                block_on_close: false,
+            },
+            factory,
+        ),
+        Driver::Pool => bind(config).spawn_blocking(Model::ThreadPool, factory),
+    }
+    .expect("spawn")
+}
+
+/// Connects with a receive buffer of a few kilobytes (set before connecting, so the window is
+/// small from the start): a server writing to a client that does not read backs up after a few
+/// kilobytes rather than the megabytes loopback buffers take.
+pub fn connect_with_small_window(addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(8 * 1024).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&addr.into(), TIMEOUT)
+        .expect("connect");
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    stream
+}
+
 /// Connects with read and write timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");

@@ -105,16 +105,7 @@ impl RawClient {
     /// writing to a client that does not read backs up at once instead of after the megabytes
     /// loopback buffers take.
     pub fn connect_small_window(addr: SocketAddr, path: &str) -> RawClient {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(8 * 1024).expect("SO_RCVBUF");
-        socket
-            .connect_timeout(&addr.into(), super::TIMEOUT)
-            .expect("connect");
-        let mut stream: TcpStream = socket.into();
-        stream
-            .set_read_timeout(Some(super::TIMEOUT))
-            .expect("read timeout");
+        let mut stream = super::connect_with_small_window(addr);
         stream
             .write_all(upgrade_request(path, "").as_bytes())
             .expect("write the upgrade");

@@ -317,6 +317,23 @@ fn write_fragments(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8], rsv1: bool
     }
 }
 
+/// Runs `use_it` on `masked` unmasked (as the piece `offset` bytes into its payload) in the
+/// thread's buffer, which keeps its storage for the next message.
+fn with_unmasked<R>(
+    masked: &[u8],
+    mask: Option<[u8; 4]>,
+    offset: usize,
+    use_it: impl FnOnce(&[u8]) -> R,
+) -> R {
+    UNMASKED.with_borrow_mut(|unmasked| {
+        unmasked.clear();
+        frame::unmask_into(unmasked, masked, mask, offset);
+        let result = use_it(unmasked);
+        trim(unmasked);
+        result
+    })
+}
+
 /// Gives back a thread buffer's storage after an unusually large message.
 fn trim(buffer: &mut Vec<u8>) {
     buffer.clear();
@@ -586,15 +603,11 @@ impl WebSocketConnection {
         let checked_from = reading.payload.len();
         let outcome = if reading.compressed {
             reading.compressed_bytes += take;
-            UNMASKED.with_borrow_mut(|unmasked| {
-                unmasked.clear();
-                frame::unmask_into(unmasked, piece, mask, offset);
-                let inflated = match reading.inflater.as_mut() {
+            with_unmasked(piece, mask, offset, |unmasked| {
+                match reading.inflater.as_mut() {
                     Some(inflater) => inflater.inflate(unmasked, last, &mut reading.payload, max),
                     None => Err(Violation::protocol("a compressed message with no inflater")),
-                };
-                trim(unmasked);
-                inflated
+                }
             })
         } else {
             frame::unmask_into(&mut reading.payload, piece, mask, offset);
@@ -629,12 +642,8 @@ impl WebSocketConnection {
         text: bool,
         ctx: &mut Context<'_>,
     ) -> Result<(), Violation> {
-        UNMASKED.with_borrow_mut(|unmasked| {
-            unmasked.clear();
-            frame::unmask_into(unmasked, masked, mask, 0);
-            let delivered = self.deliver(unmasked, text, ctx);
-            trim(unmasked);
-            delivered
+        with_unmasked(masked, mask, 0, |unmasked| {
+            self.deliver(unmasked, text, ctx)
         })
     }
 
@@ -652,12 +661,8 @@ impl WebSocketConnection {
             .take_kept_inflater()
             .unwrap_or_else(Inflater::borrow);
         let mut inflated = Vec::new();
-        let result = UNMASKED.with_borrow_mut(|unmasked| {
-            unmasked.clear();
-            frame::unmask_into(unmasked, masked, mask, 0);
-            let result = inflater.inflate(unmasked, true, &mut inflated, max);
-            trim(unmasked);
-            result
+        let result = with_unmasked(masked, mask, 0, |unmasked| {
+            inflater.inflate(unmasked, true, &mut inflated, max)
         });
         self.give_back(inflater);
         result?;
