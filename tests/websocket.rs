@@ -1135,3 +1135,31 @@ fn the_example_page_echoes_what_is_typed_in_headless_chromium_with_deflate() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(profile);
 }
+
+/// However a connection's closing began (the peer's close frame, or a rule it broke), the
+/// server's answer must be delivered or the connection cut within the close timeout: a peer
+/// that closes and then never reads its backlog may not hold the connection forever, pings or
+/// none.
+#[test]
+fn a_peer_that_closes_and_never_reads_is_cut_after_the_close_timeout() {
+    let options = WebSocketOptions {
+        ping_interval: None,
+        close_timeout: Duration::from_millis(300),
+        ..WebSocketOptions::default()
+    };
+    let log = Log::default();
+    for ending in [
+        client_frame(CLOSE, &close_payload(1000, "bye")),
+        client_frame(TEXT, b"\xff"),
+    ] {
+        let server = scripted_server(test_config(), options.clone(), &log);
+        let mut raw = RawClient::connect_small_window(server.local_addr(), "/ws");
+        blast_until(&mut raw, &server, |stats| stats.backpressure_pauses >= 1);
+        raw.send(&ending);
+        wait_for("the backed-up connection cut", || {
+            server.stats().active == 0
+        });
+        drop(raw);
+        server.shutdown().expect("clean shutdown");
+    }
+}

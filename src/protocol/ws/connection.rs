@@ -278,9 +278,10 @@ impl Link {
         if self.has(state::CLOSE_RECEIVED) {
             self.state |= state::ENDED;
             ctx.close();
-        } else {
-            ctx.set_timer(self.options().close_timeout);
         }
+        // Either way the end is bounded: the peer's answer, or our last frame's delivery, must
+        // come within the close timeout.
+        ctx.set_timer(self.options().close_timeout);
     }
 
     fn write_close(&mut self, ctx: &mut Context<'_>, status: Option<(u16, &str)>) {
@@ -759,6 +760,9 @@ impl WebSocketConnection {
         let (code, reason) = status.unwrap_or((close::NO_STATUS, ""));
         self.report(ctx, code, reason);
         ctx.close();
+        // The answer goes out behind whatever is still queued: a peer that does not read it
+        // within the close timeout is cut (see `on_timer`).
+        ctx.set_timer(self.link.options().close_timeout);
         Step::Stop
     }
 
@@ -773,6 +777,7 @@ impl WebSocketConnection {
         self.link.state |= state::ENDED;
         self.report(ctx, violation.code, violation.reason);
         ctx.fail(violation.reason);
+        ctx.set_timer(self.link.options().close_timeout);
         Step::Stop
     }
 
@@ -819,7 +824,10 @@ impl WebSocketConnection {
 
     /// The connection's timer: the close timeout, the ping timeout, or time to ping.
     pub(crate) fn on_timer(&mut self, ctx: &mut Context<'_>) {
-        if self.link.has(state::ENDED) && !self.link.has(state::CLOSE_SENT) {
+        if self.link.has(state::ENDED) {
+            // The connection ended (the handshake finished, or the peer broke a rule) and its
+            // last frames have not drained within the close timeout: the peer is not reading.
+            ctx.abort();
             return;
         }
         if self.link.has(state::CLOSE_SENT) {
