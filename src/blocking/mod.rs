@@ -349,21 +349,22 @@ fn write_pending<P: Protocol>(
     session: &mut Session<P>,
     stats: &Stats,
 ) -> std::result::Result<(), CloseReason> {
-    let pending = session.pending_output();
-    let at_once = session.write_output(&mut stream.without_waiting());
-    let written = pending - session.pending_output();
-    metrics::shared_add(&stats.bytes_out, written as u64);
-    match at_once {
+    // Every byte the socket takes is counted, whichever way it was written.
+    let write = |session: &mut Session<P>, mut sink: &mut dyn std::io::Write| {
+        let before = session.pending_output();
+        let outcome = session.write_output(&mut sink);
+        metrics::shared_add(&stats.bytes_out, (before - session.pending_output()) as u64);
+        outcome
+    };
+    match write(session, &mut stream.without_waiting()) {
         Ok(()) => return Ok(()),
         Err(error) if would_block(&error) => {}
         Err(error) => return Err(closed_by(&error)),
     }
     metrics::shared_add(&stats.backpressure_pauses, 1);
     let waiting_since = Instant::now();
-    let rest = session.pending_output();
     let mut socket = stream;
-    let outcome = session.write_output(&mut socket);
-    metrics::shared_add(&stats.bytes_out, (rest - session.pending_output()) as u64);
+    let outcome = write(session, &mut socket);
     session.postpone_input_timer(waiting_since.elapsed());
     match outcome {
         Ok(()) => {

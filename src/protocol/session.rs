@@ -41,8 +41,6 @@ pub struct Session<P: Protocol> {
     id: ConnId,
     /// Job results delivered so far (to notice a job that unblocked the protocol).
     jobs_delivered: u64,
-    /// The protocol asked for no more input until a job of its completes.
-    holding_input: bool,
     /// Counters the protocol's measurements go to (a blocking driver's, shared by its threads).
     stats: Option<std::sync::Arc<crate::metrics::Stats>>,
     /// The peer's address, if the driver knows it.
@@ -77,7 +75,6 @@ impl<P: Protocol> Session<P> {
             now: Instant::now(),
             id,
             jobs_delivered: 0,
-            holding_input: false,
             stats: None,
             peer,
             on_error: None,
@@ -152,12 +149,6 @@ impl<P: Protocol> Session<P> {
         self.on_error = Some(hook);
     }
 
-    /// Sets the peer's address that callbacks see through
-    /// [`Context::peer_addr`](super::Context::peer_addr).
-    pub fn set_peer_addr(&mut self, peer: Option<std::net::SocketAddr>) {
-        self.peer = peer;
-    }
-
     /// Starts a graceful shutdown (calls [`Protocol::on_shutdown`]).
     pub fn shutdown(&mut self) {
         if self.close.is_none() {
@@ -190,11 +181,6 @@ impl<P: Protocol> Session<P> {
         if let (Some(deadline), true) = (&mut self.timer, self.input_timer) {
             *deadline += by;
         }
-    }
-
-    /// True while the protocol holds its input ([`Context::hold_input`]) waiting for a job.
-    pub fn is_holding_input(&self) -> bool {
-        self.holding_input
     }
 
     /// Sends the protocol's measurements (requests, job latency) to `stats`, a part several
@@ -246,7 +232,6 @@ impl<P: Protocol> Session<P> {
         let mut queue = VecDeque::from(done);
         while let Some((tag, job_result)) = queue.pop_front() {
             self.jobs_delivered += 1;
-            self.holding_input = false;
             let ((), more) =
                 self.invoke(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
             queue.extend(more);
@@ -291,6 +276,8 @@ impl<P: Protocol> Session<P> {
         if self.close.is_none() {
             self.close = wishes.close;
         }
-        self.holding_input |= wishes.hold_input;
+        // `hold_input` needs nothing here: jobs run inline, so the job a hold waits for has
+        // come back before the next input is fed; own backpressure likewise, since a blocking
+        // write is the only backpressure there is.
     }
 }

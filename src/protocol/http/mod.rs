@@ -534,19 +534,22 @@ impl Requests {
     ) -> Option<WebSocketConnection> {
         let started = self.take_started(ctx.now());
         let request = head.request;
+        // A refusal is an ordinary answer; it ends the connection if the request asked to, if
+        // the server is shutting down, or if a body follows (a body behind an upgrade request
+        // is not read).
+        let ends = !head.keep_alive || head.framing.is_some() || self.shutting_down;
         let refused = |requests: &mut Requests, response: Response, ctx: &mut Context<'_>| {
             requests.queue.push_back(Slot {
                 meta: Meta {
                     head_only: false,
-                    // A body behind an upgrade request is not read: the connection ends.
-                    close: !head.keep_alive || head.framing.is_some() || requests.shutting_down,
+                    close: ends,
                     keep_alive_1_0: false,
                 },
                 answer: Answer::Ready(response),
                 rejection: None,
                 started,
             });
-            if head.framing.is_some() || requests.shutting_down || !head.keep_alive {
+            if ends {
                 requests.phase = Phase::Done;
             }
             requests.flush(ctx);
@@ -714,15 +717,13 @@ impl Protocol for Http {
             State::Requests(requests) => requests,
         };
         let (used, upgraded) = requests.on_read(input, ctx);
-        let Some(websocket) = upgraded else {
+        let Some(mut websocket) = upgraded else {
             return used;
         };
         // The bytes right behind the upgrade request are the first frames: not one is lost.
+        let framed = websocket.on_read(&input[used..], ctx);
         self.state = State::WebSocket(websocket);
-        match &mut self.state {
-            State::WebSocket(websocket) => used + websocket.on_read(&input[used..], ctx),
-            State::Requests(_) => used,
-        }
+        used + framed
     }
 
     fn on_eof(&mut self, ctx: &mut Context<'_>) {

@@ -208,32 +208,29 @@ impl Link {
             Message::Binary(bytes) => (Opcode::Binary, bytes),
         };
         let fragment = self.options().fragment_bytes;
+        // Compressed when deflate was agreed (the route then has its options) and the message
+        // reaches the threshold.
         let compress = self
             .deflate
-            .filter(|_| {
-                let threshold = self.options().deflate.map_or(usize::MAX, |d| d.threshold);
-                payload.len() >= threshold
-            })
-            .map(|agreed| (agreed, self.options().deflate.map_or(1, |d| d.level)));
+            .zip(self.options().deflate)
+            .filter(|(_, options)| payload.len() >= options.threshold);
         match compress {
             None => ctx.write_with(|out| write_fragments(out, opcode, payload, false, fragment)),
-            Some((agreed, level)) => {
+            Some((agreed, options)) => {
                 let kept = self.kept_compressor();
                 let keeps_context = kept.is_some();
                 COMPRESSED.with_borrow_mut(|compressed| {
                     compressed.clear();
-                    deflate::compress(payload, compressed, kept, level, agreed.server_window_bits);
+                    let bits = agreed.server_window_bits;
+                    deflate::compress(payload, compressed, kept, options.level, bits);
                     // Without a kept context a message that did not shrink goes as it is;
                     // with one it cannot, since the peer's context must see every message.
-                    if compressed.len() < payload.len() || keeps_context {
-                        ctx.write_with(|out| {
-                            write_fragments(out, opcode, compressed, true, fragment)
-                        });
+                    let (bytes, rsv1) = if compressed.len() < payload.len() || keeps_context {
+                        (&compressed[..], true)
                     } else {
-                        ctx.write_with(|out| {
-                            write_fragments(out, opcode, payload, false, fragment)
-                        });
-                    }
+                        (payload, false)
+                    };
+                    ctx.write_with(|out| write_fragments(out, opcode, bytes, rsv1, fragment));
                     trim(compressed);
                 });
             }
@@ -831,21 +828,24 @@ impl WebSocketConnection {
             return;
         }
         if self.link.has(state::CLOSE_SENT) {
-            // The peer did not answer the close: cut it.
-            self.link.state |= state::ENDED;
-            self.report(ctx, close::ABNORMAL, "the close was not answered");
-            ctx.abort();
+            self.cut(ctx, "the close was not answered");
         } else if self.link.has(state::AWAITING_PONG) {
             record(ctx, |stats| &stats.websocket_heartbeat_timeouts, 1);
-            self.link.state |= state::ENDED;
-            self.report(ctx, close::ABNORMAL, "no answer to a ping");
-            ctx.abort();
+            self.cut(ctx, "no answer to a ping");
         } else {
             ctx.write_with(|out| frame::write_frame(out, true, false, Opcode::Ping, b"", None));
             record(ctx, |stats| &stats.websocket_pings_sent, 1);
             self.link.state |= state::AWAITING_PONG;
             ctx.set_timer(self.link.options().ping_timeout);
         }
+    }
+
+    /// The peer stopped answering: the connection ends at once, abnormally (1006), without
+    /// waiting for what is queued to drain.
+    fn cut(&mut self, ctx: &mut Context<'_>, why: &str) {
+        self.link.state |= state::ENDED;
+        self.report(ctx, close::ABNORMAL, why);
+        ctx.abort();
     }
 
     /// The peer ended its side of TCP: without a close frame, the connection ended abnormally.
