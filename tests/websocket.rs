@@ -177,6 +177,14 @@ fn an_upgrade_is_checked_and_refused_with_the_right_status() {
         plain.starts_with("426") && plain.contains("upgrade: websocket"),
         "{plain}"
     );
+    let mut raw = connect(addr);
+    raw.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let whole = String::from_utf8(read_to_end(&mut raw).expect("the answer")).expect("utf-8");
+    assert!(
+        whole.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{whole}"
+    );
     // A page and WebSockets on one port.
     assert!(answer_to(addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n").starts_with("200"));
     // Subprotocols: the server's preference among those offered.
@@ -194,6 +202,8 @@ fn an_upgrade_is_checked_and_refused_with_the_right_status() {
     assert!(none
         .response
         .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    // Closed by the clients first, so that shutdown does not wait out their close timeout.
+    drop((offered, none));
     server.shutdown().expect("clean shutdown");
 }
 
