@@ -32,6 +32,27 @@
 //! open loop, latency in HdrHistogram), and [`compare`] runs every model as a child process
 //! under the same load and reports throughput, latency percentiles, CPU per request and memory.
 //!
+//! ## The rooms
+//!
+//! Imports run one way, down this list; `tests/rooms.rs` fails the build if one runs back up.
+//!
+//! | room | what it holds | uses |
+//! |---|---|---|
+//! | [`server`], [`prefork`] | the front door: binding, models, handles, worker processes | everything below |
+//! | [`blocking`] | thread per connection, a bounded pool, blocking datagram receivers | protocols, lifecycle, `net`, the reactor's parts |
+//! | [`reactor`] | the event loop and nothing else | the protocol trait, lifecycle, `net`, `worker`, its parts |
+//! | [`net`] | transports: TCP and Unix, stream and datagram, socket options | `config`, the protocols' peer types |
+//! | [`protocol`] | sans-IO state machines (echo, line, frame, HTTP, WebSocket), [`Session`](protocol::Session) and the datagram handler, the socket-less cores of every driver | lifecycle, `worker`, the reactor's parts |
+//! | `worker` | the worker pool for offloaded jobs | lifecycle, the reactor's parts |
+//! | `lifecycle` | what every driver shares: hooks and [`ErrorReport`], signals and the shutdown signal, close reasons | `config`, `metrics`, `reactor::token` |
+//! | [`reactor::buffer`], [`reactor::token`], [`reactor::timer`], [`reactor::completions`] | the reactor's parts, which protocols and every driver use: buffers, connection ids, timers, the completion channel | nothing in the crate |
+//! | [`config`], [`error`], [`metrics`] | one `Config`, the error type, counters | — |
+//!
+//! The reactor's parts stay under [`reactor`] (their public paths are the ones users know);
+//! they import nothing from the crate, so the loop can lend them to everyone without anyone
+//! depending on the loop. [`load`] and [`compare`] are tools on top, and the command line
+//! (`src/cli/`, one file per command) is a thin layer over all of it.
+//!
 //! ## The loop's phases
 //!
 //! Each turn: poll (sleep until news), read the clock once, dispatch the events (accept, drive
@@ -72,6 +93,7 @@ pub mod blocking;
 pub mod compare;
 pub mod config;
 pub mod error;
+pub(crate) mod lifecycle;
 pub mod load;
 pub mod metrics;
 pub mod net;

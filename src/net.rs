@@ -152,6 +152,12 @@ impl Write for Stream {
     }
 }
 
+impl crate::protocol::AsksPeer for Stream {
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        Stream::peer_addr(self)
+    }
+}
+
 impl Stream {
     /// The peer's address (TCP only; Unix peers are local processes without one).
     pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {

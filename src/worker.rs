@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::lifecycle::panic_message;
 use crate::reactor::completions::CompletionSender;
 use crate::reactor::token::ConnId;
 
@@ -94,17 +95,6 @@ pub(crate) struct WorkerPool {
     /// Jobs in the queue not yet taken by a worker (the metrics' queue depth): raised by the
     /// submitting reactor, lowered by the worker that takes the job.
     queued: Arc<AtomicU64>,
-}
-
-/// Turns a panic payload into a message.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
 }
 
 impl WorkerPool {

@@ -22,12 +22,11 @@ use mio::{Events, Poll};
 
 use crate::config::Config;
 use crate::error::{interrupted, Error, Result};
+use crate::lifecycle::{register_signals, shutdown_signalled, ShutdownSignal};
 use crate::metrics::{self, StatsSet};
 use crate::net::DatagramSocket;
+use crate::protocol::datagram_handler::{DatagramHandler, Hooks};
 use crate::protocol::DatagramProtocol;
-use crate::reactor::completions::ShutdownSignal;
-use crate::reactor::datagram::{DatagramHandler, Hooks};
-use crate::reactor::{register_signals, shutdown_signalled};
 
 /// Everything the blocking datagram driver runs with, taken from the
 /// [`DatagramServer`](crate::DatagramServer).
@@ -107,7 +106,7 @@ impl<F> DatagramDriver<F> {
         let mut result = Ok(());
         for thread in threads {
             if let Err(payload) = thread.join() {
-                let message = crate::worker::panic_message(payload.as_ref());
+                let message = crate::lifecycle::panic_message(payload.as_ref());
                 result = Err(Error::Panicked(message));
             }
         }
@@ -140,7 +139,10 @@ where
             Ok((length, from)) => {
                 handler.handle(length, &from);
                 // Blocking sends: `WouldBlock` here means the send timeout ran out.
-                while handler.send_pending(socket).is_err() {
+                while handler
+                    .send_pending(|data, to| socket.send_to(data, to))
+                    .is_err()
+                {
                     handler.drop_oldest();
                 }
             }

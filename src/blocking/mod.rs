@@ -40,17 +40,14 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::error::{interrupted, is_accept_transient, is_disconnect, would_block, Error, Result};
+use crate::lifecycle::{
+    panic_message, register_signals, shutdown_signalled, CloseReason, ErrorHook, ErrorReport,
+    ShutdownSignal, VerifyHook, WARN_INTERVAL,
+};
 use crate::metrics::{self, Stats};
 use crate::net::{BlockingStream, Listener};
 use crate::protocol::{CloseRequest, Protocol, Session};
-use crate::reactor::accept::WARN_INTERVAL;
-use crate::reactor::completions::ShutdownSignal;
-use crate::reactor::connection::CloseReason;
 use crate::reactor::token::{ConnId, LISTENER};
-use crate::reactor::{register_signals, shutdown_signalled};
-use crate::reactor::{ErrorHook, VerifyHook};
-use crate::server::ErrorReport;
-use crate::worker::panic_message;
 
 /// Which blocking concurrency model serves the connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,7 @@
 //! before the peer's own close or reset is noticed.
 
 mod datagram;
+pub(crate) mod datagram_handler;
 mod echo;
 mod frame;
 pub mod http;
@@ -151,7 +152,14 @@ pub(crate) enum PeerSource<'a> {
     /// Known when the connection was accepted (the blocking drivers).
     Known(std::net::SocketAddr),
     /// Asked of the socket when wanted (the reactor: no per-connection copy is kept).
-    Socket(&'a crate::net::Stream),
+    Socket(&'a dyn AsksPeer),
+}
+
+/// Something that can tell the peer's address when asked: the reactor's socket, seen by the
+/// protocol room only through this (protocols know no socket).
+pub(crate) trait AsksPeer {
+    /// The peer's address, if it is a TCP peer and the socket can still tell.
+    fn peer_addr(&self) -> Option<std::net::SocketAddr>;
 }
 
 /// Where [`Context::offload`] sends jobs.
@@ -190,7 +198,7 @@ pub struct Context<'a> {
     /// Where the peer's address comes from.
     pub(crate) peer: PeerSource<'a>,
     /// The server's error hook, for panics a protocol catches in code it calls.
-    pub(crate) on_error: Option<&'a (dyn Fn(&crate::ErrorReport) + Send + Sync)>,
+    pub(crate) on_error: Option<&'a (dyn Fn(&crate::lifecycle::ErrorReport) + Send + Sync)>,
 }
 
 impl<'a> Context<'a> {
@@ -209,7 +217,7 @@ impl<'a> Context<'a> {
     /// decides what becomes of the connection.
     pub fn report_panic(&self, message: String) {
         if let Some(on_error) = self.on_error {
-            on_error(&crate::ErrorReport {
+            on_error(&crate::lifecycle::ErrorReport {
                 conn: Some(self.conn),
                 peer: self.peer_addr(),
                 message,
@@ -382,7 +390,7 @@ impl<'a> Context<'a> {
                 let started = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(
                     |payload| JobFailed {
-                        message: crate::worker::panic_message(payload.as_ref()),
+                        message: crate::lifecycle::panic_message(payload.as_ref()),
                     },
                 );
                 if let Some(recorder) = self.recorder {

@@ -46,7 +46,7 @@ pub struct Session<P: Protocol> {
     /// The peer's address, if the driver knows it.
     peer: Option<std::net::SocketAddr>,
     /// The server's error hook, for panics the protocol catches itself.
-    on_error: Option<crate::reactor::ErrorHook>,
+    on_error: Option<crate::lifecycle::ErrorHook>,
     /// The protocol was told the connection is over.
     closed: bool,
 }
@@ -145,7 +145,7 @@ impl<P: Protocol> Session<P> {
 
     /// Sends panics the protocol reports ([`Context::report_panic`](super::Context::report_panic))
     /// to the server's error hook.
-    pub(crate) fn report_errors_to(&mut self, hook: crate::reactor::ErrorHook) {
+    pub(crate) fn report_errors_to(&mut self, hook: crate::lifecycle::ErrorHook) {
         self.on_error = Some(hook);
     }
 

@@ -9,19 +9,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Interest;
 
 use super::connection::Connection;
 use super::{Core, Reactor, TimerEvent};
 use crate::error::{interrupted, is_accept_transient, is_fd_exhaustion, would_block};
+use crate::lifecycle::WARN_INTERVAL;
 use crate::metrics;
 use crate::net::{Listener, Stream};
 use crate::protocol::Protocol;
-
-/// Minimum time between two "out of descriptors" warnings.
-pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The listening socket and what the accept loop remembers between turns.
 pub(crate) struct Acceptor {

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
@@ -96,50 +96,5 @@ impl<T> Completions<T> {
         while let Ok(item) = self.receiver.try_recv() {
             out.push(item);
         }
-    }
-}
-
-/// A shutdown request that reaches every event loop of a server: a flag, and the wakers of all
-/// its loops. Triggered by a [`ServerHandle`](crate::ServerHandle) or by a signal in one loop.
-#[derive(Debug)]
-pub struct ShutdownSignal {
-    requested: AtomicBool,
-    wakers: Mutex<Vec<Arc<mio::Waker>>>,
-}
-
-impl ShutdownSignal {
-    /// A signal that wakes `waker` (more can be added with [`ShutdownSignal::add_waker`]).
-    pub(crate) fn new(waker: Arc<mio::Waker>) -> Self {
-        ShutdownSignal {
-            requested: AtomicBool::new(false),
-            wakers: Mutex::new(vec![waker]),
-        }
-    }
-
-    /// Adds the waker of another loop of the same server.
-    pub(crate) fn add_waker(&self, waker: Arc<mio::Waker>) {
-        self.wakers().push(waker);
-    }
-
-    /// Requests shutdown and wakes every loop; idempotent.
-    pub fn trigger(&self) {
-        self.requested.store(true, Ordering::Release);
-        for waker in self.wakers().iter() {
-            if let Err(error) = waker.wake() {
-                log::warn!("could not wake a loop for shutdown: {error}");
-            }
-        }
-    }
-
-    /// True once shutdown was requested.
-    pub fn is_requested(&self) -> bool {
-        self.requested.load(Ordering::Acquire)
-    }
-
-    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<mio::Waker>>> {
-        // Wakers are only ever pushed; a poisoned lock still holds a consistent list.
-        self.wakers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

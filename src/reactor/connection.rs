@@ -15,11 +15,10 @@ use super::timer::Tick;
 use super::token::ConnId;
 use super::{Core, TimerEvent};
 use crate::error::{interrupted, is_disconnect, would_block};
+use crate::lifecycle::{panic_message, CloseReason, ErrorReport};
 use crate::metrics::{self, Stats};
 use crate::net::Stream;
 use crate::protocol::{CloseRequest, Context, Offload, PeerSource, Protocol, TimerRequest, Wishes};
-use crate::server::ErrorReport;
-use crate::worker::panic_message;
 
 /// Bit flags of a connection's state, kept in one `u16` to keep idle connections small.
 pub(crate) mod flag {
@@ -60,37 +59,6 @@ pub(crate) mod flag {
     pub const DRAIN_OWED: u16 = 1 << 13;
     /// The protocol bounds its own output: input is fed above the high watermark too.
     pub const OWN_BACKPRESSURE: u16 = 1 << 14;
-}
-
-/// Why a connection closed; each reason has its counter in [`Stats`](crate::Stats).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    PeerClosed,
-    Reset,
-    Idle,
-    OverLimit,
-    Protocol,
-    ProtocolError,
-    Panic,
-    Shutdown,
-    IoError,
-}
-
-impl CloseReason {
-    /// The counter this reason is tallied in.
-    pub(crate) fn counter(self, stats: &Stats) -> &std::sync::atomic::AtomicU64 {
-        match self {
-            CloseReason::PeerClosed => &stats.closed_by_peer,
-            CloseReason::Reset => &stats.closed_by_reset,
-            CloseReason::Idle => &stats.closed_idle,
-            CloseReason::OverLimit => &stats.closed_over_limit,
-            CloseReason::Protocol => &stats.closed_by_protocol,
-            CloseReason::ProtocolError => &stats.closed_protocol_error,
-            CloseReason::Panic => &stats.closed_by_panic,
-            CloseReason::Shutdown => &stats.closed_by_shutdown,
-            CloseReason::IoError => &stats.closed_io_error,
-        }
-    }
 }
 
 /// One accepted connection. Small on purpose: an idle one holds no buffers.
@@ -654,27 +622,4 @@ fn write_all_possible(buffer: &mut WriteBuf, stream: &mut Stream, stats: &Stats)
     let written = buffer.write_until_blocked(stream)?;
     metrics::add(&stats.bytes_out, written as u64);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reactor holds one record per connection, so its size is the floor of what an idle
-    /// connection costs: every field is paid ten thousand times over at ten thousand clients.
-    #[test]
-    fn an_idle_connection_record_stays_small() {
-        let record = std::mem::size_of::<Connection<crate::protocol::Echo>>();
-        // The socket's size depends on the build (mio adds a field in debug builds).
-        let besides_the_socket = record - std::mem::size_of::<Stream>();
-        assert!(
-            besides_the_socket <= 56,
-            "{besides_the_socket} bytes besides the socket"
-        );
-        // An idle WebSocket is an HTTP connection upgraded: its record, all it costs but a
-        // timer entry, must stay within the 160 bytes an idle WebSocket may cost in all.
-        let websocket = std::mem::size_of::<Connection<crate::protocol::Http>>()
-            - std::mem::size_of::<Stream>();
-        assert!(websocket <= 96, "{websocket} bytes besides the socket");
-    }
 }

@@ -41,7 +41,6 @@ pub(crate) mod datagram;
 pub mod timer;
 pub mod token;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,45 +49,19 @@ use signal_hook_mio::v1_0::Signals;
 
 use self::accept::Acceptor;
 use self::buffer::WriteBuf;
-use self::completions::{CompletionSender, Completions, ShutdownSignal};
-use self::connection::{flag, CloseReason, Connection};
+use self::completions::{CompletionSender, Completions};
+use self::connection::{flag, Connection};
 use self::timer::{Clock, Tick, Timers};
 use self::token::{ConnId, Slots, LISTENER, SIGNALS, WAKER};
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{interrupted, Error, Result};
+use crate::lifecycle::{
+    register_signals, shutdown_signalled, CloseReason, ErrorHook, ShutdownSignal, VerifyHook,
+};
 use crate::metrics::{self, Stats};
 use crate::protocol::Protocol;
-use crate::server::ErrorReport;
 use crate::worker::{Completion, WorkerPool};
-
-/// SIGINT and SIGTERM as readiness on the `SIGNALS` token, if `config` asks for signal handling.
-pub(crate) fn register_signals(
-    registry: &mio::Registry,
-    config: &Config,
-) -> Result<Option<Signals>> {
-    if !config.handle_signals {
-        return Ok(None);
-    }
-    let mut signals = Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .map_err(|error| Error::io("installing signal handlers", error))?;
-    registry
-        .register(&mut signals, SIGNALS, mio::Interest::READABLE)
-        .map_err(|error| Error::io("registering signals", error))?;
-    Ok(Some(signals))
-}
-
-/// True if SIGINT or SIGTERM arrived since the last look (logged once here); always false when
-/// signals are not handled.
-pub(crate) fn shutdown_signalled(signals: &mut Option<Signals>) -> bool {
-    let received = signals
-        .as_mut()
-        .is_some_and(|signals| signals.pending().next().is_some());
-    if received {
-        log::info!("signal received: shutting down gracefully");
-    }
-    received
-}
 
 /// A new poll and the waker that interrupts it (for shutdown and worker results).
 pub(crate) fn poll_with_waker() -> Result<(Poll, Arc<mio::Waker>)> {
@@ -113,11 +86,6 @@ pub(crate) enum TimerEvent {
     /// Graceful shutdown ran out of time: cut whatever is left.
     ShutdownDeadline,
 }
-
-/// The verify hook: `false` closes the connection before any protocol sees it.
-pub(crate) type VerifyHook = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
-/// The error hook: told about every protocol panic.
-pub(crate) type ErrorHook = Arc<dyn Fn(&ErrorReport) + Send + Sync>;
 
 /// Everything the connections' code needs besides the connection itself.
 pub(crate) struct Core {
@@ -154,6 +122,8 @@ pub(crate) struct Reactor<P, F> {
     pub(crate) acceptor: Acceptor,
     pub(crate) factory: F,
     completions: Completions<Completion>,
+    /// Results taken from `completions`, being delivered; empty between wake-ups.
+    completed: Vec<Completion>,
     /// Set (and this loop woken) by a `ServerHandle`, or by a signal in any loop of the server.
     shutdown: Arc<ShutdownSignal>,
     signals: Option<Signals>,
@@ -217,6 +187,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             },
             factory,
             completions,
+            completed: Vec::new(),
             shutdown,
             signals,
         })
@@ -366,9 +337,10 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
 
     /// The waker fired: worker results, and perhaps a shutdown request.
     fn on_wake(&mut self) {
-        let mut done = Vec::new();
+        // The list is kept between wake-ups, so taking results costs no allocation.
+        let mut done = std::mem::take(&mut self.completed);
         self.completions.drain_into(&mut done);
-        for completion in done {
+        for completion in done.drain(..) {
             let Completion {
                 conn: id,
                 tag,
@@ -393,6 +365,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 _ => metrics::add(&self.core.stats.stale_completions, 1),
             }
         }
+        self.completed = done;
         if self.shutdown.is_requested() {
             self.begin_shutdown();
         }

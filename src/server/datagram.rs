@@ -23,12 +23,13 @@ use crate::blocking::datagram::DatagramDriver;
 use crate::blocking::Model;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::lifecycle::{ErrorHook, ShutdownSignal, VerifyHook};
 use crate::metrics::StatsSet;
 use crate::net::{self, DatagramSocket, ListenAddr};
+use crate::protocol::datagram_handler::Hooks;
 use crate::protocol::DatagramProtocol;
-use crate::reactor::completions::ShutdownSignal;
-use crate::reactor::datagram::{DatagramLoop, DatagramParts, Hooks};
-use crate::reactor::{poll_with_waker, ErrorHook, VerifyHook};
+use crate::reactor::datagram::{DatagramLoop, DatagramParts};
+use crate::reactor::poll_with_waker;
 
 /// A bound datagram socket waiting to serve; configure it, then [`serve`](DatagramServer::serve)
 /// or [`spawn`](DatagramServer::spawn). One protocol instance answers every datagram of a loop

@@ -790,7 +790,7 @@ impl WebSocketConnection {
         }
         let handler = &mut self.handler;
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler.on_close(code, reason))) {
-            ctx.report_panic(crate::worker::panic_message(payload.as_ref()));
+            ctx.report_panic(crate::lifecycle::panic_message(payload.as_ref()));
         }
     }
 
@@ -808,7 +808,7 @@ impl WebSocketConnection {
             call(handler, &mut ws);
         }));
         if let Err(payload) = outcome {
-            ctx.report_panic(crate::worker::panic_message(payload.as_ref()));
+            ctx.report_panic(crate::lifecycle::panic_message(payload.as_ref()));
             self.fail(
                 ctx,
                 Violation {

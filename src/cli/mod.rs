@@ -1,0 +1,115 @@
+//! The command line: the commands' arguments (clap) and what they share. One file per
+//! command (`serve`, `load`, `compare`), each a thin layer over the library; `main.rs` only
+//! parses and dispatches.
+
+pub(crate) mod compare;
+pub(crate) mod load;
+pub(crate) mod serve;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use socketserver::load::LoadProtocol;
+use socketserver::Error;
+
+/// `socketserver COMMAND [ARGS]`.
+#[derive(Parser)]
+#[command(
+    name = "socketserver",
+    version,
+    about = "A reactor-based socket server, and the tools to measure it"
+)]
+pub(crate) struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run a server until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Put a server under load for a bounded time and report throughput and latency.
+    Load(load::LoadArgs),
+    /// Run every concurrency model under the same load and compare them: a table,
+    /// compare.svg and compare.json (or, with --idle N, idle capacity and idle.json).
+    Compare(compare::CompareArgs),
+}
+
+/// A number of seconds from the command line, within 0..=3600.
+pub(crate) fn seconds(value: f64, name: &str) -> socketserver::Result<Duration> {
+    if value.is_finite() && (0.0..=3600.0).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(Error::Config(format!(
+            "{name} must be within 0..=3600 seconds"
+        )))
+    }
+}
+
+/// The request formats the load generator sends.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LoadProtocolName {
+    /// Bytes that come back as they are.
+    Echo,
+    /// Newline-terminated lines.
+    Line,
+    /// u32 big-endian length-prefixed frames.
+    Frame,
+    /// HTTP/1.1 GET requests on kept-alive connections.
+    Http,
+    /// WebSocket: each connection upgrades, then sends binary messages to be echoed.
+    Ws,
+}
+
+impl From<LoadProtocolName> for LoadProtocol {
+    fn from(name: LoadProtocolName) -> LoadProtocol {
+        match name {
+            LoadProtocolName::Echo => LoadProtocol::Echo,
+            LoadProtocolName::Line => LoadProtocol::Line,
+            LoadProtocolName::Frame => LoadProtocol::Frame,
+            LoadProtocolName::Http => LoadProtocol::Http,
+            LoadProtocolName::Ws => LoadProtocol::Ws,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ModelName {
+    /// One thread, one event loop, every connection (the default).
+    Reactor,
+    /// One event loop per thread (--threads of them), each with its own SO_REUSEPORT listener.
+    Reactors,
+    /// A thread per connection.
+    Threads,
+    /// A fixed pool of threads fed by a bounded queue of connections.
+    Pool,
+    /// A supervisor and --processes worker processes, each one reactor on the shared socket;
+    /// a worker that dies is replaced.
+    Prefork,
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as servers and load generators
+/// holding many connections need (the soft limit is often 1,024; the hard limit much higher).
+pub(crate) fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit from a live local; raising the soft limit up to
+        // the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            log::debug!(
+                "could not raise the descriptor limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}

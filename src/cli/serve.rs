@@ -1,0 +1,313 @@
+//! `socketserver serve`: binds, prints `listening on <addr>` as the first line on stdout (so a
+//! script can bind port 0 and read the port; with `--metrics-addr`, `metrics at
+//! http://<addr>/metrics` follows), then serves a protocol under a model until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use socketserver::prefork::{self, Inherited, Supervisor};
+use socketserver::protocol::http::{HttpLimits, Response, Router};
+use socketserver::protocol::ws::{self, DeflateOptions, WebSocketOptions, WebSocketRoute};
+use socketserver::protocol::{Echo, Frame, Http, Line, Protocol};
+use socketserver::{Config, DatagramServer, Error, Model, Server};
+
+use super::{seconds, ModelName};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolName {
+    /// Every byte back as it comes.
+    Echo,
+    /// Each newline-terminated line back.
+    Line,
+    /// Each u32 big-endian length-prefixed frame back.
+    Frame,
+    /// HTTP/1.1: `GET /` answers `Hello, World!`, `GET /metrics` the server's counters in
+    /// Prometheus text format.
+    Http,
+    /// WebSocket echo: every text or binary message comes back unchanged, on any path; `GET
+    /// /metrics` without an upgrade serves the counters.
+    Ws,
+}
+
+/// The arguments of `serve`.
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The concurrency model.
+    #[arg(long, value_enum, default_value = "reactor")]
+    model: ModelName,
+    /// Threads of the pool model (default 64), or event loops of the reactors model (default:
+    /// the machine's parallelism).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    threads: Option<u64>,
+    /// Worker processes of the prefork model (default: the machine's parallelism).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    processes: Option<u64>,
+    /// Serve datagrams: UDP on --addr, or a Unix datagram socket with --unix (echo only).
+    #[arg(long)]
+    udp: bool,
+    /// The protocol to serve.
+    #[arg(long, value_enum, default_value = "echo")]
+    protocol: ProtocolName,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: String,
+    /// Listen on a Unix-domain socket at this path instead of TCP (or UDP).
+    #[arg(long, conflicts_with = "addr")]
+    unix: Option<std::path::PathBuf>,
+    /// Also serve the server's counters as Prometheus text at `GET /metrics` on this address
+    /// (for protocols other than http, which serves /metrics itself; not with prefork, whose
+    /// workers count apart).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Most connections held at once by the whole server (all loops, all prefork workers);
+    /// clients over the cap are closed at once.
+    #[arg(long, default_value_t = Config::default().max_connections as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Close connections idle this many seconds (0 disables the idle timeout). Default 60, but
+    /// off for ws, whose heartbeats find dead peers.
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Worker threads for offloaded jobs.
+    #[arg(long, default_value_t = Config::default().workers as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1024))]
+    workers: u64,
+    /// Longest line the line protocol accepts, in bytes.
+    #[arg(long, default_value_t = Config::default().max_line_bytes)]
+    max_line_bytes: usize,
+    /// Largest frame payload the frame protocol accepts, in bytes.
+    #[arg(long, default_value_t = Config::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Largest WebSocket message, in bytes (after inflating it).
+    #[arg(long, default_value_t = Config::default().ws_max_message_bytes)]
+    max_message_bytes: usize,
+    /// Ping a WebSocket quiet this many seconds (0: no pings).
+    #[arg(long, default_value_t = 25.0)]
+    ping_interval: f64,
+    /// Close a pinged WebSocket from which nothing arrives within this many seconds.
+    #[arg(long, default_value_t = 20.0)]
+    ping_timeout: f64,
+    /// Offer permessage-deflate to WebSocket clients that ask for it.
+    #[arg(long)]
+    deflate: bool,
+}
+
+impl ServeArgs {
+    /// The idle timeout in seconds, 0 for none: the flag, or the protocol's default.
+    fn idle_timeout_secs(&self) -> u64 {
+        self.idle_timeout
+            .unwrap_or(if matches!(self.protocol, ProtocolName::Ws) {
+                0
+            } else {
+                60
+            })
+    }
+}
+
+/// How the bound socket is served.
+#[derive(Clone, Copy)]
+enum Run {
+    Reactor,
+    Reactors(usize),
+    Blocking(Model),
+}
+
+/// Runs `serve`.
+pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
+    let idle_timeout = args.idle_timeout_secs();
+    let config = Config {
+        max_connections: args.max_connections as usize,
+        idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
+        workers: args.workers as usize,
+        max_line_bytes: args.max_line_bytes,
+        max_frame_bytes: args.max_frame_bytes,
+        ws_max_message_bytes: args.max_message_bytes,
+        ws_ping_interval: match seconds(args.ping_interval, "--ping-interval")? {
+            interval if interval.is_zero() => None,
+            interval => Some(interval),
+        },
+        ws_ping_timeout: seconds(args.ping_timeout, "--ping-timeout")?,
+        pool_threads: args
+            .threads
+            .map_or(Config::default().pool_threads, |n| n as usize),
+        reuse_port: matches!(args.model, ModelName::Reactors),
+        ..Config::default()
+    };
+    if args.metrics_addr.is_some() && matches!(args.model, ModelName::Prefork) {
+        return Err(Error::Config(
+            "--metrics-addr does not combine with --model prefork: each worker process keeps \
+             its own counters (serve --protocol http to scrape a worker at /metrics)"
+                .into(),
+        ));
+    }
+    if args.udp && !matches!(args.protocol, ProtocolName::Echo) {
+        return Err(Error::Config(
+            "datagram servers (--udp) serve the echo protocol only".into(),
+        ));
+    }
+    // A prefork worker serves the socket its supervisor handed over, on one reactor.
+    if let Some(inherited) = prefork::inherited(config.clone())? {
+        return match inherited {
+            Inherited::Stream(server) => serve_stream(server, &args, Run::Reactor),
+            Inherited::Datagram(server) => serve_datagrams(server, Run::Reactor),
+        };
+    }
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = match args.model {
+        ModelName::Reactor | ModelName::Prefork => Run::Reactor,
+        ModelName::Reactors => Run::Reactors(args.threads.map_or(parallelism, |n| n as usize)),
+        ModelName::Threads => Run::Blocking(Model::ThreadPerConnection {
+            block_on_close: true,
+        }),
+        ModelName::Pool => Run::Blocking(Model::ThreadPool),
+    };
+    let bound = match (&args.unix, args.udp) {
+        (Some(path), false) => Bound::Stream(Server::bind_unix_with(path, config)?),
+        (None, false) => Bound::Stream(Server::bind_with(args.addr.as_str(), config)?),
+        (Some(path), true) => Bound::Datagram(DatagramServer::bind_unix_with(path, config)?),
+        (None, true) => Bound::Datagram(DatagramServer::bind_with(args.addr.as_str(), config)?),
+    };
+    let listen_addr = match &bound {
+        Bound::Stream(server) => server.listen_addr().clone(),
+        Bound::Datagram(server) => server.listen_addr().clone(),
+    };
+    println!("listening on {listen_addr}");
+    if matches!(args.model, ModelName::Prefork) {
+        let _ = std::io::stdout().flush();
+        let processes = args.processes.map_or(parallelism, |n| n as usize);
+        return supervise(&bound, processes, &args);
+    }
+    let metrics = match &args.metrics_addr {
+        Some(addr) => {
+            let handle = match &bound {
+                Bound::Stream(server) => server.handle(),
+                Bound::Datagram(server) => server.handle(),
+            };
+            let metrics = handle.serve_metrics(addr.as_str())?;
+            // Not println!: a reader that took only the first line must not make this panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "metrics at http://{}/metrics",
+                metrics.local_addr()
+            );
+            Some(metrics)
+        }
+        None => None,
+    };
+    // The first line is a contract with scripts: make sure it leaves now, not at exit.
+    let _ = std::io::stdout().flush();
+    let served = match bound {
+        Bound::Stream(server) => serve_stream(server, &args, run),
+        Bound::Datagram(server) => serve_datagrams(server, run),
+    };
+    if let Some(metrics) = metrics {
+        if let Err(error) = metrics.shutdown() {
+            log::warn!("metrics listener: {error}");
+        }
+    }
+    served
+}
+
+/// A bound socket of either kind.
+enum Bound {
+    Stream(Server),
+    Datagram(DatagramServer),
+}
+
+fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Result<()> {
+    let (max_line, max_frame) = (
+        server.config().max_line_bytes,
+        server.config().max_frame_bytes,
+    );
+    match args.protocol {
+        ProtocolName::Echo => run_stream(server, run, || Echo),
+        ProtocolName::Line => run_stream(server, run, move || Line::new(max_line)),
+        ProtocolName::Frame => run_stream(server, run, move || Frame::new(max_frame)),
+        ProtocolName::Http => {
+            let limits = HttpLimits::from_config(server.config());
+            let handle = server.handle();
+            let router = Arc::new(
+                Router::new()
+                    .get("/", |_| Response::text(200, "Hello, World!"))
+                    .get("/metrics", move |_| Response::metrics(&handle.stats())),
+            );
+            run_stream(server, run, move || Http::new(router.clone(), limits))
+        }
+        ProtocolName::Ws => {
+            let limits = HttpLimits::from_config(server.config());
+            let mut options = WebSocketOptions::from_config(server.config());
+            if args.deflate {
+                options = options.with_deflate(DeflateOptions::default());
+            }
+            let handle = server.handle();
+            let router = Arc::new(
+                Router::new()
+                    .get("/metrics", move |_| Response::metrics(&handle.stats()))
+                    .websocket("/*", WebSocketRoute::new(options, |_| ws::Echo)),
+            );
+            run_stream(server, run, move || Http::new(router.clone(), limits))
+        }
+    }
+}
+
+fn run_stream<P, F>(server: Server, run: Run, factory: F) -> socketserver::Result<()>
+where
+    P: Protocol + Send,
+    F: FnMut() -> P + Clone + Send + 'static,
+{
+    match run {
+        Run::Reactor => server.serve(factory),
+        Run::Reactors(loops) => server.serve_reactors(loops, factory),
+        Run::Blocking(model) => server.serve_blocking(model, factory),
+    }
+}
+
+fn serve_datagrams(server: DatagramServer, run: Run) -> socketserver::Result<()> {
+    match run {
+        Run::Reactor => server.serve(|| Echo),
+        Run::Reactors(loops) => server.serve_reactors(loops, || Echo),
+        Run::Blocking(model) => server.serve_blocking(model, || Echo),
+    }
+}
+
+/// Runs `processes` copies of this program as prefork workers on the bound socket.
+fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver::Result<()> {
+    let program = std::env::current_exe()
+        .map_err(|error| Error::io("finding this program to start workers", error))?;
+    let protocol = args
+        .protocol
+        .to_possible_value()
+        .map(|value| value.get_name().to_string())
+        .unwrap_or_default();
+    let mut worker_args = vec![
+        "serve".to_string(),
+        "--model=reactor".into(),
+        format!("--protocol={protocol}"),
+        format!("--max-connections={}", args.max_connections),
+        format!("--idle-timeout={}", args.idle_timeout_secs()),
+        format!("--workers={}", args.workers),
+        format!("--max-line-bytes={}", args.max_line_bytes),
+        format!("--max-frame-bytes={}", args.max_frame_bytes),
+        format!("--max-message-bytes={}", args.max_message_bytes),
+        format!("--ping-interval={}", args.ping_interval),
+        format!("--ping-timeout={}", args.ping_timeout),
+    ];
+    if args.deflate {
+        worker_args.push("--deflate".into());
+    }
+    if args.udp {
+        worker_args.push("--udp".into());
+    }
+    let supervisor = Supervisor::new(processes)?;
+    let command = |_index| {
+        let mut command = std::process::Command::new(&program);
+        command.args(&worker_args);
+        command
+    };
+    match bound {
+        Bound::Stream(server) => supervisor.run(server, command),
+        Bound::Datagram(server) => supervisor.run(server, command),
+    }
+}
