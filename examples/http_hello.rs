@@ -18,7 +18,7 @@ fn main() -> socketserver::Result<()> {
             .get("/", |_| Response::text(200, "Hello, World!"))
             // Runs on the worker pool; pipelined answers after it wait their turn.
             .route_offloaded("POST", "/length", |request| {
-                Response::json(200, format!("{{\"bytes\":{}}}", request.body.len()))
+                Response::json(200, format!("{{\"bytes\":{}}}", request.body().len()))
             })
             .get("/metrics", move |_| Response::metrics(&stats.stats())),
     );

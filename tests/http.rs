@@ -20,17 +20,16 @@ fn router(gate: Option<crossbeam_channel::Receiver<()>>) -> Router {
     let router = Router::new()
         .get("/", |_| Response::text(200, "Hello, World!"))
         .get("/fast/*", |request: &Request| {
-            Response::text(200, request.path.clone())
+            Response::text(200, request.path().to_string())
         })
         .post("/echo", |request: &Request| {
             let trailers: Vec<String> = request
-                .trailers
-                .iter()
+                .trailers()
                 .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(value)))
                 .collect();
             Response::new(200)
                 .header("X-Trailers", trailers.join(","))
-                .body(request.body.clone())
+                .body(request.body().to_vec())
         });
     match gate {
         Some(gate) => router.route_offloaded("GET", "/slow", move |_| {
@@ -518,7 +517,10 @@ fn an_absolute_form_target_keeps_its_query_in_any_scheme_case() {
     let record = seen.clone();
     let router = Router::new().get("/*", move |request: &Request| {
         let mut seen = record.lock().expect("lock");
-        seen.push((request.path.clone(), request.query.clone()));
+        seen.push((
+            request.path().to_string(),
+            request.query().map(str::to_string),
+        ));
         Response::new(204)
     });
     let server = serve(test_config(), router);

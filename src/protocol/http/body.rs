@@ -2,6 +2,8 @@
 //! hex, chunk extensions ignored, trailers kept), decoded incrementally from whatever input has
 //! arrived. Every limit is checked before the bytes it would cost are kept.
 
+use super::message::Request;
+
 /// Longest chunk-size line (size, extensions, CRLF) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -30,42 +32,52 @@ pub(super) enum Chunk {
 /// A body that breaks the framing or a limit: the status to answer and why.
 pub(super) type Rejection = (u16, &'static str);
 
-/// The body being received, with the limits it is held to.
+/// Where the body being received has got, and the limits it is held to. The body and its
+/// trailers go into the [`Request`] the head was parsed into.
 pub(super) struct BodyReader {
     pub(super) framing: Framing,
-    pub(super) body: Vec<u8>,
-    pub(super) trailers: Vec<(String, Vec<u8>)>,
+    /// Body bytes received so far.
+    body_bytes: usize,
     trailer_bytes: usize,
     max_body: usize,
     max_trailer_bytes: usize,
 }
 
 impl BodyReader {
-    pub(super) fn new(framing: Framing, max_body: usize, max_trailer_bytes: usize) -> BodyReader {
-        let expected = match framing {
-            // Allocate what was announced (already checked against the limit) up front.
-            Framing::Length(length) => length,
-            Framing::Chunked(_) => 0,
-        };
+    /// A reader of a body framed by `framing`, into `request`.
+    pub(super) fn new(
+        framing: Framing,
+        max_body: usize,
+        max_trailer_bytes: usize,
+        request: &mut Request,
+    ) -> BodyReader {
+        if let Framing::Length(length) = framing {
+            // Room for what was announced (already checked against the limit), up front.
+            request.body_mut().reserve(length);
+        }
         BodyReader {
             framing,
-            body: Vec::with_capacity(expected),
-            trailers: Vec::new(),
+            body_bytes: 0,
             trailer_bytes: 0,
             max_body,
             max_trailer_bytes,
         }
     }
 
-    /// Takes what it can of `input`; returns the bytes used and whether the body is complete.
-    pub(super) fn read(&mut self, input: &[u8]) -> Result<(usize, bool), Rejection> {
+    /// Takes what it can of `input` into `request`; returns the bytes used and whether the body
+    /// is complete.
+    pub(super) fn read(
+        &mut self,
+        input: &[u8],
+        request: &mut Request,
+    ) -> Result<(usize, bool), Rejection> {
         let mut used = 0;
         loop {
             let rest = &input[used..];
             match &mut self.framing {
                 Framing::Length(remaining) => {
                     let take = (*remaining).min(rest.len());
-                    self.body.extend_from_slice(&rest[..take]);
+                    request.body_mut().extend_from_slice(&rest[..take]);
                     *remaining -= take;
                     return Ok((used + take, *remaining == 0));
                 }
@@ -74,7 +86,7 @@ impl BodyReader {
                         return Ok((used, false));
                     };
                     let size = chunk_size(&rest[..line.content])?;
-                    if size > self.max_body.saturating_sub(self.body.len()) {
+                    if size > self.max_body.saturating_sub(self.body_bytes) {
                         return Err((413, "request body too large"));
                     }
                     used += line.total;
@@ -89,7 +101,8 @@ impl BodyReader {
                     if take == 0 {
                         return Ok((used, false));
                     }
-                    self.body.extend_from_slice(&rest[..take]);
+                    request.body_mut().extend_from_slice(&rest[..take]);
+                    self.body_bytes += take;
                     *remaining -= take;
                     used += take;
                     if *remaining == 0 {
@@ -119,8 +132,8 @@ impl BodyReader {
                     if line.content == 0 {
                         return Ok((used, true));
                     }
-                    let field = parse_field(&rest[..line.content])?;
-                    self.trailers.push(field);
+                    let (name, value) = parse_field(&rest[..line.content])?;
+                    request.push_trailer(name, value);
                 }
             }
         }
@@ -188,8 +201,8 @@ fn chunk_size(line: &[u8]) -> Result<usize, Rejection> {
     Ok(size)
 }
 
-/// `name: value` of a trailer field.
-fn parse_field(line: &[u8]) -> Result<(String, Vec<u8>), Rejection> {
+/// `name: value` of a trailer field; the name is a token.
+fn parse_field(line: &[u8]) -> Result<(&[u8], &[u8]), Rejection> {
     let colon = line
         .iter()
         .position(|&byte| byte == b':')
@@ -199,7 +212,7 @@ fn parse_field(line: &[u8]) -> Result<(String, Vec<u8>), Rejection> {
         return Err((400, "malformed trailer field"));
     }
     let value = line[colon + 1..].trim_ascii();
-    Ok((String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+    Ok((name, value))
 }
 
 /// A `tchar` of RFC 9110's `token`.
@@ -213,12 +226,41 @@ mod tests {
 
     type Fields = Vec<(String, Vec<u8>)>;
 
+    /// A body reader with the request it fills.
+    struct Reader {
+        reader: BodyReader,
+        request: Request,
+    }
+
+    impl Reader {
+        fn new(framing: Framing, max_body: usize, max_trailer_bytes: usize) -> Reader {
+            let mut request = Request::default();
+            let reader = BodyReader::new(framing, max_body, max_trailer_bytes, &mut request);
+            Reader { reader, request }
+        }
+
+        fn read(&mut self, input: &[u8]) -> Result<(usize, bool), Rejection> {
+            self.reader.read(input, &mut self.request)
+        }
+
+        fn body(&self) -> &[u8] {
+            self.request.body()
+        }
+
+        fn trailers(&self) -> Fields {
+            self.request
+                .trailers()
+                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .collect()
+        }
+    }
+
     fn decode_whole(input: &[u8]) -> Result<(Vec<u8>, Fields), Rejection> {
-        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
+        let mut reader = Reader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
         let (used, done) = reader.read(input)?;
         assert!(done, "incomplete after {used} of {}", input.len());
         assert_eq!(used, input.len());
-        Ok((reader.body, reader.trailers))
+        Ok((reader.body().to_vec(), reader.trailers()))
     }
 
     #[test]
@@ -233,7 +275,7 @@ mod tests {
     fn every_split_decodes_the_same() {
         let input = b"3\r\nabc\r\na\r\n0123456789\r\n0\r\nT: v\r\n\r\n";
         for split in 0..=input.len() {
-            let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
+            let mut reader = Reader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
             let (first, done) = reader.read(&input[..split]).expect("valid");
             assert_eq!(done, split == input.len(), "split at {split}");
             // The driver keeps what was not used and offers it again with what follows.
@@ -244,7 +286,7 @@ mod tests {
             };
             assert!(done, "split at {split}");
             assert_eq!(first + second, input.len());
-            assert_eq!(reader.body, b"abc0123456789");
+            assert_eq!(reader.body(), b"abc0123456789");
         }
     }
 
@@ -257,19 +299,19 @@ mod tests {
             b"ffffffffffffffffff\r\n",
             b"5\nhello",
         ] {
-            let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
+            let mut reader = Reader::new(Framing::Chunked(Chunk::Size), 1 << 20, 1024);
             assert_eq!(reader.read(bad).map_err(|e| e.0), Err(400), "{bad:?}");
         }
     }
 
     #[test]
     fn limits_are_checked_before_bytes_are_kept() {
-        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 10, 1024);
+        let mut reader = Reader::new(Framing::Chunked(Chunk::Size), 10, 1024);
         assert_eq!(reader.read(b"b\r\n").map_err(|e| e.0), Err(413));
-        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, 16);
+        let mut reader = Reader::new(Framing::Chunked(Chunk::Trailers), 10, 16);
         let long = b"X-Long-Trailer: 0123456789\r\n";
         assert_eq!(reader.read(long).map_err(|e| e.0), Err(431));
-        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Size), 10, 16);
+        let mut reader = Reader::new(Framing::Chunked(Chunk::Size), 10, 16);
         assert_eq!(reader.read(&[b'1'; 2000]).map_err(|e| e.0), Err(400));
     }
 
@@ -283,7 +325,7 @@ mod tests {
 
     /// Feeds `input` to a reader split at every byte (as the driver would, keeping what was not
     /// used); the answer must not depend on the split.
-    fn read_split(mut make: impl FnMut() -> BodyReader, input: &[u8]) -> Result<bool, u16> {
+    fn read_split(mut make: impl FnMut() -> Reader, input: &[u8]) -> Result<bool, u16> {
         let mut outcome = None;
         for split in 0..=input.len() {
             let mut reader = make();
@@ -306,7 +348,7 @@ mod tests {
     #[test]
     fn trailers_are_held_to_their_limit_at_the_boundary() {
         let limit = 64;
-        let trailers = |max| move || BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, max);
+        let trailers = |max| move || Reader::new(Framing::Chunked(Chunk::Trailers), 10, max);
         assert_eq!(
             read_split(trailers(limit), &trailers_of(limit - 1)),
             Ok(true)
@@ -328,15 +370,15 @@ mod tests {
         let mut line = b"X:".to_vec();
         line.resize(limit - 2, b'a');
         line.extend_from_slice(b"\r\n");
-        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, limit);
+        let mut reader = Reader::new(Framing::Chunked(Chunk::Trailers), 10, limit);
         assert_eq!(reader.read(&line).map_err(|e| e.0), Err(431));
         let mut flood = line.clone();
         for _ in 0..100 {
             flood.extend_from_slice(&line);
         }
-        let mut reader = BodyReader::new(Framing::Chunked(Chunk::Trailers), 10, limit);
+        let mut reader = Reader::new(Framing::Chunked(Chunk::Trailers), 10, limit);
         assert_eq!(reader.read(&flood).map_err(|e| e.0), Err(431));
-        assert_eq!(reader.trailers.len(), 1, "nothing past the limit is kept");
+        assert_eq!(reader.trailers().len(), 1, "nothing past the limit is kept");
     }
 
     #[test]
@@ -348,7 +390,7 @@ mod tests {
             line.extend_from_slice(b"a\r\n0\r\n\r\n");
             line
         };
-        let reader = || BodyReader::new(Framing::Chunked(Chunk::Size), 10, 1024);
+        let reader = || Reader::new(Framing::Chunked(Chunk::Size), 10, 1024);
         assert_eq!(read_split(reader, &size_line(MAX_CHUNK_LINE - 1)), Ok(true));
         assert_eq!(read_split(reader, &size_line(MAX_CHUNK_LINE)), Ok(true));
         assert_eq!(read_split(reader, &size_line(MAX_CHUNK_LINE + 1)), Err(400));
@@ -367,7 +409,7 @@ mod tests {
             coded.extend_from_slice(b"\r\n0\r\n\r\n");
             coded
         };
-        let reader = || BodyReader::new(Framing::Chunked(Chunk::Size), limit, 1024);
+        let reader = || Reader::new(Framing::Chunked(Chunk::Size), limit, 1024);
         assert_eq!(read_split(reader, &body(limit - 1)), Ok(true));
         assert_eq!(read_split(reader, &body(limit)), Ok(true));
         assert_eq!(read_split(reader, &body(limit + 1)), Err(413));

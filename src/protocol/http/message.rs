@@ -3,43 +3,246 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// An HTTP request, head and body, as a handler sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Request {
-    /// The method, as sent (`GET`, `POST`, …).
-    pub method: String,
-    /// The path of the request target, without the query.
-    pub path: String,
-    /// The query (after `?`), if any.
-    pub query: Option<String>,
-    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub minor_version: u8,
-    /// Header fields in the order sent, names as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The body, de-chunked.
-    pub body: Vec<u8>,
-    /// Trailer fields of a chunked body.
-    pub trailers: Vec<(String, Vec<u8>)>,
+/// Where a piece of a request lies in its field storage: `start..end`. Heads and trailers are
+/// bounded by [`Config::http_max_head_bytes`](crate::Config::http_max_head_bytes), so 32 bits
+/// hold any offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Span {
+    start: u32,
+    end: u32,
 }
 
-impl Request {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_slice())
+impl Span {
+    fn of(range: std::ops::Range<usize>) -> Span {
+        Span {
+            start: range.start as u32,
+            end: range.end as u32,
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
     }
 }
 
-/// An HTTP response, built by a handler. Static text (header names, a fixed body) is borrowed,
-/// not copied, so a constant answer costs no allocation beyond its header list.
+/// A header or trailer field: its name and value in the field storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Field {
+    name: Span,
+    value: Span,
+}
+
+/// An HTTP request, head and body, as a handler sees it.
+///
+/// The head's bytes are kept once, in one buffer the connection reuses from request to
+/// request: method, path, query and every field are ranges into it, read through the
+/// accessors below, so a request costs no allocation once the connection's buffers have grown
+/// to fit (the storage a handler sees is the connection's, valid while the handler runs).
+/// Names compare case-insensitively without being copied.
+///
+/// ```
+/// use socketserver::protocol::http::Request;
+///
+/// let request = Request::new("POST", "/items?sort=name")
+///     .with_header("Content-Type", "text/plain")
+///     .with_body("milk");
+/// assert_eq!(request.method(), "POST");
+/// assert_eq!(request.path(), "/items");
+/// assert_eq!(request.query(), Some("sort=name"));
+/// assert_eq!(request.header("content-type"), Some(&b"text/plain"[..]));
+/// assert_eq!(request.body(), b"milk");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Request {
+    /// The request line's pieces and every field's name and value, back to back.
+    storage: Vec<u8>,
+    method: Span,
+    path: Span,
+    query: Option<Span>,
+    minor_version: u8,
+    /// Header fields in the order sent.
+    headers: Vec<Field>,
+    /// Trailer fields of a chunked body, in the order sent.
+    trailers: Vec<Field>,
+    /// The body, de-chunked.
+    body: Vec<u8>,
+}
+
+/// Past this capacity a request's body buffer is freed after the request instead of kept for
+/// the next: a connection that once received a large body does not hold its size for good.
+const KEPT_BODY_CAPACITY: usize = 64 * 1024;
+
+impl Request {
+    /// An HTTP/1.1 request for `target` (a path, optionally with `?query`), with no headers
+    /// and no body: for calling handlers directly, in tests or in code that routes by itself.
+    pub fn new(method: &str, target: &str) -> Request {
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let mut request = Request {
+            minor_version: 1,
+            ..Request::default()
+        };
+        request.method = request.store(method.as_bytes());
+        request.path = request.store(path.as_bytes());
+        request.query = query.map(|query| request.store(query.as_bytes()));
+        request
+    }
+
+    /// The same request with the header field `name: value` added after the others.
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Request {
+        self.push_header(name.as_bytes(), value.as_ref());
+        self
+    }
+
+    /// The same request with `body`.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = body.into();
+        self
+    }
+
+    /// The method, as sent (`GET`, `POST`, …).
+    pub fn method(&self) -> &str {
+        self.text(self.method)
+    }
+
+    /// The path of the request target, without the query.
+    pub fn path(&self) -> &str {
+        self.text(self.path)
+    }
+
+    /// The query (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.query.map(|span| self.text(span))
+    }
+
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub fn minor_version(&self) -> u8 {
+        self.minor_version
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.fields(&self.headers)
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    /// Every value of header `name` (case-insensitive), in the order sent.
+    pub fn header_values<'r>(&'r self, name: &'r str) -> impl Iterator<Item = &'r [u8]> + 'r {
+        self.fields(&self.headers)
+            .filter(move |(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    /// Header fields in the order sent, names as sent.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields(&self.headers)
+    }
+
+    /// Trailer fields of a chunked body, in the order sent.
+    pub fn trailers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields(&self.trailers)
+    }
+
+    /// The body, de-chunked.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Takes the body out of the request (leaving it empty), to keep it without a copy.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+
+    fn fields<'r>(&'r self, fields: &'r [Field]) -> impl Iterator<Item = (&'r str, &'r [u8])> {
+        fields
+            .iter()
+            .map(move |field| (self.text(field.name), &self.storage[field.value.range()]))
+    }
+
+    /// The text at `span`. Every span that is read as text was stored from a `&str` (or from
+    /// bytes checked to be a token), so the check never fails; it costs a few nanoseconds on
+    /// names and paths this short.
+    fn text(&self, span: Span) -> &str {
+        std::str::from_utf8(&self.storage[span.range()]).unwrap_or_default()
+    }
+
+    /// Appends `bytes` to the storage; their span.
+    fn store(&mut self, bytes: &[u8]) -> Span {
+        let start = self.storage.len();
+        self.storage.extend_from_slice(bytes);
+        Span::of(start..self.storage.len())
+    }
+
+    /// Empties the request for the next one, keeping its buffers (a large body's excepted).
+    pub(super) fn clear(&mut self) {
+        self.storage.clear();
+        self.headers.clear();
+        self.trailers.clear();
+        if self.body.capacity() > KEPT_BODY_CAPACITY {
+            self.body = Vec::new();
+        } else {
+            self.body.clear();
+        }
+        self.method = Span::default();
+        self.path = Span::default();
+        self.query = None;
+        self.minor_version = 1;
+    }
+
+    /// Sets the request line: method, path, query and version.
+    pub(super) fn set_line(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        minor_version: u8,
+    ) {
+        self.method = self.store(method.as_bytes());
+        self.path = self.store(path.as_bytes());
+        self.query = query.map(|query| self.store(query.as_bytes()));
+        self.minor_version = minor_version;
+    }
+
+    /// Adds a header field; `name` must be text (httparse gives a token).
+    pub(super) fn push_header(&mut self, name: &[u8], value: &[u8]) {
+        let field = Field {
+            name: self.store(name),
+            value: self.store(value),
+        };
+        self.headers.push(field);
+    }
+
+    /// Adds a trailer field; `name` must be a token.
+    pub(super) fn push_trailer(&mut self, name: &[u8], value: &[u8]) {
+        let field = Field {
+            name: self.store(name),
+            value: self.store(value),
+        };
+        self.trailers.push(field);
+    }
+
+    /// The body buffer, for the body reader to fill.
+    pub(super) fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+}
+
+/// An HTTP response, built by a handler. Static text (the content type, header names, a fixed
+/// body) is borrowed, not copied, so a constant answer such as `Response::text(200, "Hello")`
+/// costs no allocation at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code.
     pub status: u16,
+    /// The `Content-Type`, written before the other headers (set by [`Response::text`],
+    /// [`Response::json`], or a `Content-Type` given to [`Response::header`]).
+    pub content_type: Option<Cow<'static, str>>,
     /// Header fields (`Content-Length`, `Connection`, `Transfer-Encoding`, `Date` and `Server`
     /// are written by the server and dropped from here).
     pub headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
@@ -52,6 +255,7 @@ impl Response {
     pub fn new(status: u16) -> Response {
         Response {
             status,
+            content_type: None,
             headers: Vec::new(),
             body: Cow::Borrowed(&[]),
         }
@@ -60,14 +264,14 @@ impl Response {
     /// A `text/plain; charset=utf-8` response (a `&'static str` body is not copied).
     pub fn text(status: u16, body: impl Into<Cow<'static, str>>) -> Response {
         Response::new(status)
-            .header("Content-Type", "text/plain; charset=utf-8")
+            .content_type("text/plain; charset=utf-8")
             .body(text_bytes(body.into()))
     }
 
     /// An `application/json` response; `json` must already be JSON text.
     pub fn json(status: u16, json: impl Into<Cow<'static, str>>) -> Response {
         Response::new(status)
-            .header("Content-Type", "application/json")
+            .content_type("application/json")
             .body(text_bytes(json.into()))
     }
 
@@ -75,17 +279,27 @@ impl Response {
     /// them; see [`crate::metrics::prometheus`].
     pub fn metrics(stats: &crate::StatsSnapshot) -> Response {
         Response::new(200)
-            .header("Content-Type", "text/plain; version=0.0.4")
+            .content_type("text/plain; version=0.0.4")
             .body(crate::metrics::prometheus(stats).into_bytes())
     }
 
-    /// Adds a header field.
+    /// Sets the `Content-Type`.
+    pub fn content_type(mut self, value: impl Into<Cow<'static, str>>) -> Response {
+        self.content_type = Some(value.into());
+        self
+    }
+
+    /// Adds a header field (a `Content-Type` replaces the content type).
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,
         value: impl Into<Cow<'static, str>>,
     ) -> Response {
-        self.headers.push((name.into(), value.into()));
+        let name = name.into();
+        if name.eq_ignore_ascii_case("content-type") {
+            return self.content_type(value);
+        }
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -191,6 +405,14 @@ pub(crate) fn write_response_dated(
     } else if keep_alive_1_0 {
         out.extend_from_slice(b"\r\nConnection: keep-alive");
     }
+    if let Some(content_type) = response
+        .content_type
+        .as_deref()
+        .filter(|value| !has_line_break(value))
+    {
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+    }
     for (name, value) in &response.headers {
         if SERVER_HEADERS
             .iter()
@@ -234,14 +456,17 @@ fn push_number(out: &mut Vec<u8>, mut value: usize) {
 struct DateCache {
     /// The moment (monotonic) from which the text may be a second old: refresh then.
     valid_until: Option<Instant>,
-    /// The IMF-fixdate text.
-    text: String,
+    /// The IMF-fixdate text (always 29 bytes).
+    text: [u8; DATE_LENGTH],
 }
+
+/// The length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+const DATE_LENGTH: usize = 29;
 
 thread_local! {
     /// Formatted once a second per thread.
     static DATE: RefCell<DateCache> = const {
-        RefCell::new(DateCache { valid_until: None, text: String::new() })
+        RefCell::new(DateCache { valid_until: None, text: [b' '; DATE_LENGTH] })
     };
 }
 
@@ -262,11 +487,15 @@ pub(crate) fn with_date_at<R>(now: Instant, write: impl FnOnce(&[u8]) -> R) -> R
                 .map_or(Duration::ZERO, |since| {
                     Duration::from_nanos(since.subsec_nanos().into())
                 });
-            cache.text = httpdate::fmt_http_date(wall);
+            // Formatted in place: not even the once-a-second refresh allocates.
+            let mut text: &mut [u8] = &mut cache.text;
+            if let Err(error) = write!(text, "{}", httpdate::HttpDate::from(wall)) {
+                log::warn!("formatting the Date header: {error}");
+            }
             // `now` is no later than `wall`, so this ends at or before the second's end.
             cache.valid_until = Some(now + (Duration::from_secs(1) - into_second));
         }
-        write(cache.text.as_bytes())
+        write(&cache.text)
     })
 }
 

@@ -135,16 +135,17 @@ struct Slot {
 enum Phase {
     /// Waiting for (the rest of) a request head.
     Head,
-    /// Reading the body of a request whose head is in.
-    Body(Box<InBody>),
+    /// Reading the body of the request whose head is in.
+    Body(BodyReader, Meta),
     /// No more requests are read; the connection closes after the queued answers.
     Done,
 }
 
-struct InBody {
+/// What an offloaded handler sends back: its answer, and the request it was given, whose
+/// buffers the connection reuses.
+struct Offloaded {
+    response: Response,
     request: Request,
-    meta: Meta,
-    reader: BodyReader,
 }
 
 /// Which timer is armed.
@@ -176,6 +177,11 @@ struct Requests {
     router: Arc<Router>,
     limits: HttpLimits,
     phase: Phase,
+    /// The request being read (or just read): its buffers are reused by the next one.
+    request: Request,
+    /// Requests given back by offloaded handlers, their buffers ready for reuse (at most
+    /// `max_pipeline`).
+    spare: Vec<Request>,
     /// Bytes of the current head already searched for its end.
     scanned: usize,
     queue: VecDeque<Slot>,
@@ -203,6 +209,8 @@ impl Requests {
             router,
             limits,
             phase: Phase::Head,
+            request: Request::default(),
+            spare: Vec::new(),
             scanned: 0,
             queue: VecDeque::new(),
             next_tag: 0,
@@ -254,24 +262,28 @@ impl Requests {
         self.phase = Phase::Done;
     }
 
-    /// A whole request: routes it and queues its answer (or its place, if offloaded).
-    fn dispatch(&mut self, request: Request, mut meta: Meta, ctx: &mut Context<'_>) {
+    /// The request now whole in `self.request`: routes it and queues its answer (or its place,
+    /// if offloaded).
+    fn dispatch(&mut self, mut meta: Meta, ctx: &mut Context<'_>) {
         let started = self.take_started(ctx.now());
         // A request finished after a graceful shutdown began is the connection's last.
         meta.close |= self.shutting_down;
-        let answer = match self.router.find(&request.method, &request.path) {
-            None => Answer::Ready(self.not_routed(&request)),
-            Some(Found {
-                runs: Runs::Inline,
-                handler,
-            }) => Answer::Ready(handler(&request)),
-            Some(Found {
-                runs: Runs::Offloaded,
-                handler,
-            }) => {
+        let request = &self.request;
+        let answer = match self.router.route_for(request.method(), request.path()) {
+            None => Answer::Ready(self.not_routed(request)),
+            Some((Runs::Inline, handler)) => Answer::Ready(handler(request)),
+            Some((Runs::Offloaded, handler)) => {
+                let handler = handler.clone();
                 let tag = self.next_tag;
                 self.next_tag += 1;
-                match ctx.offload(tag, move || handler(&request)) {
+                // The request goes with the job; its buffers come back with the answer.
+                let next = self.spare.pop().unwrap_or_default();
+                let request = std::mem::replace(&mut self.request, next);
+                let job = move || {
+                    let response = handler(&request);
+                    Offloaded { response, request }
+                };
+                match ctx.offload(tag, job) {
                     Ok(()) => Answer::Pending(tag),
                     Err(error) => {
                         log::debug!("http: offload refused: {error}");
@@ -294,12 +306,12 @@ impl Requests {
     /// The answer to a request no route takes: 405 with the methods the path does allow, or
     /// 404 if none does.
     fn not_routed(&self, request: &Request) -> Response {
-        if request.method == "GET" && self.router.find_websocket(&request.path).is_some() {
+        if request.method() == "GET" && self.router.find_websocket(request.path()).is_some() {
             return Response::text(426, "this path speaks WebSocket\n")
                 .header("Upgrade", "websocket")
                 .header("Connection", "Upgrade");
         }
-        match self.router.allowed_methods(&request.path) {
+        match self.router.allowed_methods(request.path()) {
             Some(allow) => Response::text(405, "method not allowed\n").header("Allow", allow),
             None => Response::text(404, "not found\n"),
         }
@@ -445,10 +457,10 @@ impl Requests {
                     // arrives in pieces is parsed only when the search for its end, resumed
                     // where it stopped, finds it: linear, however small the pieces.
                     let parsed = if self.scanned == 0 {
-                        parse_head(rest, &self.limits)
+                        parse_head(rest, &self.limits, &mut self.request)
                     } else {
                         match self.head_end(rest) {
-                            Some(end) => parse_head(&rest[..end], &self.limits),
+                            Some(end) => parse_head(&rest[..end], &self.limits, &mut self.request),
                             None => Ok(None),
                         }
                     };
@@ -490,27 +502,22 @@ impl Requests {
                         }
                     }
                 }
-                Phase::Body(mut in_body) => match in_body.reader.read(&input[at..]) {
-                    Err((status, why)) => {
-                        self.reject(status, why, ctx.now());
-                        return (input.len(), None);
-                    }
-                    Ok((used, done)) => {
-                        at += used;
-                        if !done {
-                            self.phase = Phase::Body(in_body);
-                            break;
+                Phase::Body(mut reader, meta) => {
+                    match reader.read(&input[at..], &mut self.request) {
+                        Err((status, why)) => {
+                            self.reject(status, why, ctx.now());
+                            return (input.len(), None);
                         }
-                        let InBody {
-                            mut request,
-                            meta,
-                            reader,
-                        } = *in_body;
-                        request.body = reader.body;
-                        request.trailers = reader.trailers;
-                        self.dispatch(request, meta, ctx);
+                        Ok((used, done)) => {
+                            at += used;
+                            if !done {
+                                self.phase = Phase::Body(reader, meta);
+                                break;
+                            }
+                            self.dispatch(meta, ctx);
+                        }
                     }
-                },
+                }
             }
         }
         (at, None)
@@ -518,10 +525,10 @@ impl Requests {
 
     /// The WebSocket route an upgrade request (`Upgrade: websocket`) is addressed to, if any.
     fn upgrade_route(&self, head: &Head) -> Option<Arc<WebSocketRoute>> {
-        if !handshake::is_upgrade(&head.request) {
+        if !head.upgrade {
             return None;
         }
-        self.router.find_websocket(&head.request.path)
+        self.router.find_websocket(self.request.path())
     }
 
     /// Answers an upgrade request: `101 Switching Protocols` and the open WebSocket, or the
@@ -533,7 +540,7 @@ impl Requests {
         ctx: &mut Context<'_>,
     ) -> Option<WebSocketConnection> {
         let started = self.take_started(ctx.now());
-        let request = head.request;
+        let request = &self.request;
         // A refusal is an ordinary answer; it ends the connection if the request asked to, if
         // the server is shutting down, or if a body follows (a body behind an upgrade request
         // is not read).
@@ -566,11 +573,11 @@ impl Requests {
             deflate: options.deflate.as_ref(),
             origin_allowed: &origin_allowed,
         };
-        let accepted = match handshake::check(&request, &terms) {
+        let accepted = match handshake::check(request, &terms) {
             Ok(accepted) => accepted,
             Err(response) => return refused(self, response, ctx),
         };
-        let handler = match route.make_handler(&request) {
+        let handler = match route.make_handler(request) {
             Ok(handler) => handler,
             Err(response) => return refused(self, response, ctx),
         };
@@ -591,18 +598,18 @@ impl Requests {
     /// A head is in: reads its body next, or dispatches it at once.
     fn start_request(&mut self, head: Head, body_arriving: bool, ctx: &mut Context<'_>) {
         let Head {
-            request,
             framing,
             keep_alive,
             expect_continue,
+            upgrade: _,
         } = head;
         let meta = Meta {
-            head_only: request.method == "HEAD",
+            head_only: self.request.method() == "HEAD",
             close: !keep_alive || self.shutting_down,
-            keep_alive_1_0: keep_alive && request.minor_version == 0,
+            keep_alive_1_0: keep_alive && self.request.minor_version() == 0,
         };
         let Some(framing) = framing else {
-            return self.dispatch(request, meta, ctx);
+            return self.dispatch(meta, ctx);
         };
         if expect_continue && !body_arriving {
             self.queue.push_back(Slot {
@@ -616,11 +623,13 @@ impl Requests {
             });
         }
         let max_trailer_bytes = self.limits.max_head_bytes;
-        self.phase = Phase::Body(Box::new(InBody {
-            request,
-            meta,
-            reader: BodyReader::new(framing, self.limits.max_body_bytes, max_trailer_bytes),
-        }));
+        let reader = BodyReader::new(
+            framing,
+            self.limits.max_body_bytes,
+            max_trailer_bytes,
+            &mut self.request,
+        );
+        self.phase = Phase::Body(reader, meta);
     }
 }
 
@@ -638,7 +647,7 @@ impl Requests {
         if upgraded.is_some() {
             return (used, upgraded);
         }
-        self.partial = used < input.len() || matches!(self.phase, Phase::Body(_));
+        self.partial = used < input.len() || matches!(self.phase, Phase::Body(..));
         if self.shutting_down && !self.partial {
             // Shutting down, and no request is under way any more: this is the end.
             self.finish(ctx);
@@ -668,8 +677,18 @@ impl Requests {
 
     fn on_job_done(&mut self, tag: u64, result: JobResult, ctx: &mut Context<'_>) {
         let response = match result {
-            Ok(output) => match output.downcast::<Response>() {
-                Ok(response) => *response,
+            Ok(output) => match output.downcast::<Offloaded>() {
+                Ok(offloaded) => {
+                    let Offloaded {
+                        response,
+                        mut request,
+                    } = *offloaded;
+                    if self.spare.len() < self.limits.max_pipeline {
+                        request.clear();
+                        self.spare.push(request);
+                    }
+                    response
+                }
                 Err(_) => Response::text(500, "internal error\n"),
             },
             Err(failure) => {
@@ -767,17 +786,22 @@ impl Protocol for Http {
     }
 }
 
-/// A parsed request head and what it says about the body and the connection.
+/// What a parsed request head says about the body and the connection.
 struct Head {
-    request: Request,
     framing: Option<Framing>,
     keep_alive: bool,
     expect_continue: bool,
+    /// `Upgrade: websocket` was asked for.
+    upgrade: bool,
 }
 
-/// Parses the head that starts `bytes`: `None` while it is incomplete, else the head and its
-/// length (through its empty line).
-fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>, body::Rejection> {
+/// Parses the head that starts `bytes` into `request` (emptied first): `None` while it is
+/// incomplete, else what the head says and its length (through its empty line).
+fn parse_head(
+    bytes: &[u8],
+    limits: &HttpLimits,
+    request: &mut Request,
+) -> Result<Option<(Head, usize)>, body::Rejection> {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut parsed = httparse::Request::new(&mut slots[..limits.max_headers]);
     let length = match parsed.parse(bytes) {
@@ -792,7 +816,8 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
         return Err((400, "malformed request line"));
     };
     let (path, query) = split_target(target).ok_or((400, "malformed request target"))?;
-    let (path, query) = (path.to_string(), query.map(str::to_string));
+    request.clear();
+    request.set_line(method, path, query, minor_version);
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -800,7 +825,7 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
     let mut keep_alive_token = false;
     let mut hosts = 0;
     let mut expect_continue = false;
-    let mut headers = Vec::with_capacity(parsed.headers.len());
+    let mut upgrade = false;
     for header in parsed.headers.iter() {
         let name = header.name;
         let value = header.value;
@@ -838,8 +863,10 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
             }
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= handshake::has_token_in(value, "websocket");
         }
-        headers.push((name.to_string(), value.to_vec()));
+        request.push_header(name.as_bytes(), value);
     }
     if transfer_encoding && content_length.is_some() {
         // Two framings: a request smuggling attempt, or a broken client (RFC 9112, 6.3).
@@ -863,15 +890,6 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
         Some(length) => Some(Framing::Length(length)),
     };
     let head = Head {
-        request: Request {
-            method: method.to_string(),
-            path,
-            query,
-            minor_version,
-            headers,
-            body: Vec::new(),
-            trailers: Vec::new(),
-        },
         framing,
         keep_alive: if minor_version >= 1 {
             !close
@@ -881,6 +899,7 @@ fn parse_head(bytes: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>
             keep_alive_token && !close && !transfer_encoding
         },
         expect_continue: expect_continue && minor_version >= 1,
+        upgrade,
     };
     Ok(Some((head, length)))
 }

@@ -19,20 +19,19 @@ pub fn accept_key(key: &[u8]) -> String {
 
 /// Every value of header `name` (case-insensitive), in order.
 fn values<'r>(request: &'r Request, name: &'r str) -> impl Iterator<Item = &'r [u8]> + 'r {
-    request
-        .headers
-        .iter()
-        .filter(move |(field, _)| field.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_slice())
+    request.header_values(name)
+}
+
+/// Whether a comma-separated token list contains `token` (case-insensitive).
+pub(crate) fn has_token_in(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&byte| byte == b',')
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether the comma-separated token lists of header `name` contain `token`.
 fn has_token(request: &Request, name: &str, token: &str) -> bool {
-    values(request, name).any(|value| {
-        value
-            .split(|&byte| byte == b',')
-            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    values(request, name).any(|value| has_token_in(value, token))
 }
 
 /// Whether `request` asks to become a WebSocket (`Upgrade: websocket`); a request that does
@@ -67,10 +66,10 @@ pub struct Terms<'a> {
 /// upgrade`, a key that is not base64 of 16 bytes), 426 with `Sec-WebSocket-Version: 13` (any
 /// other version), 403 (the origin check said no).
 pub fn check(request: &Request, terms: &Terms<'_>) -> Result<Accepted, Response> {
-    if request.method != "GET" {
+    if request.method() != "GET" {
         return Err(Response::text(405, "a WebSocket opens with GET\n").header("Allow", "GET"));
     }
-    if request.minor_version < 1 {
+    if request.minor_version() < 1 {
         return Err(Response::text(400, "a WebSocket needs HTTP/1.1\n"));
     }
     if !has_token(request, "connection", "upgrade") {
