@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use socketserver::protocol::{Frame, Line, Session};
+use socketserver::protocol::http::{HttpLimits, Response, Router};
+use socketserver::protocol::{Frame, Http, Line, Session};
 use socketserver::reactor::buffer::{ReadBuf, WriteBuf};
 use socketserver::reactor::timer::{Clock, Timers};
 
@@ -37,6 +38,39 @@ fn frame_protocol(c: &mut Criterion) {
         b.iter(|| {
             session.feed(black_box(&input));
             black_box(session.take_output());
+        })
+    });
+    group.finish();
+}
+
+/// The HTTP protocol alone (parse, route, answer), as `serve --protocol http` runs it: one
+/// keep-alive request at a time, and sixteen pipelined in one read.
+fn http_requests(c: &mut Criterion) {
+    let router =
+        std::sync::Arc::new(Router::new().get("/", |_| Response::text(200, "Hello, World!")));
+    let request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
+    let mut group = c.benchmark_group("http");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("GET / kept alive", |b| {
+        let mut session = Session::new(Http::new(router.clone(), HttpLimits::default()));
+        let mut out = Vec::with_capacity(4096);
+        b.iter(|| {
+            session.feed(black_box(request));
+            out.clear();
+            session.write_output(&mut out).expect("a Vec takes it all");
+            black_box(&out);
+        })
+    });
+    let pipelined = request.repeat(16);
+    group.throughput(Throughput::Elements(16));
+    group.bench_function("16 pipelined GET / in one read", |b| {
+        let mut session = Session::new(Http::new(router.clone(), HttpLimits::default()));
+        let mut out = Vec::with_capacity(16 * 4096);
+        b.iter(|| {
+            session.feed(black_box(&pipelined));
+            out.clear();
+            session.write_output(&mut out).expect("a Vec takes it all");
+            black_box(&out);
         })
     });
     group.finish();
@@ -153,6 +187,7 @@ criterion_group!(
     benches,
     line_protocol,
     frame_protocol,
+    http_requests,
     split_input,
     read_buffer,
     write_buffer,

@@ -2,9 +2,13 @@
 //! keep-alive, pipelined and header-heavy requests cost zero heap allocations after warm-up,
 //! and an offloaded request costs only its job and its answer's box.
 //!
+//! The same holds under the blocking drivers, whose connections run through the same
+//! socket-less core.
+//!
 //! A counting global allocator (this test binary's own) counts the allocations made on the
-//! server's threads: the protocol factory marks the reactor thread, the offloaded handler its
-//! worker thread. The client in the test thread reads into buffers allocated before counting.
+//! server's threads: each handler marks the thread it runs on (the reactor's, a worker's, a
+//! blocking driver's handler thread). The client in the test thread reads into buffers
+//! allocated before counting.
 
 mod util;
 
@@ -17,7 +21,7 @@ use std::sync::Arc;
 
 use socketserver::protocol::http::{HttpLimits, Response, Router};
 use socketserver::protocol::Http;
-use util::{connect, start_with, test_config};
+use util::{connect, spawn_on, test_config, Driver};
 
 /// The system allocator, counting allocations (and reallocations) made on marked threads.
 struct Counting;
@@ -174,13 +178,17 @@ const WARM_UP: usize = 200;
 const MEASURED: usize = 1_000;
 const DEPTH: usize = 16;
 
-/// One test function runs every case in turn, so that nothing else runs in this process while
-/// allocations are counted.
-#[test]
-fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
+/// Every case on one server: keep-alive, pipelined, header-heavy, offloaded (where the driver
+/// has a worker pool: the reactor; the blocking drivers run offloaded handlers inline).
+fn check_server(driver: Driver) {
     let router = Arc::new(
         Router::new()
-            .get("/", |_| Response::text(200, "Hello, World!"))
+            .get("/", |_| {
+                // Inline handlers run on the connection's thread: the reactor's, or a blocking
+                // driver's handler thread.
+                mark_server_thread();
+                Response::text(200, "Hello, World!")
+            })
             .route_offloaded("GET", "/offloaded", |_| {
                 mark_server_thread();
                 Response::text(200, "Hello, World!")
@@ -191,11 +199,7 @@ fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
         ..test_config()
     };
     let limits = HttpLimits::from_config(&config);
-    let server = start_with(config, move || {
-        // The factory runs on the reactor thread, at each accept.
-        mark_server_thread();
-        Http::new(router.clone(), limits)
-    });
+    let server = spawn_on(driver, config, move || Http::new(router.clone(), limits));
     let addr = server.local_addr();
 
     // Keep-alive: one request, one answer, over and over.
@@ -210,7 +214,7 @@ fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
     });
     assert_eq!(
         keep_alive, 0,
-        "{keep_alive} allocations for {MEASURED} keep-alive requests"
+        "{driver:?}: {keep_alive} allocations for {MEASURED} keep-alive requests"
     );
 
     // Pipelined: sixteen requests in one write, their answers in one.
@@ -226,7 +230,7 @@ fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
     assert_eq!(
         pipelined,
         0,
-        "{pipelined} allocations for {} pipelined requests",
+        "{driver:?}: {pipelined} allocations for {} pipelined requests",
         MEASURED / DEPTH * DEPTH
     );
 
@@ -243,12 +247,13 @@ fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
     });
     assert_eq!(
         header_heavy, 0,
-        "{header_heavy} allocations for {MEASURED} header-heavy requests"
+        "{driver:?}: {header_heavy} allocations for {MEASURED} header-heavy requests"
     );
 
-    // Offloaded: the job (a boxed closure) and its answer (a boxed value) cross threads, and
-    // the reactor's completion channel takes a new block of slots every 31 results; nothing
-    // else is allocated.
+    // Offloaded, on the reactor: the job (a boxed closure) and its answer (a boxed value)
+    // cross threads, and the reactor's completion channel takes a new block of slots every 31
+    // results; nothing else is allocated. (A blocking driver runs the job inline, boxed all
+    // the same.)
     let mut offloaded_client = Client::new(addr, OFFLOADED, 1);
     for _ in 0..WARM_UP {
         offloaded_client.exchange(OFFLOADED, 1);
@@ -261,7 +266,17 @@ fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
     let bound = 2 * MEASURED as u64 + MEASURED as u64 / 31 + 1;
     assert!(
         offloaded <= bound,
-        "{offloaded} allocations for {MEASURED} offloaded requests (at most {bound})"
+        "{driver:?}: {offloaded} allocations for {MEASURED} offloaded requests (at most {bound})"
     );
+    drop((client, heavy_client, offloaded_client));
     server.shutdown().expect("clean shutdown");
+}
+
+/// One test function runs every driver in turn, so that nothing else runs in this process
+/// while allocations are counted.
+#[test]
+fn http_requests_allocate_nothing_on_the_hot_path_after_warm_up() {
+    for driver in [Driver::Reactor, Driver::Threads, Driver::Pool] {
+        check_server(driver);
+    }
 }

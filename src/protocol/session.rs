@@ -49,6 +49,11 @@ pub struct Session<P: Protocol> {
     on_error: Option<crate::lifecycle::ErrorHook>,
     /// The protocol was told the connection is over.
     closed: bool,
+    /// Results of jobs run inline during the callback running now; empty between callbacks.
+    finished: Vec<(u64, JobResult)>,
+    /// Results waiting to be delivered, in order; empty between calls. Both lists keep their
+    /// storage, so running a job costs no allocation beyond the job's own.
+    undelivered: VecDeque<(u64, JobResult)>,
 }
 
 impl<P: Protocol> Session<P> {
@@ -79,6 +84,8 @@ impl<P: Protocol> Session<P> {
             peer,
             on_error: None,
             closed: false,
+            finished: Vec::new(),
+            undelivered: VecDeque::new(),
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
@@ -89,7 +96,24 @@ impl<P: Protocol> Session<P> {
         if self.close.is_some() || self.eof {
             return;
         }
-        self.input.extend(bytes);
+        if self.input.is_empty() {
+            // Nothing held: the protocol reads the bytes where they are (as under the reactor),
+            // and only what it leaves is copied.
+            let delivered = self.jobs_delivered;
+            let consumed = self.call(|protocol, ctx| protocol.on_read(bytes, ctx));
+            assert!(
+                consumed <= bytes.len(),
+                "consumed {consumed} of {} bytes fed",
+                bytes.len()
+            );
+            self.input.extend(&bytes[consumed..]);
+            let unblocked = self.jobs_delivered != delivered;
+            if !unblocked || consumed == 0 || self.input.is_empty() || self.close.is_some() {
+                return;
+            }
+        } else {
+            self.input.extend(bytes);
+        }
         loop {
             let delivered = self.jobs_delivered;
             let mut input = std::mem::take(&mut self.input);
@@ -211,7 +235,7 @@ impl<P: Protocol> Session<P> {
         if !self.output.is_empty() {
             return Err(std::io::ErrorKind::WouldBlock.into());
         }
-        self.output.release();
+        // Written out: the buffer keeps its last chunk (at most 64 KiB) for the next answer.
         Ok(())
     }
 
@@ -228,22 +252,21 @@ impl<P: Protocol> Session<P> {
     /// Runs one callback, then delivers the results of jobs it offloaded (and of jobs those
     /// deliveries offloaded), in order.
     fn call<R>(&mut self, callback: impl FnOnce(&mut P, &mut Context<'_>) -> R) -> R {
-        let (result, done) = self.invoke(callback);
-        let mut queue = VecDeque::from(done);
-        while let Some((tag, job_result)) = queue.pop_front() {
+        let result = self.invoke(callback);
+        let mut undelivered = std::mem::take(&mut self.undelivered);
+        undelivered.extend(self.finished.drain(..));
+        while let Some((tag, job_result)) = undelivered.pop_front() {
             self.jobs_delivered += 1;
-            let ((), more) =
-                self.invoke(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
-            queue.extend(more);
+            self.invoke(|protocol, ctx| protocol.on_job_done(tag, job_result, ctx));
+            undelivered.extend(self.finished.drain(..));
         }
+        self.undelivered = undelivered;
         result
     }
 
-    fn invoke<R>(
-        &mut self,
-        callback: impl FnOnce(&mut P, &mut Context<'_>) -> R,
-    ) -> (R, Vec<(u64, JobResult)>) {
-        let mut done: Vec<(u64, JobResult)> = Vec::new();
+    /// Runs one callback; the results of jobs it ran inline are left in `finished`.
+    fn invoke<R>(&mut self, callback: impl FnOnce(&mut P, &mut Context<'_>) -> R) -> R {
+        let mut done = std::mem::take(&mut self.finished);
         let mut wishes = Wishes::default();
         let result = {
             let mut ctx = Context {
@@ -260,8 +283,9 @@ impl<P: Protocol> Session<P> {
             };
             callback(&mut self.protocol, &mut ctx)
         };
+        self.finished = done;
         self.apply(wishes);
-        (result, done)
+        result
     }
 
     fn apply(&mut self, wishes: Wishes) {

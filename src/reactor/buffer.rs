@@ -174,6 +174,12 @@ impl WriteBuf {
 
     /// Writes as much as `sink` takes in one vectored call; returns the bytes written.
     pub fn write_to(&mut self, sink: &mut impl Write) -> io::Result<usize> {
+        if self.chunks.len() == 1 {
+            // The usual case (one coalesced chunk): a plain write, no vector to build.
+            let written = sink.write(&self.chunks[0][self.head..])?;
+            self.advance(written);
+            return Ok(written);
+        }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
@@ -185,11 +191,7 @@ impl WriteBuf {
             slices[count] = IoSlice::new(bytes);
             count += 1;
         }
-        let written = if count == 1 {
-            sink.write(&slices[0])?
-        } else {
-            sink.write_vectored(&slices[..count])?
-        };
+        let written = sink.write_vectored(&slices[..count])?;
         self.advance(written);
         Ok(written)
     }

@@ -124,6 +124,8 @@ pub(crate) struct Reactor<P, F> {
     completions: Completions<Completion>,
     /// Results taken from `completions`, being delivered; empty between wake-ups.
     completed: Vec<Completion>,
+    /// Timers that came due, being run; empty between turns.
+    due_timers: Vec<(Tick, TimerEvent)>,
     /// Set (and this loop woken) by a `ServerHandle`, or by a signal in any loop of the server.
     shutdown: Arc<ShutdownSignal>,
     signals: Option<Signals>,
@@ -188,6 +190,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             factory,
             completions,
             completed: Vec::new(),
+            due_timers: Vec::new(),
             shutdown,
             signals,
         })
@@ -260,12 +263,17 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         if self.core.ready_again.is_empty() {
             return;
         }
-        let ready = std::mem::take(&mut self.core.ready_again);
-        for id in ready {
+        let mut ready = std::mem::take(&mut self.core.ready_again);
+        for id in ready.drain(..) {
             if let Some(conn) = self.connections.get_mut(id) {
                 conn.flags &= !flag::READY_AGAIN;
                 conn.drive(&mut self.core, &mut self.read_chunk);
             }
+        }
+        // The list's storage is kept for the next turn, unless connections that stopped again
+        // during this pass already started a new one.
+        if self.core.ready_again.is_empty() {
+            self.core.ready_again = ready;
         }
     }
 
@@ -278,9 +286,10 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         {
             return;
         }
-        let mut due = Vec::new();
+        // The list is kept between turns: firing timers costs no allocation.
+        let mut due = std::mem::take(&mut self.due_timers);
         self.core.timers.collect_expired(now, &mut due);
-        for (deadline, timer) in due {
+        for (deadline, timer) in due.drain(..) {
             match timer {
                 TimerEvent::Idle(id) => self.check_idle(id, now),
                 TimerEvent::Protocol(id) => {
@@ -307,6 +316,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 }
             }
         }
+        self.due_timers = due;
     }
 
     /// Closes the connection if it has been idle for the whole timeout; otherwise re-arms the

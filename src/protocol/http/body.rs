@@ -202,7 +202,7 @@ fn chunk_size(line: &[u8]) -> Result<usize, Rejection> {
 }
 
 /// `name: value` of a trailer field; the name is a token.
-fn parse_field(line: &[u8]) -> Result<(&[u8], &[u8]), Rejection> {
+fn parse_field(line: &[u8]) -> Result<(&str, &[u8]), Rejection> {
     let colon = line
         .iter()
         .position(|&byte| byte == b':')
@@ -211,6 +211,8 @@ fn parse_field(line: &[u8]) -> Result<(&[u8], &[u8]), Rejection> {
     if name.is_empty() || !name.iter().all(|&byte| is_token(byte)) {
         return Err((400, "malformed trailer field"));
     }
+    // Token characters are ASCII: the check cannot fail.
+    let name = std::str::from_utf8(name).map_err(|_| (400, "malformed trailer field"))?;
     let value = line[colon + 1..].trim_ascii();
     Ok((name, value))
 }

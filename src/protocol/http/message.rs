@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Where a piece of a request lies in its field storage: `start..end`. Heads and trailers are
+/// Where a piece of a request lies in its storage: `start..end`. Heads and trailers are
 /// bounded by [`Config::http_max_head_bytes`](crate::Config::http_max_head_bytes), so 32 bits
 /// hold any offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,7 +28,8 @@ impl Span {
     }
 }
 
-/// A header or trailer field: its name and value in the field storage.
+/// A header or trailer field: its name (in the text storage) and its value (in the value
+/// storage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Field {
     name: Span,
@@ -57,8 +58,11 @@ struct Field {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
-    /// The request line's pieces and every field's name and value, back to back.
-    storage: Vec<u8>,
+    /// Method, path, query and every field's name, back to back: text, so reading a piece
+    /// needs no UTF-8 check.
+    text: String,
+    /// Every field's value, back to back (values may hold any byte but CR and LF).
+    values: Vec<u8>,
     method: Span,
     path: Span,
     query: Option<Span>,
@@ -87,15 +91,13 @@ impl Request {
             minor_version: 1,
             ..Request::default()
         };
-        request.method = request.store(method.as_bytes());
-        request.path = request.store(path.as_bytes());
-        request.query = query.map(|query| request.store(query.as_bytes()));
+        request.set_line(method, path, query, 1);
         request
     }
 
     /// The same request with the header field `name: value` added after the others.
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Request {
-        self.push_header(name.as_bytes(), value.as_ref());
+        self.push_header(name, value.as_ref());
         self
     }
 
@@ -162,26 +164,33 @@ impl Request {
     fn fields<'r>(&'r self, fields: &'r [Field]) -> impl Iterator<Item = (&'r str, &'r [u8])> {
         fields
             .iter()
-            .map(move |field| (self.text(field.name), &self.storage[field.value.range()]))
+            .map(move |field| (self.text(field.name), &self.values[field.value.range()]))
     }
 
-    /// The text at `span`. Every span that is read as text was stored from a `&str` (or from
-    /// bytes checked to be a token), so the check never fails; it costs a few nanoseconds on
-    /// names and paths this short.
+    /// The text at `span` (every text span ends on a character boundary, being the span of a
+    /// whole `&str` stored; `get` keeps even a broken one from panicking).
     fn text(&self, span: Span) -> &str {
-        std::str::from_utf8(&self.storage[span.range()]).unwrap_or_default()
+        self.text.get(span.range()).unwrap_or_default()
     }
 
-    /// Appends `bytes` to the storage; their span.
-    fn store(&mut self, bytes: &[u8]) -> Span {
-        let start = self.storage.len();
-        self.storage.extend_from_slice(bytes);
-        Span::of(start..self.storage.len())
+    /// Appends `text` to the text storage; its span.
+    fn store(&mut self, text: &str) -> Span {
+        let start = self.text.len();
+        self.text.push_str(text);
+        Span::of(start..self.text.len())
+    }
+
+    /// Appends `value` to the value storage; its span.
+    fn store_value(&mut self, value: &[u8]) -> Span {
+        let start = self.values.len();
+        self.values.extend_from_slice(value);
+        Span::of(start..self.values.len())
     }
 
     /// Empties the request for the next one, keeping its buffers (a large body's excepted).
     pub(super) fn clear(&mut self) {
-        self.storage.clear();
+        self.text.clear();
+        self.values.clear();
         self.headers.clear();
         self.trailers.clear();
         if self.body.capacity() > KEPT_BODY_CAPACITY {
@@ -203,26 +212,26 @@ impl Request {
         query: Option<&str>,
         minor_version: u8,
     ) {
-        self.method = self.store(method.as_bytes());
-        self.path = self.store(path.as_bytes());
-        self.query = query.map(|query| self.store(query.as_bytes()));
+        self.method = self.store(method);
+        self.path = self.store(path);
+        self.query = query.map(|query| self.store(query));
         self.minor_version = minor_version;
     }
 
-    /// Adds a header field; `name` must be text (httparse gives a token).
-    pub(super) fn push_header(&mut self, name: &[u8], value: &[u8]) {
+    /// Adds a header field.
+    pub(super) fn push_header(&mut self, name: &str, value: &[u8]) {
         let field = Field {
             name: self.store(name),
-            value: self.store(value),
+            value: self.store_value(value),
         };
         self.headers.push(field);
     }
 
-    /// Adds a trailer field; `name` must be a token.
-    pub(super) fn push_trailer(&mut self, name: &[u8], value: &[u8]) {
+    /// Adds a trailer field.
+    pub(super) fn push_trailer(&mut self, name: &str, value: &[u8]) {
         let field = Field {
             name: self.store(name),
-            value: self.store(value),
+            value: self.store_value(value),
         };
         self.trailers.push(field);
     }
@@ -434,8 +443,31 @@ pub(crate) fn write_response_dated(
     }
 }
 
+/// Whether `text` holds a CR or an LF. Eight bytes at a time, since a content type is checked
+/// on every response.
 fn has_line_break(text: &str) -> bool {
-    text.bytes().any(|byte| byte == b'\r' || byte == b'\n')
+    let mut words = text.as_bytes().chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let word = u64::from_le_bytes(eight);
+        if has_byte(word, b'\r') || has_byte(word, b'\n') {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&byte| byte == b'\r' || byte == b'\n')
+}
+
+/// Whether one of the eight bytes of `word` is `byte` (the zero-byte test of "Bit Twiddling
+/// Hacks", on `word` with `byte` cancelled out).
+const fn has_byte(word: u64, byte: u8) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let cancelled = word ^ (ONES * byte as u64);
+    cancelled.wrapping_sub(ONES) & !cancelled & HIGHS != 0
 }
 
 fn push_number(out: &mut Vec<u8>, mut value: usize) {
@@ -544,6 +576,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("X-Fine: yes"));
+    }
+
+    #[test]
+    fn a_line_break_is_found_at_any_place() {
+        for length in 0..40 {
+            let clean = "a".repeat(length);
+            assert!(!has_line_break(&clean), "{length}");
+            for at in 0..length {
+                for breaking in ['\r', '\n'] {
+                    let mut text: Vec<char> = clean.chars().collect();
+                    text[at] = breaking;
+                    let text: String = text.into_iter().collect();
+                    assert!(has_line_break(&text), "{text:?}");
+                }
+            }
+        }
+        // Bytes next to CR and LF, and high bytes, are no line break.
+        assert!(!has_line_break("\u{b}\u{c}\u{e}\t é ü \u{8d}\u{8a}"));
     }
 
     #[test]

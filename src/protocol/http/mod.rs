@@ -48,6 +48,7 @@ mod message;
 mod router;
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,13 @@ struct Meta {
     close: bool,
     /// An HTTP/1.0 client that asked to keep the connection.
     keep_alive_1_0: bool,
+}
+
+impl Meta {
+    /// `(head_only, close, keep_alive_1_0)`, as the response writer takes them.
+    fn flags(self) -> (bool, bool, bool) {
+        (self.head_only, self.close, self.keep_alive_1_0)
+    }
 }
 
 /// An answer's place in the pipeline.
@@ -292,12 +300,29 @@ impl Requests {
                 }
             }
         };
-        self.queue.push_back(Slot {
-            meta,
-            answer,
-            rejection: None,
-            started,
-        });
+        match answer {
+            // Nothing is owed before it: written now, without taking a place in the queue.
+            // (While shutting down every answer queues, so that the last can still be marked
+            // as the connection's last.)
+            Answer::Ready(response) if self.queue.is_empty() && !self.shutting_down => {
+                let now = ctx.measurement_now();
+                with_date_at(now, |date| {
+                    ctx.write_with(|out| {
+                        write_response_dated(out, &response, "socketserver", meta.flags(), date)
+                    })
+                });
+                ctx.record_request(response.status, started);
+                if meta.close {
+                    ctx.close();
+                }
+            }
+            answer => self.queue.push_back(Slot {
+                meta,
+                answer,
+                rejection: None,
+                started,
+            }),
+        }
         self.phase = if meta.close { Phase::Done } else { Phase::Head };
         // The next request gets a deadline of its own.
         self.timer = Timer::None;
@@ -347,16 +372,12 @@ impl Requests {
             let Some(slot) = self.queue.pop_front() else {
                 break;
             };
-            let Meta {
-                head_only,
-                close,
-                keep_alive_1_0,
-            } = slot.meta;
+            let close = slot.meta.close;
             match &slot.answer {
                 Answer::Continue => ctx.write(CONTINUE),
                 Answer::Ready(response) => {
                     ctx.write_with(|out| {
-                        let flags = (head_only, close, keep_alive_1_0);
+                        let flags = slot.meta.flags();
                         write_response_dated(out, response, "socketserver", flags, date)
                     });
                     ctx.record_request(response.status, slot.started);
@@ -802,9 +823,11 @@ fn parse_head(
     limits: &HttpLimits,
     request: &mut Request,
 ) -> Result<Option<(Head, usize)>, body::Rejection> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut parsed = httparse::Request::new(&mut slots[..limits.max_headers]);
-    let length = match parsed.parse(bytes) {
+    // Left uninitialised: httparse writes each slot it uses, and zeroing 128 slots (4 KiB) on
+    // every request cost more than parsing the request itself.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(bytes, &mut slots[..limits.max_headers]) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err((431, "too many header fields")),
@@ -866,7 +889,7 @@ fn parse_head(
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade |= handshake::has_token_in(value, "websocket");
         }
-        request.push_header(name.as_bytes(), value);
+        request.push_header(name, value);
     }
     if transfer_encoding && content_length.is_some() {
         // Two framings: a request smuggling attempt, or a broken client (RFC 9112, 6.3).
@@ -941,9 +964,7 @@ fn valid_host(value: &[u8]) -> bool {
             Some(close) => {
                 let inside = &literal[..close];
                 let ok = !inside.is_empty()
-                    && inside.iter().all(|&byte| {
-                        byte.is_ascii_alphanumeric() || b":._~-!$&'()*+,;=".contains(&byte)
-                    });
+                    && inside.iter().all(|&byte| IP_LITERAL_BYTES[byte as usize]);
                 (ok, &literal[close + 1..])
             }
             None => (false, &b""[..]),
@@ -976,12 +997,34 @@ fn reg_name(name: &[u8]) -> bool {
             at += 3;
             continue;
         }
-        if !(byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&byte)) {
+        if !REG_NAME_BYTES[byte as usize] {
             return false;
         }
         at += 1;
     }
     true
+}
+
+/// Bytes a reg-name holds as they are: unreserved characters and sub-delims (RFC 3986). A
+/// table, since every request's Host is checked byte by byte.
+const REG_NAME_BYTES: [bool; 256] = alphanumeric_and(b"-._~!$&'()*+,;=");
+/// Bytes an IP literal (`[…]`) may hold: what a reg-name may, and colons.
+const IP_LITERAL_BYTES: [bool; 256] = alphanumeric_and(b":-._~!$&'()*+,;=");
+
+/// The set of ASCII letters, digits and `extra`, as a table indexed by byte.
+const fn alphanumeric_and(extra: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        set[byte] = (byte as u8).is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let mut at = 0;
+    while at < extra.len() {
+        set[extra[at] as usize] = true;
+        at += 1;
+    }
+    set
 }
 
 /// A Content-Length value: decimal digits only, no sign, no overflow.
