@@ -156,11 +156,6 @@ impl Request {
         &self.body
     }
 
-    /// Takes the body out of the request (leaving it empty), to keep it without a copy.
-    pub fn take_body(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.body)
-    }
-
     fn fields<'r>(&'r self, fields: &'r [Field]) -> impl Iterator<Item = (&'r str, &'r [u8])> {
         fields
             .iter()
@@ -375,37 +370,81 @@ pub fn write_response(
     close: bool,
     keep_alive_1_0: bool,
 ) {
-    with_date(|date| {
-        write_response_dated(
-            out,
-            response,
-            server,
-            (head_only, close, keep_alive_1_0),
-            date,
-        )
+    let flags = (head_only, close, keep_alive_1_0);
+    with_date_at(Instant::now(), |date| {
+        write_head(out, response, server, flags, date);
+        write_body(out, response, flags);
     });
 }
 
 /// [`write_response`] with the `Date` value given; `flags` are `(head_only, close,
-/// keep_alive_1_0)`.
+/// keep_alive_1_0)`. A head like the last one this thread wrote (the same status, content type,
+/// length, flags and server, no other headers: what a server answering one route over and over
+/// sends) is copied whole from the thread's last head, its `Date` patched when the second
+/// changed, instead of being put together from a dozen pieces.
 pub(crate) fn write_response_dated(
     out: &mut Vec<u8>,
     response: &Response,
-    server: &str,
-    (head_only, close, keep_alive_1_0): (bool, bool, bool),
-    date: &[u8],
+    server: &'static str,
+    flags: (bool, bool, bool),
+    date: &[u8; DATE_LENGTH],
 ) {
+    match HeadKey::of(response, server, flags) {
+        Some(key) => LAST_HEAD.with(|cell| {
+            // Borrowed only here, never across a call out: the borrow cannot nest.
+            let mut last = cell.borrow_mut();
+            let last = &mut *last;
+            if last.key != Some(key) {
+                last.head.clear();
+                last.date_at = write_head(&mut last.head, response, server, flags, date);
+                last.key = Some(key);
+            }
+            let at = last.date_at;
+            if last.head[at..at + DATE_LENGTH] != date[..] {
+                last.head[at..at + DATE_LENGTH].copy_from_slice(date);
+            }
+            out.extend_from_slice(&last.head);
+        }),
+        None => {
+            write_head(out, response, server, flags, date);
+        }
+    }
+    write_body(out, response, flags);
+}
+
+/// Appends the body, unless the answer is to a HEAD request or carries none.
+fn write_body(out: &mut Vec<u8>, response: &Response, (head_only, _, _): (bool, bool, bool)) {
+    if !head_only && !is_bodiless(response.status) {
+        out.extend_from_slice(&response.body);
+    }
+}
+
+/// 1xx, 204 and 304 answers carry no body, nor a `Content-Length`.
+fn is_bodiless(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304
+}
+
+/// Appends the head of `response` (through its empty line) to `out`; returns where in what it
+/// appended the `Date` value begins.
+fn write_head(
+    out: &mut Vec<u8>,
+    response: &Response,
+    server: &str,
+    (_head_only, close, keep_alive_1_0): (bool, bool, bool),
+    date: &[u8; DATE_LENGTH],
+) -> usize {
+    let start = out.len();
     let status = response.status;
-    let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_number(out, status as usize);
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
+    let date_at = out.len() - start;
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\nServer: ");
     out.extend_from_slice(server.as_bytes());
-    if !bodiless {
+    if !is_bodiless(status) {
         out.extend_from_slice(b"\r\nContent-Length: ");
         push_number(out, response.body.len());
     }
@@ -438,9 +477,56 @@ pub(crate) fn write_response_dated(
         out.extend_from_slice(value.as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
-    if !head_only && !bodiless {
-        out.extend_from_slice(&response.body);
+    date_at
+}
+
+/// What makes two response heads the same but for their `Date`. Only a head without headers of
+/// its own and with a borrowed (static) content type and server name has one: static text is
+/// known by where it lies, so comparing keys compares no text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeadKey {
+    status: u16,
+    flags: (bool, bool, bool),
+    body_length: usize,
+    /// Address and length of the static content type (0, 0 for none).
+    content_type: (usize, usize),
+    /// Address and length of the server name.
+    server: (usize, usize),
+}
+
+impl HeadKey {
+    fn of(response: &Response, server: &'static str, flags: (bool, bool, bool)) -> Option<HeadKey> {
+        if !response.headers.is_empty() {
+            return None;
+        }
+        let content_type = match &response.content_type {
+            None => (0, 0),
+            Some(Cow::Borrowed(text)) => (text.as_ptr() as usize, text.len()),
+            Some(Cow::Owned(_)) => return None,
+        };
+        Some(HeadKey {
+            status: response.status,
+            flags,
+            body_length: response.body.len(),
+            content_type,
+            server: (server.as_ptr() as usize, server.len()),
+        })
     }
+}
+
+/// The last cacheable head this thread wrote.
+struct LastHead {
+    key: Option<HeadKey>,
+    /// The whole head, `Date` included.
+    head: Vec<u8>,
+    /// Where the `Date` value begins in `head`.
+    date_at: usize,
+}
+
+thread_local! {
+    static LAST_HEAD: RefCell<LastHead> = const {
+        RefCell::new(LastHead { key: None, head: Vec::new(), date_at: 0 })
+    };
 }
 
 /// Whether `text` holds a CR or an LF. Eight bytes at a time, since a content type is checked
@@ -493,7 +579,7 @@ struct DateCache {
 }
 
 /// The length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-const DATE_LENGTH: usize = 29;
+pub(crate) const DATE_LENGTH: usize = 29;
 
 thread_local! {
     /// Formatted once a second per thread.
@@ -504,12 +590,12 @@ thread_local! {
 
 /// Calls `write` with the current `Date` value, formatting it only when the second changed.
 pub fn with_date<R>(write: impl FnOnce(&[u8]) -> R) -> R {
-    with_date_at(Instant::now(), write)
+    with_date_at(Instant::now(), |date| write(date))
 }
 
 /// [`with_date`] at `now`, a monotonic time the caller already read (the turn's or the
 /// callback's): while `now` is inside the second last formatted, no clock is read at all.
-pub(crate) fn with_date_at<R>(now: Instant, write: impl FnOnce(&[u8]) -> R) -> R {
+pub(crate) fn with_date_at<R>(now: Instant, write: impl FnOnce(&[u8; DATE_LENGTH]) -> R) -> R {
     DATE.with(|cell| {
         let mut cache = cell.borrow_mut();
         if cache.valid_until.is_none_or(|until| now >= until) {
@@ -576,6 +662,52 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("X-Fine: yes"));
+    }
+
+    /// The head copied from the thread's last one is byte for byte the head it stands for,
+    /// whatever came between, and carries the `Date` it is given.
+    #[test]
+    fn a_reused_head_is_the_head_it_stands_for() {
+        // Neighbours differ in one thing each: status, length, content type, headers.
+        let responses = [
+            Response::text(200, "Hello, World!"),
+            Response::text(201, "Hello, World!"),
+            Response::json(201, "Hello, World!"),
+            Response::text(200, "Hello, World?!"),
+            Response::text(404, "not found\n"),
+            Response::text(200, "Hello, World!").header("X-Extra", "1"),
+            Response::new(204),
+            Response::new(200).content_type(String::from("text/html")),
+            Response::json(200, "{}"),
+        ];
+        let flags = [
+            (false, false, false),
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ];
+        let dates = [
+            *b"Sun, 06 Nov 1994 08:49:37 GMT",
+            *b"Sun, 06 Nov 1994 08:49:38 GMT",
+        ];
+        // Each answer twice in a row, then once more a second later (the head is reused, then
+        // patched), then the next answer, which differs from it in one thing (rebuilt).
+        for flag in flags {
+            for response in &responses {
+                for date in [&dates[0], &dates[0], &dates[1]] {
+                    let mut reused = Vec::new();
+                    write_response_dated(&mut reused, response, "socketserver", flag, date);
+                    let mut built = Vec::new();
+                    write_head(&mut built, response, "socketserver", flag, date);
+                    write_body(&mut built, response, flag);
+                    assert_eq!(
+                        String::from_utf8_lossy(&reused),
+                        String::from_utf8_lossy(&built),
+                        "{response:?} {flag:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ use super::ws::{handshake, WebSocketConnection, WebSocketRoute};
 use super::{Context, JobResult, Protocol};
 use crate::config::Config;
 use body::{BodyReader, Chunk, Framing};
-use message::{with_date_at, write_response_dated};
+use message::{with_date_at, write_response_dated, DATE_LENGTH};
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -270,8 +270,8 @@ impl Requests {
         self.phase = Phase::Done;
     }
 
-    /// The request now whole in `self.request`: routes it and queues its answer (or its place,
-    /// if offloaded).
+    /// The request now whole in `self.request`: routes it, and writes its answer at once if
+    /// nothing is owed before it, else queues the answer (or, if offloaded, its place).
     fn dispatch(&mut self, mut meta: Meta, ctx: &mut Context<'_>) {
         let started = self.take_started(ctx.now());
         // A request finished after a graceful shutdown began is the connection's last.
@@ -364,7 +364,7 @@ impl Requests {
 
     /// Writes the ready answers at the front of the queue; returns whether one of them ended
     /// the connection.
-    fn write_ready(&mut self, date: &[u8], ctx: &mut Context<'_>) -> bool {
+    fn write_ready(&mut self, date: &[u8; DATE_LENGTH], ctx: &mut Context<'_>) -> bool {
         while let Some(slot) = self.queue.front() {
             if matches!(slot.answer, Answer::Pending(_)) {
                 break;
@@ -986,6 +986,10 @@ fn valid_host(value: &[u8]) -> bool {
 
 /// A reg-name of RFC 3986: unreserved characters, `%XX` and sub-delims.
 fn reg_name(name: &[u8]) -> bool {
+    // The usual name has no escapes: one pass over the table settles it.
+    if name.iter().all(|&byte| REG_NAME_BYTES[byte as usize]) {
+        return true;
+    }
     let mut at = 0;
     while at < name.len() {
         let byte = name[at];
