@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where a piece of a request lies in its storage: `start..end`. Heads and trailers are
 /// bounded by [`Config::http_max_head_bytes`](crate::Config::http_max_head_bytes), so 32 bits
-/// hold any offset.
+/// hold any offset (a larger one saturates, and reads as empty rather than panicking).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Span {
     start: u32,
@@ -17,9 +17,10 @@ struct Span {
 
 impl Span {
     fn of(range: std::ops::Range<usize>) -> Span {
+        let offset = |at: usize| u32::try_from(at).unwrap_or(u32::MAX);
         Span {
-            start: range.start as u32,
-            end: range.end as u32,
+            start: offset(range.start),
+            end: offset(range.end),
         }
     }
 
@@ -38,11 +39,12 @@ struct Field {
 
 /// An HTTP request, head and body, as a handler sees it.
 ///
-/// The head's bytes are kept once, in one buffer the connection reuses from request to
-/// request: method, path, query and every field are ranges into it, read through the
-/// accessors below, so a request costs no allocation once the connection's buffers have grown
-/// to fit (the storage a handler sees is the connection's, valid while the handler runs).
-/// Names compare case-insensitively without being copied.
+/// The head is kept once, in buffers the connection reuses from request to request (one for
+/// the text: method, path, query and field names; one for field values): every piece is a
+/// range into them, read through the accessors below, so a request costs no allocation once
+/// the connection's buffers have grown to fit. Those buffers hold at most a head's limit and
+/// its trailers; a body's is freed after the request when it grew past 64 KiB. Names compare
+/// case-insensitively without being copied.
 ///
 /// ```
 /// use socketserver::protocol::http::Request;
@@ -157,9 +159,10 @@ impl Request {
     }
 
     fn fields<'r>(&'r self, fields: &'r [Field]) -> impl Iterator<Item = (&'r str, &'r [u8])> {
-        fields
-            .iter()
-            .map(move |field| (self.text(field.name), &self.values[field.value.range()]))
+        fields.iter().map(move |field| {
+            let value = self.values.get(field.value.range()).unwrap_or_default();
+            (self.text(field.name), value)
+        })
     }
 
     /// The text at `span` (every text span ends on a character boundary, being the span of a
