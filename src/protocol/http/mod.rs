@@ -61,6 +61,9 @@ use crate::config::Config;
 use body::{BodyReader, Chunk, Framing};
 use message::{with_date_at, write_response_dated, DATE_LENGTH};
 
+/// The `Server` header's value. A `static`, so that every answer names it at the same address,
+/// which is how a head like the last one is recognised (see `write_response_dated`).
+static SERVER_NAME: &str = "socketserver";
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Header slots on the stack for one parse; `Config::http_max_headers` is at most this.
@@ -308,7 +311,7 @@ impl Requests {
                 let now = ctx.measurement_now();
                 with_date_at(now, |date| {
                     ctx.write_with(|out| {
-                        write_response_dated(out, &response, "socketserver", meta.flags(), date)
+                        write_response_dated(out, &response, SERVER_NAME, meta.flags(), date)
                     })
                 });
                 ctx.record_request(response.status, started);
@@ -378,7 +381,7 @@ impl Requests {
                 Answer::Ready(response) => {
                     ctx.write_with(|out| {
                         let flags = slot.meta.flags();
-                        write_response_dated(out, response, "socketserver", flags, date)
+                        write_response_dated(out, response, SERVER_NAME, flags, date)
                     });
                     ctx.record_request(response.status, slot.started);
                 }
