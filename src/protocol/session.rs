@@ -96,30 +96,36 @@ impl<P: Protocol> Session<P> {
         if self.close.is_some() || self.eof {
             return;
         }
-        if self.input.is_empty() {
-            // Nothing held: the protocol reads the bytes where they are (as under the reactor),
-            // and only what it leaves is copied.
-            let delivered = self.jobs_delivered;
-            let consumed = self.call(|protocol, ctx| protocol.on_read(bytes, ctx));
-            assert!(
-                consumed <= bytes.len(),
-                "consumed {consumed} of {} bytes fed",
-                bytes.len()
-            );
-            self.input.extend(&bytes[consumed..]);
-            let unblocked = self.jobs_delivered != delivered;
-            if !unblocked || consumed == 0 || self.input.is_empty() || self.close.is_some() {
-                return;
-            }
+        // Nothing held: the protocol reads the fresh bytes where they are (as under the
+        // reactor), and only what it leaves is copied.
+        let mut fresh = if self.input.is_empty() {
+            Some(bytes)
         } else {
             self.input.extend(bytes);
-        }
+            None
+        };
         loop {
             let delivered = self.jobs_delivered;
-            let mut input = std::mem::take(&mut self.input);
-            let consumed = self.call(|protocol, ctx| protocol.on_read(input.as_slice(), ctx));
-            input.consume(consumed);
-            self.input = input;
+            let consumed = match fresh.take() {
+                Some(bytes) => {
+                    let consumed = self.call(|protocol, ctx| protocol.on_read(bytes, ctx));
+                    assert!(
+                        consumed <= bytes.len(),
+                        "consumed {consumed} of {} bytes fed",
+                        bytes.len()
+                    );
+                    self.input.extend(&bytes[consumed..]);
+                    consumed
+                }
+                None => {
+                    let mut input = std::mem::take(&mut self.input);
+                    let consumed =
+                        self.call(|protocol, ctx| protocol.on_read(input.as_slice(), ctx));
+                    input.consume(consumed);
+                    self.input = input;
+                    consumed
+                }
+            };
             // As the reactor does: a job that finished may have unblocked a protocol that
             // stopped consuming (a full pipeline), so offer what is left once more; stop when
             // an offer makes no progress.

@@ -36,8 +36,6 @@ pub(super) type Rejection = (u16, &'static str);
 /// trailers go into the [`Request`] the head was parsed into.
 pub(super) struct BodyReader {
     pub(super) framing: Framing,
-    /// Body bytes received so far.
-    body_bytes: usize,
     trailer_bytes: usize,
     max_body: usize,
     max_trailer_bytes: usize,
@@ -57,7 +55,6 @@ impl BodyReader {
         }
         BodyReader {
             framing,
-            body_bytes: 0,
             trailer_bytes: 0,
             max_body,
             max_trailer_bytes,
@@ -86,7 +83,7 @@ impl BodyReader {
                         return Ok((used, false));
                     };
                     let size = chunk_size(&rest[..line.content])?;
-                    if size > self.max_body.saturating_sub(self.body_bytes) {
+                    if size > self.max_body.saturating_sub(request.body().len()) {
                         return Err((413, "request body too large"));
                     }
                     used += line.total;
@@ -102,7 +99,6 @@ impl BodyReader {
                         return Ok((used, false));
                     }
                     request.body_mut().extend_from_slice(&rest[..take]);
-                    self.body_bytes += take;
                     *remaining -= take;
                     used += take;
                     if *remaining == 0 {

@@ -309,12 +309,7 @@ impl Requests {
             // as the connection's last.)
             Answer::Ready(response) if self.queue.is_empty() && !self.shutting_down => {
                 let now = ctx.measurement_now();
-                with_date_at(now, |date| {
-                    ctx.write_with(|out| {
-                        write_response_dated(out, &response, SERVER_NAME, meta.flags(), date)
-                    })
-                });
-                ctx.record_request(response.status, started);
+                with_date_at(now, |date| send(&response, meta, started, date, ctx));
                 if meta.close {
                     ctx.close();
                 }
@@ -378,13 +373,7 @@ impl Requests {
             let close = slot.meta.close;
             match &slot.answer {
                 Answer::Continue => ctx.write(CONTINUE),
-                Answer::Ready(response) => {
-                    ctx.write_with(|out| {
-                        let flags = slot.meta.flags();
-                        write_response_dated(out, response, SERVER_NAME, flags, date)
-                    });
-                    ctx.record_request(response.status, slot.started);
-                }
+                Answer::Ready(response) => send(response, slot.meta, slot.started, date, ctx),
                 Answer::Pending(_) => {}
             }
             if close {
@@ -507,7 +496,7 @@ impl Requests {
                         }
                         Ok(Some((head, end))) => {
                             self.scanned = 0;
-                            if let Some(route) = self.upgrade_route(&head) {
+                            if let Some(route) = self.upgrade_route() {
                                 // Every answer owed goes out before the switch; one still
                                 // being computed holds the upgrade (it is parsed again).
                                 self.flush(ctx);
@@ -548,8 +537,8 @@ impl Requests {
     }
 
     /// The WebSocket route an upgrade request (`Upgrade: websocket`) is addressed to, if any.
-    fn upgrade_route(&self, head: &Head) -> Option<Arc<WebSocketRoute>> {
-        if !head.upgrade {
+    fn upgrade_route(&self) -> Option<Arc<WebSocketRoute>> {
+        if !handshake::is_upgrade(&self.request) {
             return None;
         }
         self.router.find_websocket(self.request.path())
@@ -625,7 +614,6 @@ impl Requests {
             framing,
             keep_alive,
             expect_continue,
-            upgrade: _,
         } = head;
         let meta = Meta {
             head_only: self.request.method() == "HEAD",
@@ -810,13 +798,24 @@ impl Protocol for Http {
     }
 }
 
+/// Writes `response` to the connection's output, as `meta` says, and counts it with the
+/// latency since `started`.
+fn send(
+    response: &Response,
+    meta: Meta,
+    started: Instant,
+    date: &[u8; DATE_LENGTH],
+    ctx: &mut Context<'_>,
+) {
+    ctx.write_with(|out| write_response_dated(out, response, SERVER_NAME, meta.flags(), date));
+    ctx.record_request(response.status, started);
+}
+
 /// What a parsed request head says about the body and the connection.
 struct Head {
     framing: Option<Framing>,
     keep_alive: bool,
     expect_continue: bool,
-    /// `Upgrade: websocket` was asked for.
-    upgrade: bool,
 }
 
 /// Parses the head that starts `bytes` into `request` (emptied first): `None` while it is
@@ -851,7 +850,6 @@ fn parse_head(
     let mut keep_alive_token = false;
     let mut hosts = 0;
     let mut expect_continue = false;
-    let mut upgrade = false;
     for header in parsed.headers.iter() {
         let name = header.name;
         let value = header.value;
@@ -889,8 +887,6 @@ fn parse_head(
             }
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade |= handshake::has_token_in(value, "websocket");
         }
         request.push_header(name, value);
     }
@@ -925,7 +921,6 @@ fn parse_head(
             keep_alive_token && !close && !transfer_encoding
         },
         expect_continue: expect_continue && minor_version >= 1,
-        upgrade,
     };
     Ok(Some((head, length)))
 }

@@ -17,21 +17,13 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
 }
 
-/// Every value of header `name` (case-insensitive), in order.
-fn values<'r>(request: &'r Request, name: &'r str) -> impl Iterator<Item = &'r [u8]> + 'r {
-    request.header_values(name)
-}
-
-/// Whether a comma-separated token list contains `token` (case-insensitive).
-pub(crate) fn has_token_in(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&byte| byte == b',')
-        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Whether the comma-separated token lists of header `name` contain `token`.
 fn has_token(request: &Request, name: &str, token: &str) -> bool {
-    values(request, name).any(|value| has_token_in(value, token))
+    request.header_values(name).any(|value| {
+        value
+            .split(|&byte| byte == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 /// Whether `request` asks to become a WebSocket (`Upgrade: websocket`); a request that does
@@ -78,7 +70,7 @@ pub fn check(request: &Request, terms: &Terms<'_>) -> Result<Accepted, Response>
             "an upgrade without Connection: upgrade\n",
         ));
     }
-    let mut versions = values(request, "sec-websocket-version");
+    let mut versions = request.header_values("sec-websocket-version");
     let version_ok = versions.next().is_some_and(|v| v.trim_ascii() == b"13");
     if !version_ok || versions.next().is_some() {
         return Err(
@@ -86,7 +78,7 @@ pub fn check(request: &Request, terms: &Terms<'_>) -> Result<Accepted, Response>
                 .header("Sec-WebSocket-Version", "13"),
         );
     }
-    let mut keys = values(request, "sec-websocket-key");
+    let mut keys = request.header_values("sec-websocket-key");
     let key = match (keys.next(), keys.next()) {
         (Some(key), None) => key.trim_ascii(),
         _ => return Err(Response::text(400, "one Sec-WebSocket-Key is needed\n")),
@@ -108,7 +100,7 @@ pub fn check(request: &Request, terms: &Terms<'_>) -> Result<Accepted, Response>
         .iter()
         .position(|ours| has_token(request, "sec-websocket-protocol", ours));
     let deflate = terms.deflate.and_then(|options| {
-        deflate::negotiate(values(request, "sec-websocket-extensions"), options)
+        deflate::negotiate(request.header_values("sec-websocket-extensions"), options)
     });
     Ok(Accepted {
         accept: accept_key(key),
