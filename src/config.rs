@@ -143,6 +143,54 @@ pub struct Config {
     pub tcp_nodelay: bool,
     /// Install SIGINT/SIGTERM handlers that start a graceful shutdown. Default true.
     pub handle_signals: bool,
+    /// Longest pub/sub topic name, in bytes (names are `[A-Za-z0-9._:-]`, not starting with
+    /// `.`). Default 128; range 1..=200 (a topic's name is its directory's).
+    pub pubsub_max_topic_bytes: usize,
+    /// Most pub/sub topics a server holds; a publish or subscribe that would create one more
+    /// is refused (`too_many_topics`). Default 10,000; range 1..=1,000,000.
+    pub pubsub_max_topics: usize,
+    /// Most topics one connection subscribes to at once (`too_many_subscriptions` past it).
+    /// Default 64; range 1..=10,000.
+    pub pubsub_max_subscriptions: usize,
+    /// Largest `data` of a published message, in bytes (`too_large` past it). Default 64 KiB;
+    /// range 1..=16 MiB (and the WebSocket message limit bounds the whole publish).
+    pub pubsub_max_data_bytes: usize,
+    /// Longest publish `id`, in bytes. Default 128; range 1..=1,024.
+    pub pubsub_max_id_bytes: usize,
+    /// Publishes waiting for the log at most, from all connections; past it a publish is
+    /// answered `overloaded` at once (the loop never waits for the disk). Default 65,536;
+    /// range 1..=16,777,216.
+    pub pubsub_queue: usize,
+    /// A segment of a topic's log on disk is rolled at this size. Default 64 MiB; range
+    /// 4 KiB..=1 GiB.
+    pub pubsub_segment_bytes: u64,
+    /// A topic's log on disk deletes whole old segments past this many bytes. Default 1 GiB;
+    /// range 1..=2^50.
+    pub pubsub_retention_bytes: u64,
+    /// A topic's log deletes a whole segment once its newest message is older than this.
+    /// Default 7 days; range 1 s..=10 years.
+    pub pubsub_retention: Duration,
+    /// A publish repeated with the same `id` within this long is acknowledged with the first
+    /// one's offset and not stored again (the window survives a restart). Default 2 min; range
+    /// 0..=1 day.
+    pub pubsub_dedupe_window: Duration,
+    /// Most publish ids remembered for the dedupe window at once, the oldest forgotten first.
+    /// Default 1,000,000; range 1..=100,000,000.
+    pub pubsub_dedupe_ids: usize,
+    /// Messages per topic kept by the in-memory history (`--memory`, and `ws --broadcast`).
+    /// Default 10,000; range 1..=100,000,000.
+    pub pubsub_memory_messages: usize,
+    /// Bytes of payload per topic kept by the in-memory history. Default 64 MiB; range
+    /// 1..=16 GiB.
+    pub pubsub_memory_bytes: usize,
+    /// Most history read for a catching-up subscriber at a time; the next read waits until
+    /// its output has drained below the high watermark. Default 256 KiB; range
+    /// 1 KiB..=16 MiB.
+    pub pubsub_fetch_bytes: usize,
+    /// A subscriber whose output passes the high watermark is closed with 4008 (it resumes
+    /// from its offset when it reconnects) instead of switched to catching up from the log at
+    /// its own pace, the default. Default false.
+    pub pubsub_close_slow_subscribers: bool,
 }
 
 impl Default for Config {
@@ -187,6 +235,21 @@ impl Default for Config {
             tcp_keepalive: None,
             tcp_nodelay: true,
             handle_signals: true,
+            pubsub_max_topic_bytes: 128,
+            pubsub_max_topics: 10_000,
+            pubsub_max_subscriptions: 64,
+            pubsub_max_data_bytes: 64 * 1024,
+            pubsub_max_id_bytes: 128,
+            pubsub_queue: 65_536,
+            pubsub_segment_bytes: 64 << 20,
+            pubsub_retention_bytes: 1 << 30,
+            pubsub_retention: Duration::from_secs(7 * 24 * 3600),
+            pubsub_dedupe_window: Duration::from_secs(120),
+            pubsub_dedupe_ids: 1_000_000,
+            pubsub_memory_messages: 10_000,
+            pubsub_memory_bytes: 64 << 20,
+            pubsub_fetch_bytes: 256 * 1024,
+            pubsub_close_slow_subscribers: false,
         }
     }
 }
@@ -335,7 +398,94 @@ impl Config {
                 self.datagram_queue
             )
         })?;
-        Ok(())
+        self.validate_pubsub()
+    }
+
+    fn validate_pubsub(&self) -> Result<()> {
+        let within = |value: u64, low: u64, high: u64, name: &str| {
+            check((low..=high).contains(&value), || {
+                format!("{name} {value} is outside {low}..={high}")
+            })
+        };
+        within(
+            self.pubsub_max_topic_bytes as u64,
+            1,
+            200,
+            "pubsub_max_topic_bytes",
+        )?;
+        within(
+            self.pubsub_max_topics as u64,
+            1,
+            1_000_000,
+            "pubsub_max_topics",
+        )?;
+        within(
+            self.pubsub_max_subscriptions as u64,
+            1,
+            10_000,
+            "pubsub_max_subscriptions",
+        )?;
+        within(
+            self.pubsub_max_data_bytes as u64,
+            1,
+            16 << 20,
+            "pubsub_max_data_bytes",
+        )?;
+        within(
+            self.pubsub_max_id_bytes as u64,
+            1,
+            1024,
+            "pubsub_max_id_bytes",
+        )?;
+        within(self.pubsub_queue as u64, 1, 1 << 24, "pubsub_queue")?;
+        within(
+            self.pubsub_segment_bytes,
+            4096,
+            1 << 30,
+            "pubsub_segment_bytes",
+        )?;
+        within(
+            self.pubsub_retention_bytes,
+            1,
+            1 << 50,
+            "pubsub_retention_bytes",
+        )?;
+        within(
+            self.pubsub_retention.as_secs(),
+            1,
+            10 * 365 * 24 * 3600,
+            "pubsub_retention (s)",
+        )?;
+        within(
+            self.pubsub_dedupe_window.as_secs(),
+            0,
+            24 * 3600,
+            "pubsub_dedupe_window (s)",
+        )?;
+        within(
+            self.pubsub_dedupe_ids as u64,
+            1,
+            100_000_000,
+            "pubsub_dedupe_ids",
+        )?;
+        within(
+            self.pubsub_memory_messages as u64,
+            1,
+            100_000_000,
+            "pubsub_memory_messages",
+        )?;
+        within(
+            self.pubsub_memory_bytes as u64,
+            1,
+            16 << 30,
+            "pubsub_memory_bytes",
+        )?;
+        within(
+            self.pubsub_fetch_bytes as u64,
+            1024,
+            16 << 20,
+            "pubsub_fetch_bytes",
+        )
     }
 }
 
@@ -371,5 +521,25 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn pubsub_limits_are_checked() {
+        for config in [
+            Config {
+                pubsub_max_topic_bytes: 0,
+                ..Config::default()
+            },
+            Config {
+                pubsub_segment_bytes: 100,
+                ..Config::default()
+            },
+            Config {
+                pubsub_fetch_bytes: 0,
+                ..Config::default()
+            },
+        ] {
+            assert!(config.validate().is_err());
+        }
     }
 }

@@ -99,6 +99,7 @@ pub mod metrics;
 pub mod net;
 pub mod prefork;
 pub mod protocol;
+pub mod pubsub;
 pub mod reactor;
 pub mod server;
 pub(crate) mod worker;

@@ -683,7 +683,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// One histogram in the text format: cumulative `_bucket` lines with `le` in seconds, then
 /// `_sum` (seconds) and `_count`.
-fn histogram(out: &mut String, name: &str, help: &str, histogram: &HistogramSnapshot) {
+pub(crate) fn histogram(out: &mut String, name: &str, help: &str, histogram: &HistogramSnapshot) {
     use std::fmt::Write;
     family(out, name, "histogram", help);
     let mut cumulative = 0;

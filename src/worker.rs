@@ -9,6 +9,11 @@
 //!
 //! On shutdown the queue is closed; jobs still queued are dropped and the threads exit after the
 //! job they are running.
+//!
+//! The same channel carries [`Notice`]s: messages another thread (a pub/sub hub) addresses to
+//! connections of a loop through that loop's [`Mailbox`]. The loop hands each to the protocol
+//! of every connection named ([`Protocol::on_notice`](crate::protocol::Protocol::on_notice)),
+//! dropping names whose connection has closed, exactly as it drops stale job results.
 
 use std::any::Any;
 use std::fmt;
@@ -77,13 +82,77 @@ pub(crate) struct Job {
     pub(crate) submitted: Instant,
 }
 
+/// What comes into a loop from other threads.
+pub(crate) enum Completion {
+    /// A finished job on its way back.
+    Job(JobDone),
+    /// A notice for some of the loop's connections.
+    Notice {
+        /// Who it is for; names of connections that have closed are skipped.
+        to: Recipients,
+        notice: Notice,
+    },
+}
+
 /// A finished job on its way back to the reactor.
-pub(crate) struct Completion {
+pub(crate) struct JobDone {
     pub(crate) conn: ConnId,
     pub(crate) tag: u64,
     pub(crate) result: JobResult,
     /// From handing the job over to its result (queueing and running).
     pub(crate) latency: Duration,
+}
+
+/// A message from another thread to a connection's protocol; the protocol downcasts it. Shared,
+/// so one notice can go to many connections without a copy.
+pub type Notice = Arc<dyn Any + Send + Sync>;
+
+/// The connections of one loop a [`Notice`] is for.
+#[derive(Debug, Clone)]
+pub enum Recipients {
+    /// One connection.
+    One(ConnId),
+    /// Many, in this order (a topic's subscribers on that loop, kept as one shared list that
+    /// changes only when they do).
+    Many(Arc<[ConnId]>),
+}
+
+/// Where another thread sends notices for the connections of one loop: its completion channel
+/// and its waker. Cheap to clone; sending never blocks.
+#[derive(Clone)]
+pub struct Mailbox {
+    sender: CompletionSender<Completion>,
+    /// Tells loops apart (a hub groups a topic's subscribers by loop).
+    loop_id: u64,
+}
+
+impl fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("loop_id", &self.loop_id)
+            .finish()
+    }
+}
+
+impl Mailbox {
+    /// A mailbox for the loop behind `sender`, with an id no other loop of this process has.
+    pub(crate) fn new(sender: CompletionSender<Completion>) -> Mailbox {
+        static NEXT_LOOP: AtomicU64 = AtomicU64::new(1);
+        Mailbox {
+            sender,
+            loop_id: NEXT_LOOP.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The loop's id: equal for every mailbox of one loop.
+    pub fn loop_id(&self) -> u64 {
+        self.loop_id
+    }
+
+    /// Sends `notice` to the connections named; false once the loop has stopped.
+    pub fn send(&self, to: Recipients, notice: Notice) -> bool {
+        self.sender.send(Completion::Notice { to, notice }).is_ok()
+    }
 }
 
 /// N worker threads and the bounded queue that feeds them.
@@ -179,11 +248,11 @@ fn work(jobs: Receiver<Job>, stopping: Arc<AtomicBool>, queued: Arc<AtomicU64>) 
         });
         let latency = submitted.elapsed();
         // An error means that reactor is gone; the result has no one to go to.
-        let _ = reply.send(Completion {
+        let _ = reply.send(Completion::Job(JobDone {
             conn,
             tag,
             result,
             latency,
-        });
+        }));
     }
 }

@@ -7,7 +7,8 @@
 //!   driver use, import nothing from the crate at all;
 //! * the blocking drivers share the protocols and the lifecycle with the reactor, not the loop;
 //! * protocols know no socket, no driver and no server;
-//! * the lifecycle room sits below all three.
+//! * the lifecycle room sits below all three;
+//! * pub/sub sits on the protocols (a WebSocket handler) and knows no socket, loop or server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,20 @@ const RULES: &[Rule] = &[
     Rule {
         room: "crate::protocol",
         allowed: PROTOCOL_ALLOWED,
+    },
+    Rule {
+        room: "crate::pubsub",
+        allowed: &[
+            "crate::config",
+            "crate::error",
+            "crate::metrics",
+            "crate::protocol",
+            "crate::reactor::token",
+            // Notices and mailboxes, as protocols see them (re-exported by the protocol room).
+            "crate::worker::Mailbox",
+            "crate::worker::Notice",
+            "crate::worker::Recipients",
+        ],
     },
     Rule {
         room: "crate::lifecycle",

@@ -11,6 +11,7 @@ use socketserver::prefork::{self, Inherited, Supervisor};
 use socketserver::protocol::http::{HttpLimits, Response, Router};
 use socketserver::protocol::ws::{self, DeflateOptions, WebSocketOptions, WebSocketRoute};
 use socketserver::protocol::{Echo, Frame, Http, Line, Protocol};
+use socketserver::pubsub::{FsyncPolicy, PubSub, Storage};
 use socketserver::{Config, DatagramServer, Error, Model, Server};
 
 use super::{seconds, ModelName};
@@ -27,8 +28,22 @@ enum ProtocolName {
     /// Prometheus text format.
     Http,
     /// WebSocket echo: every text or binary message comes back unchanged, on any path; `GET
-    /// /metrics` without an upgrade serves the counters.
+    /// /metrics` without an upgrade serves the counters. With --broadcast, every message goes
+    /// to every connected WebSocket instead.
     Ws,
+    /// Pub/sub over WebSocket on any path (JSON messages: subscribe, unsubscribe, publish),
+    /// with a durable log per topic in --data-dir; `GET /metrics` serves the counters.
+    Pubsub,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FsyncName {
+    /// A publish is acknowledged once its record is on the disk (group commit).
+    Always,
+    /// Acknowledged once written; the log is synced every --fsync-interval-ms.
+    Interval,
+    /// Acknowledged once written; the system syncs when it likes.
+    Never,
 }
 
 /// The arguments of `serve`.
@@ -92,17 +107,43 @@ pub(crate) struct ServeArgs {
     /// Offer permessage-deflate to WebSocket clients that ask for it.
     #[arg(long)]
     deflate: bool,
+    /// ws: send every message a client sends to every connected WebSocket (the sender too),
+    /// through the pub/sub fan-out, instead of echoing it.
+    #[arg(long)]
+    broadcast: bool,
+    /// pubsub: where the topics' logs live.
+    #[arg(long, default_value = "socketserver-data")]
+    data_dir: std::path::PathBuf,
+    /// pubsub: when a publish counts as stored.
+    #[arg(long, value_enum, default_value = "always")]
+    fsync: FsyncName,
+    /// pubsub: how often --fsync interval syncs, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    fsync_interval_ms: u64,
+    /// pubsub: keep a bounded history per topic in memory instead of a log on disk.
+    #[arg(long)]
+    memory: bool,
+    /// pubsub: delete a topic's oldest segments past this many bytes.
+    #[arg(long, default_value_t = Config::default().pubsub_retention_bytes)]
+    retention_bytes: u64,
+    /// pubsub: delete a segment once its newest message is older than this many seconds.
+    #[arg(long, default_value_t = Config::default().pubsub_retention.as_secs())]
+    retention_secs: u64,
+    /// pubsub: roll a topic's segment at this many bytes.
+    #[arg(long, default_value_t = Config::default().pubsub_segment_bytes)]
+    segment_bytes: u64,
 }
 
 impl ServeArgs {
     /// The idle timeout in seconds, 0 for none: the flag, or the protocol's default.
     fn idle_timeout_secs(&self) -> u64 {
-        self.idle_timeout
-            .unwrap_or(if matches!(self.protocol, ProtocolName::Ws) {
+        self.idle_timeout.unwrap_or(
+            if matches!(self.protocol, ProtocolName::Ws | ProtocolName::Pubsub) {
                 0
             } else {
                 60
-            })
+            },
+        )
     }
 }
 
@@ -133,8 +174,27 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
             .threads
             .map_or(Config::default().pool_threads, |n| n as usize),
         reuse_port: matches!(args.model, ModelName::Reactors),
+        pubsub_retention_bytes: args.retention_bytes,
+        pubsub_retention: Duration::from_secs(args.retention_secs),
+        pubsub_segment_bytes: args.segment_bytes,
         ..Config::default()
     };
+    let fans_out = matches!(args.protocol, ProtocolName::Pubsub)
+        || (matches!(args.protocol, ProtocolName::Ws) && args.broadcast);
+    if fans_out && !matches!(args.model, ModelName::Reactor | ModelName::Reactors) {
+        return Err(Error::Config(match args.model {
+            ModelName::Prefork => "pub/sub does not run under --model prefork: its processes \
+                                   would share no topics (that takes a backplane); use \
+                                   --model reactors for several cores"
+                .into(),
+            _ => "pub/sub (and ws --broadcast) runs on the event-loop models: --model reactor \
+                  or reactors"
+                .into(),
+        }));
+    }
+    if args.broadcast && !matches!(args.protocol, ProtocolName::Ws) {
+        return Err(Error::Config("--broadcast goes with --protocol ws".into()));
+    }
     if args.metrics_addr.is_some() && matches!(args.model, ModelName::Prefork) {
         return Err(Error::Config(
             "--metrics-addr does not combine with --model prefork: each worker process keeps \
@@ -242,6 +302,10 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
                 options = options.with_deflate(DeflateOptions::default());
             }
             let handle = server.handle();
+            if args.broadcast {
+                let pubsub = PubSub::start_broadcast(server.config())?;
+                return serve_pubsub(server, run, pubsub, options, limits);
+            }
             let router = Arc::new(
                 Router::new()
                     .get("/metrics", move |_| Response::metrics(&handle.stats()))
@@ -249,7 +313,57 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
             );
             run_stream(server, run, move || Http::new(router.clone(), limits))
         }
+        ProtocolName::Pubsub => {
+            let limits = HttpLimits::from_config(server.config());
+            let mut options = WebSocketOptions::from_config(server.config());
+            if args.deflate {
+                options = options.with_deflate(DeflateOptions::default());
+            }
+            let storage = if args.memory {
+                Storage::Memory
+            } else {
+                Storage::Disk {
+                    dir: args.data_dir.clone(),
+                    fsync: match args.fsync {
+                        FsyncName::Always => FsyncPolicy::Always,
+                        FsyncName::Interval => {
+                            FsyncPolicy::Interval(Duration::from_millis(args.fsync_interval_ms))
+                        }
+                        FsyncName::Never => FsyncPolicy::Never,
+                    },
+                }
+            };
+            let pubsub = PubSub::start(server.config(), storage)?;
+            serve_pubsub(server, run, pubsub, options, limits)
+        }
     }
+}
+
+/// Serves `pubsub` on every path, its counters and the server's at `GET /metrics`; once the
+/// server has stopped, lets the hub make every write durable.
+fn serve_pubsub(
+    server: Server,
+    run: Run,
+    pubsub: PubSub,
+    options: WebSocketOptions,
+    limits: HttpLimits,
+) -> socketserver::Result<()> {
+    let handle = server.handle();
+    let stats = pubsub.stats();
+    let router = Arc::new(
+        Router::new()
+            .get("/metrics", move |_| {
+                let mut text = socketserver::metrics::prometheus(&handle.stats());
+                text.push_str(&stats.prometheus());
+                Response::new(200)
+                    .content_type("text/plain; version=0.0.4")
+                    .body(text.into_bytes())
+            })
+            .websocket("/*", pubsub.route(options)),
+    );
+    let served = run_stream(server, run, move || Http::new(router.clone(), limits));
+    pubsub.shutdown();
+    served
 }
 
 fn run_stream<P, F>(server: Server, run: Run, factory: F) -> socketserver::Result<()>

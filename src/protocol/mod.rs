@@ -53,10 +53,13 @@ pub use http::Http;
 pub use line::Line;
 pub use session::Session;
 
+pub use crate::reactor::buffer::SharedBytes;
 use crate::reactor::buffer::WriteBuf;
 use crate::reactor::token::ConnId;
 use crate::worker::{Job, WorkerPool};
-pub use crate::worker::{JobFailed, JobOutput, JobResult, OffloadError};
+pub use crate::worker::{
+    JobFailed, JobOutput, JobResult, Mailbox, Notice, OffloadError, Recipients,
+};
 
 /// A sans-IO connection protocol. See the [module documentation](self) for the contract.
 pub trait Protocol: 'static {
@@ -98,6 +101,13 @@ pub trait Protocol: 'static {
     /// told of backpressure) may write more now.
     fn on_drain(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;
+    }
+
+    /// A [`Notice`] another thread sent to this connection through its loop's [`Mailbox`]
+    /// (see [`Context::mailbox`]): a pub/sub hub's delivery or answer. Downcast it to what the
+    /// sender sends; a notice of another kind is ignored.
+    fn on_notice(&mut self, notice: &Notice, ctx: &mut Context<'_>) {
+        let _ = (notice, ctx);
     }
 
     /// The connection is closed, for whatever reason (the protocol's own close, the peer's,
@@ -142,6 +152,8 @@ pub(crate) struct Wishes {
     pub(crate) hold_input: bool,
     /// From now on, input is fed even above the high watermark.
     pub(crate) own_backpressure: bool,
+    /// Call `on_drain` once pending output is at or below the low watermark.
+    pub(crate) drain_wanted: bool,
 }
 
 /// Where [`Context::peer_addr`] finds the peer's address.
@@ -199,6 +211,8 @@ pub struct Context<'a> {
     pub(crate) peer: PeerSource<'a>,
     /// The server's error hook, for panics a protocol catches in code it calls.
     pub(crate) on_error: Option<&'a (dyn Fn(&crate::lifecycle::ErrorReport) + Send + Sync)>,
+    /// The loop's mailbox; `None` under drivers that have no loop to wake (the blocking ones).
+    pub(crate) mailbox: Option<&'a Mailbox>,
 }
 
 impl<'a> Context<'a> {
@@ -239,6 +253,19 @@ impl<'a> Context<'a> {
     /// Queues `bytes` for sending, after everything written before.
     pub fn write(&mut self, bytes: &[u8]) {
         self.output.push(bytes);
+    }
+
+    /// Queues a reference to bytes shared with other connections (one encoded frame fanned
+    /// out to many): no copy.
+    pub fn write_shared(&mut self, bytes: &SharedBytes) {
+        self.output.push_shared(bytes);
+    }
+
+    /// Where another thread can send [`Notice`]s for this connection (and the others of its
+    /// loop): `None` under a driver without an event loop (the blocking models), where nothing
+    /// could wake the connection for them.
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        self.mailbox
     }
 
     /// Queues an owned buffer for sending without copying it (e.g. a response body).
@@ -349,6 +376,15 @@ impl<'a> Context<'a> {
     /// [`Protocol::on_drain`]. It lasts for the rest of the connection.
     pub fn manage_own_backpressure(&mut self) {
         self.wishes.own_backpressure = true;
+    }
+
+    /// Asks for [`Protocol::on_drain`] once the connection's pending output is at or below
+    /// the low watermark: soon after this callback if it already is (or once the socket has
+    /// taken it), else when it drains. For a protocol that stopped writing because output
+    /// was waiting and must learn when to go on, whether or not the high watermark was
+    /// reached. Under a blocking driver, whose writes wait for the peer, it has no effect.
+    pub fn notify_when_drained(&mut self) {
+        self.wishes.drain_wanted = true;
     }
 
     /// Runs `job` on the worker pool; its result comes back to [`Protocol::on_job_done`] with

@@ -286,6 +286,7 @@ impl<P: Protocol> Session<P> {
                 measured_now: None,
                 peer: self.peer.map_or(PeerSource::Unknown, PeerSource::Known),
                 on_error: self.on_error.as_deref(),
+                mailbox: None,
             };
             callback(&mut self.protocol, &mut ctx)
         };

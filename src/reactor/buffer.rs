@@ -8,9 +8,50 @@
 //!
 //! `WriteBuf` is a queue of chunks written with one vectored `write` (`writev`), so a protocol that
 //! hands over an owned body (`Vec<u8>`) after a small header costs no copy and one system call.
+//! A chunk may also be *shared* ([`SharedBytes`]): one encoded frame that a fan-out puts in the
+//! queue of every subscriber, each holding a reference count, none a copy.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+/// Bytes shared by many output queues (one encoded frame fanned out to its subscribers); a
+/// queue holds a reference, and the bytes are freed when the last queue has written them.
+pub type SharedBytes = Arc<[u8]>;
+
+/// One chunk of pending output.
+#[derive(Debug)]
+enum Chunk {
+    /// Bytes this queue owns; small writes coalesce into the last one.
+    Owned(Vec<u8>),
+    /// Bytes shared with other queues; never appended to.
+    Shared(SharedBytes),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(bytes) => bytes,
+            Chunk::Shared(bytes) => bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunk's storage, when it is owned and small enough to take more bytes.
+    fn owned_under(&mut self, limit: usize) -> Option<&mut Vec<u8>> {
+        match self {
+            Chunk::Owned(bytes) if bytes.is_empty() || bytes.len() < limit => Some(bytes),
+            _ => None,
+        }
+    }
+}
 
 /// Input a protocol has not consumed yet: the bytes `data[start..]`.
 #[derive(Debug, Default)]
@@ -76,8 +117,8 @@ impl ReadBuf {
 /// Output waiting for the socket: a queue of chunks, the first partly written.
 #[derive(Debug, Default)]
 pub struct WriteBuf {
-    /// Chunks in send order; none is empty except possibly a lone spare kept for reuse.
-    chunks: VecDeque<Vec<u8>>,
+    /// Chunks in send order; none is empty except possibly a lone owned spare kept for reuse.
+    chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     head: usize,
     /// Unwritten bytes across all chunks.
@@ -107,13 +148,13 @@ impl WriteBuf {
             return;
         }
         match self.chunks.back_mut() {
-            Some(last)
+            Some(Chunk::Owned(last))
                 if last.is_empty()
                     || last.len() + bytes.len() <= COALESCE_LIMIT.max(last.capacity()) =>
             {
                 last.extend_from_slice(bytes)
             }
-            _ => self.chunks.push_back(bytes.to_vec()),
+            _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
         }
         self.len += bytes.len();
     }
@@ -121,22 +162,23 @@ impl WriteBuf {
     /// Appends what `write` adds to a `Vec` in place: to the last chunk while it is small (or
     /// the spare), else to a new chunk. `write` must only append.
     pub(crate) fn append_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-        let reuse = self
+        let reused = self
             .chunks
-            .back()
-            .is_some_and(|last| last.is_empty() || last.len() < COALESCE_LIMIT);
-        let mut chunk = if reuse {
-            self.chunks.pop_back().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let before = chunk.len();
+            .back_mut()
+            .and_then(|last| last.owned_under(COALESCE_LIMIT));
+        if let Some(last) = reused {
+            let before = last.len();
+            let result = write(last);
+            debug_assert!(last.len() >= before, "append_with must only append");
+            self.len += last.len().saturating_sub(before);
+            return result;
+        }
+        let mut chunk = Vec::new();
         let result = write(&mut chunk);
-        debug_assert!(chunk.len() >= before, "append_with must only append");
-        self.len += chunk.len().saturating_sub(before);
+        self.len += chunk.len();
         // An empty chunk may stay only as the lone spare.
         if !chunk.is_empty() || self.chunks.is_empty() {
-            self.chunks.push_back(chunk);
+            self.chunks.push_back(Chunk::Owned(chunk));
         }
         result
     }
@@ -146,12 +188,32 @@ impl WriteBuf {
         if bytes.is_empty() {
             return;
         }
-        self.len += bytes.len();
+        self.push_chunk(Chunk::Owned(bytes));
+    }
+
+    /// Queues a reference to `bytes`, shared with every other queue that holds them: no copy.
+    pub fn push_shared(&mut self, bytes: &SharedBytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.push_chunk(Chunk::Shared(bytes.clone()));
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk) {
+        self.len += chunk.len();
         // Drop an empty spare first so the "no empty chunk but a lone spare" rule holds.
         if self.chunks.len() == 1 && self.chunks[0].is_empty() {
             self.chunks.clear();
         }
-        self.chunks.push_back(bytes);
+        self.chunks.push_back(chunk);
+    }
+
+    /// How many queued chunks share their bytes with other queues (for tests of fan-out).
+    pub fn shared_chunks(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter(|chunk| matches!(chunk, Chunk::Shared(_)))
+            .count()
     }
 
     /// Moves every chunk of `other` to the end of this buffer (no byte copies), leaving `other`
@@ -162,12 +224,21 @@ impl WriteBuf {
         }
         if other.head > 0 {
             if let Some(front) = other.chunks.front_mut() {
-                front.drain(..other.head);
+                *front = match front {
+                    Chunk::Owned(bytes) => {
+                        bytes.drain(..other.head);
+                        Chunk::Owned(std::mem::take(bytes))
+                    }
+                    // A shared chunk is never changed in place: its unwritten tail is copied.
+                    Chunk::Shared(bytes) => Chunk::Owned(bytes[other.head..].to_vec()),
+                };
             }
             other.head = 0;
         }
         for chunk in other.chunks.drain(..) {
-            self.push_owned(chunk);
+            if !chunk.is_empty() {
+                self.push_chunk(chunk);
+            }
         }
         other.len = 0;
     }
@@ -176,7 +247,7 @@ impl WriteBuf {
     pub fn write_to(&mut self, sink: &mut impl Write) -> io::Result<usize> {
         if self.chunks.len() == 1 {
             // The usual case (one coalesced chunk): a plain write, no vector to build.
-            let written = sink.write(&self.chunks[0][self.head..])?;
+            let written = sink.write(&self.chunks[0].bytes()[self.head..])?;
             self.advance(written);
             return Ok(written);
         }
@@ -184,9 +255,9 @@ impl WriteBuf {
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
             let bytes = if i == 0 {
-                &chunk[self.head..]
+                &chunk.bytes()[self.head..]
             } else {
-                &chunk[..]
+                chunk.bytes()
             };
             slices[count] = IoSlice::new(bytes);
             count += 1;
@@ -232,10 +303,12 @@ impl WriteBuf {
             self.head = 0;
             let spent = self.chunks.pop_front();
             if self.chunks.is_empty() {
-                // Kept for reuse, unless a large answer made it large.
-                if let Some(mut spare) = spent.filter(|spare| spare.capacity() <= COALESCE_LIMIT) {
-                    spare.clear();
-                    self.chunks.push_back(spare);
+                // Kept for reuse, unless a large answer made it large (or it was shared).
+                if let Some(Chunk::Owned(mut spare)) = spent {
+                    if spare.capacity() <= COALESCE_LIMIT {
+                        spare.clear();
+                        self.chunks.push_back(Chunk::Owned(spare));
+                    }
                 }
             }
         }
@@ -256,7 +329,8 @@ impl WriteBuf {
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);
         for (i, chunk) in self.chunks.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { &chunk[self.head..] } else { chunk });
+            let bytes = chunk.bytes();
+            out.extend_from_slice(if i == 0 { &bytes[self.head..] } else { bytes });
         }
         out
     }
@@ -330,7 +404,7 @@ mod tests {
         buf.clear();
         assert!(buf.is_empty());
         assert_eq!(buf.chunks.len(), 1);
-        assert!(buf.chunks[0].capacity() >= 100);
+        assert!(matches!(&buf.chunks[0], Chunk::Owned(spare) if spare.capacity() >= 100));
     }
 
     #[test]
@@ -342,10 +416,10 @@ mod tests {
         buf.append_with(|_| ());
         assert_eq!(buf.chunks.len(), 1, "nothing appended: no chunk added");
         buf.clear();
-        let spare = buf.chunks[0].as_ptr();
+        let spare = buf.chunks[0].bytes().as_ptr();
         buf.append_with(|out| out.extend_from_slice(b"ef"));
         assert_eq!(
-            buf.chunks[0].as_ptr(),
+            buf.chunks[0].bytes().as_ptr(),
             spare,
             "the spare's storage is reused"
         );
@@ -360,5 +434,42 @@ mod tests {
         large.push_owned(vec![b'x'; COALESCE_LIMIT + 1]);
         large.clear();
         assert!(large.chunks.is_empty(), "a large chunk is freed, not kept");
+    }
+
+    #[test]
+    fn shared_chunks_are_referenced_not_copied_and_never_coalesced_into() {
+        let frame: SharedBytes = Arc::from(&b"frame"[..]);
+        let mut first = WriteBuf::default();
+        let mut second = WriteBuf::default();
+        first.push(b"<");
+        first.push_shared(&frame);
+        first.push(b">");
+        second.push_shared(&frame);
+        assert_eq!(Arc::strong_count(&frame), 3, "each queue holds a reference");
+        assert_eq!(first.shared_chunks(), 1);
+        assert_eq!(
+            first.to_vec(),
+            b"<frame>",
+            "the '>' did not go into the shared chunk"
+        );
+        assert_eq!(&*frame, b"frame");
+        let mut sink = Trickle {
+            taken: Vec::new(),
+            limit: 3,
+        };
+        while !first.is_empty() {
+            first.write_to(&mut sink).expect("sink never fails");
+        }
+        assert_eq!(sink.taken, b"<frame>");
+        assert_eq!(
+            Arc::strong_count(&frame),
+            2,
+            "a written chunk lets go of its bytes"
+        );
+        // A partly written shared chunk moved into another queue keeps its unwritten tail.
+        second.advance(2);
+        let mut pending = WriteBuf::default();
+        pending.append(&mut second);
+        assert_eq!(pending.to_vec(), b"ame");
     }
 }

@@ -373,6 +373,7 @@ impl<P: Protocol> Connection<P> {
             measured_now: None,
             peer: PeerSource::Socket(&self.stream),
             on_error: Some(&*core.on_error),
+            mailbox: Some(&core.mailbox),
         };
         let protocol = &mut self.protocol;
         let outcome = catch_unwind(AssertUnwindSafe(|| callback(protocol, &mut ctx)));
@@ -440,6 +441,16 @@ impl<P: Protocol> Connection<P> {
         }
         if !core.output.is_empty() {
             self.send(core);
+        }
+        if wishes.drain_wanted && !self.has(flag::CLOSED) {
+            self.set(flag::DRAIN_OWED);
+            // Already drained: no write will end to say so; come back next turn.
+            if self.pending_output() <= core.config.write_low_watermark
+                && !self.has(flag::READY_AGAIN)
+            {
+                self.set(flag::READY_AGAIN);
+                core.ready_again.push(self.id);
+            }
         }
         if let Some(request) = wishes.close {
             if !self.has(flag::CLOSING) {

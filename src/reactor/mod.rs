@@ -61,7 +61,7 @@ use crate::lifecycle::{
 };
 use crate::metrics::{self, Stats};
 use crate::protocol::Protocol;
-use crate::worker::{Completion, WorkerPool};
+use crate::worker::{Completion, JobDone, Mailbox, Notice, Recipients, WorkerPool};
 
 /// A new poll and the waker that interrupts it (for shutdown and worker results).
 pub(crate) fn poll_with_waker() -> Result<(Poll, Arc<mio::Waker>)> {
@@ -99,6 +99,8 @@ pub(crate) struct Core {
     pub(crate) pool: Option<Arc<WorkerPool>>,
     /// This reactor's completion channel; every offloaded job carries a clone for its result.
     pub(crate) completion_sender: CompletionSender<Completion>,
+    /// The same channel as a mailbox, for threads that send notices to this loop's connections.
+    pub(crate) mailbox: Mailbox,
     pub(crate) stats: Arc<Stats>,
     /// Connections that stopped on their read budget with input left.
     pub(crate) ready_again: Vec<ConnId>,
@@ -178,6 +180,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 timers: Timers::default(),
                 output: WriteBuf::default(),
                 pool,
+                mailbox: Mailbox::new(completion_sender.clone()),
                 completion_sender,
                 stats,
                 ready_again: Vec::new(),
@@ -351,12 +354,18 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         let mut done = std::mem::take(&mut self.completed);
         self.completions.drain_into(&mut done);
         for completion in done.drain(..) {
-            let Completion {
-                conn: id,
-                tag,
-                result,
-                latency,
-            } = completion;
+            let (id, tag, result, latency) = match completion {
+                Completion::Job(JobDone {
+                    conn,
+                    tag,
+                    result,
+                    latency,
+                }) => (conn, tag, result, latency),
+                Completion::Notice { to, notice } => {
+                    self.deliver_notice(&to, &notice);
+                    continue;
+                }
+            };
             metrics::add(&self.core.stats.jobs_completed, 1);
             self.core.stats.job_latency.observe(latency);
             metrics::sub(&self.core.stats.jobs_in_flight, 1);
@@ -378,6 +387,26 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         self.completed = done;
         if self.shutdown.is_requested() {
             self.begin_shutdown();
+        }
+    }
+
+    /// Hands `notice` to the protocol of every connection named that is still open.
+    fn deliver_notice(&mut self, to: &Recipients, notice: &Notice) {
+        let ids: &[ConnId] = match to {
+            Recipients::One(id) => std::slice::from_ref(id),
+            Recipients::Many(ids) => ids,
+        };
+        for &id in ids {
+            match self.connections.get_mut(id) {
+                Some(conn) if !conn.has(flag::CLOSED) => {
+                    conn.call(&mut self.core, |protocol, ctx| {
+                        protocol.on_notice(notice, ctx)
+                    });
+                    conn.conclude(&mut self.core);
+                }
+                // Drop: that connection has closed since the sender named it.
+                _ => metrics::add(&self.core.stats.stale_completions, 1),
+            }
         }
     }
 

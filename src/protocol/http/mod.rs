@@ -791,6 +791,12 @@ impl Protocol for Http {
         }
     }
 
+    fn on_notice(&mut self, notice: &crate::protocol::Notice, ctx: &mut Context<'_>) {
+        if let State::WebSocket(websocket) = &mut self.state {
+            websocket.on_notice(notice, ctx);
+        }
+    }
+
     fn on_closed(&mut self, ctx: &mut Context<'_>) {
         if let State::WebSocket(websocket) = &mut self.state {
             websocket.on_closed(ctx);

@@ -122,7 +122,7 @@ impl Link {
         self.state & bits != 0
     }
 
-    fn options(&self) -> &super::WebSocketOptions {
+    pub(crate) fn options(&self) -> &super::WebSocketOptions {
         &self.route.options
     }
 
@@ -246,6 +246,67 @@ impl Link {
         } else {
             SendStatus::Sent
         }
+    }
+
+    /// Sends a message framed once for many connections: the shared frame, or the shared
+    /// compressed one when deflate was agreed without server context takeover (a connection
+    /// that keeps its context compresses its own copy, since its peer's context must see it).
+    pub(crate) fn send_prepared(
+        &mut self,
+        ctx: &mut Context<'_>,
+        message: &super::Prepared,
+    ) -> SendStatus {
+        if self.is_closing() {
+            return SendStatus::Closed;
+        }
+        let compress = self
+            .deflate
+            .zip(self.options().deflate)
+            .filter(|(_, options)| message.payload_len() >= options.threshold);
+        if let Some((agreed, options)) = compress {
+            if self.kept_compressor().is_some() {
+                let payload = &message.frame()[message.frame().len() - message.payload_len()..];
+                let message = if message.text {
+                    match std::str::from_utf8(payload) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => Message::Binary(payload),
+                    }
+                } else {
+                    Message::Binary(payload)
+                };
+                return self.send(ctx, message);
+            }
+            if ctx.pending_output() > self.options().max_backpressure {
+                return self.send_dropped(ctx);
+            }
+            let shared = message.compressed(options.level, agreed.server_window_bits);
+            ctx.write_shared(shared.unwrap_or(message.frame()));
+        } else {
+            if ctx.pending_output() > self.options().max_backpressure {
+                return self.send_dropped(ctx);
+            }
+            ctx.write_shared(message.frame());
+        }
+        record(ctx, |stats| &stats.websocket_messages_out, 1);
+        record(
+            ctx,
+            |stats| &stats.websocket_bytes_out,
+            message.payload_len() as u64,
+        );
+        if ctx.pending_output() > self.options().backpressure_soft_limit {
+            SendStatus::Backpressure
+        } else {
+            SendStatus::Sent
+        }
+    }
+
+    /// A message not queued: the output waiting is over the limit.
+    fn send_dropped(&mut self, ctx: &mut Context<'_>) -> SendStatus {
+        record(ctx, |stats| &stats.websocket_send_dropped, 1);
+        if self.options().close_on_backpressure_limit {
+            self.start_close(ctx, close::POLICY_VIOLATION, "not reading its messages");
+        }
+        SendStatus::Dropped
     }
 
     pub(crate) fn ping(&mut self, ctx: &mut Context<'_>, payload: &[u8]) -> SendStatus {
@@ -871,6 +932,13 @@ impl WebSocketConnection {
     ) {
         if !self.link.has(state::ENDED) {
             self.call_handler(ctx, |handler, ws| handler.on_job_done(tag, result, ws));
+        }
+    }
+
+    /// Another thread's notice for this connection.
+    pub(crate) fn on_notice(&mut self, notice: &crate::protocol::Notice, ctx: &mut Context<'_>) {
+        if !self.link.has(state::ENDED) {
+            self.call_handler(ctx, |handler, ws| handler.on_notice(notice, ws));
         }
     }
 

@@ -182,6 +182,86 @@ impl<'a> Message<'a> {
     }
 }
 
+/// A message framed once to go to many connections ([`WebSocket::send_prepared`]): the frame
+/// (a single final frame, whatever the route's fragment size) is built when the message is
+/// prepared, and its compressed frame, for each server window a connection agreed, the first
+/// time a connection that compresses needs it. Any thread may prepare and share it.
+#[derive(Debug)]
+pub struct Prepared {
+    text: bool,
+    payload_len: usize,
+    /// The uncompressed frame.
+    frame: crate::protocol::SharedBytes,
+    /// Compressed frames by server window bits (index `bits - 8`), made on first use: `None`
+    /// inside when compressing did not make the message smaller (it then goes uncompressed).
+    compressed: [std::sync::OnceLock<Option<crate::protocol::SharedBytes>>; 8],
+}
+
+impl Prepared {
+    /// Frames `message` (unmasked, as a server sends).
+    pub fn new(message: Message<'_>) -> Prepared {
+        let (opcode, payload) = match message {
+            Message::Text(text) => (frame::Opcode::Text, text.as_bytes()),
+            Message::Binary(bytes) => (frame::Opcode::Binary, bytes),
+        };
+        let mut framed = Vec::with_capacity(payload.len() + 10);
+        frame::write_frame(&mut framed, true, false, opcode, payload, None);
+        Prepared {
+            text: matches!(message, Message::Text(_)),
+            payload_len: payload.len(),
+            frame: framed.into(),
+            compressed: Default::default(),
+        }
+    }
+
+    /// A text message.
+    pub fn text(text: &str) -> Prepared {
+        Prepared::new(Message::Text(text))
+    }
+
+    /// The uncompressed frame's bytes (header and payload).
+    pub fn frame(&self) -> &crate::protocol::SharedBytes {
+        &self.frame
+    }
+
+    /// The payload's length in bytes.
+    pub fn payload_len(&self) -> usize {
+        self.payload_len
+    }
+
+    /// The payload, as framed.
+    fn payload(&self) -> &[u8] {
+        &self.frame[self.frame.len() - self.payload_len..]
+    }
+
+    /// The frame compressed with a fresh context and `window_bits`, made once; `None` when
+    /// compression gains nothing.
+    pub(crate) fn compressed(
+        &self,
+        level: u32,
+        window_bits: u8,
+    ) -> Option<&crate::protocol::SharedBytes> {
+        let slot = self
+            .compressed
+            .get(usize::from(window_bits.saturating_sub(8)))?;
+        slot.get_or_init(|| {
+            let mut compressed = Vec::new();
+            deflate::compress(self.payload(), &mut compressed, None, level, window_bits);
+            (compressed.len() < self.payload_len).then(|| {
+                let opcode = if self.text {
+                    frame::Opcode::Text
+                } else {
+                    frame::Opcode::Binary
+                };
+                let mut framed = Vec::with_capacity(compressed.len() + 10);
+                frame::write_frame(&mut framed, true, true, opcode, &compressed, None);
+                framed.into()
+            })
+        })
+        .as_ref()
+    }
+}
+
 /// What became of a message handed to [`WebSocket::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendStatus {
@@ -206,6 +286,12 @@ pub trait WebSocketHandler: Send + 'static {
 
     /// A whole message arrived.
     fn on_message(&mut self, message: Message<'_>, ws: &mut WebSocket<'_, '_>);
+
+    /// A [`Notice`](crate::protocol::Notice) another thread sent to this connection (see
+    /// [`Context::mailbox`](crate::protocol::Context::mailbox)): a pub/sub hub's delivery.
+    fn on_notice(&mut self, notice: &crate::protocol::Notice, ws: &mut WebSocket<'_, '_>) {
+        let _ = (notice, ws);
+    }
 
     /// A job offloaded through [`WebSocket::context`] (`Context::offload`) finished.
     fn on_job_done(&mut self, tag: u64, result: super::JobResult, ws: &mut WebSocket<'_, '_>) {
@@ -250,6 +336,13 @@ impl<'ctx> WebSocket<'_, 'ctx> {
         self.link.send(self.ctx, message)
     }
 
+    /// Sends a message encoded once for many connections: its frame's bytes are shared with
+    /// every other connection it goes to (no copy), and with permessage-deflate agreed without
+    /// server context takeover, its compressed frame is made once and shared too.
+    pub fn send_prepared(&mut self, message: &Prepared) -> SendStatus {
+        self.link.send_prepared(self.ctx, message)
+    }
+
     /// Sends a text message.
     pub fn send_text(&mut self, text: &str) -> SendStatus {
         self.send(Message::Text(text))
@@ -275,6 +368,19 @@ impl<'ctx> WebSocket<'_, 'ctx> {
     /// Bytes written to this connection and not yet taken by the socket.
     pub fn buffered_amount(&self) -> usize {
         self.ctx.pending_output()
+    }
+
+    /// Asks for [`WebSocketHandler::on_drain`] once the output waiting is at or below the
+    /// low watermark (soon, if it already is): for a handler that stopped sending and must
+    /// learn when to go on.
+    pub fn notify_when_drained(&mut self) {
+        self.ctx.notify_when_drained();
+    }
+
+    /// The output waiting above which [`WebSocket::send`] answers
+    /// [`SendStatus::Backpressure`] ([`WebSocketOptions::backpressure_soft_limit`]).
+    pub fn backpressure_soft_limit(&self) -> usize {
+        self.link.options().backpressure_soft_limit
     }
 
     /// The peer's address (TCP peers).
