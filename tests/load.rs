@@ -30,7 +30,9 @@ fn the_counts_match_what_the_server_received_and_sent() {
             LoadProtocol::Echo => start(|| Echo),
             LoadProtocol::Line => start(Line::default),
             LoadProtocol::Frame => start(Frame::default),
-            LoadProtocol::Http | LoadProtocol::Ws => unreachable!("tested on their own"),
+            LoadProtocol::Http | LoadProtocol::Ws | LoadProtocol::Pubsub => {
+                unreachable!("tested on their own")
+            }
         };
         let config = LoadConfig {
             protocol,

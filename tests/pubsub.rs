@@ -87,8 +87,12 @@ impl Client {
     }
 
     fn over(stream: TcpStream, addr: SocketAddr) -> Client {
+        Client::over_path(stream, addr, "/")
+    }
+
+    fn over_path(stream: TcpStream, addr: SocketAddr, path: &str) -> Client {
         let (socket, _) =
-            tungstenite::client(format!("ws://{addr}/"), stream).expect("the handshake");
+            tungstenite::client(format!("ws://{addr}{path}"), stream).expect("the handshake");
         Client { socket }
     }
 
@@ -681,4 +685,101 @@ fn metrics(addr: SocketAddr) -> String {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     answer
+}
+
+/// Load runs of publishes: every request is acknowledged, and the hub counts each once.
+#[test]
+fn load_publishes_are_each_acknowledged() {
+    use socketserver::load::{self, LoadConfig, LoadProtocol};
+    let served = serve(Driver::Reactor, test_config(), Storage::Memory);
+    let config = LoadConfig {
+        addr: served.addr(),
+        protocol: LoadProtocol::Pubsub,
+        connections: 4,
+        duration: std::time::Duration::from_millis(500),
+        warmup: std::time::Duration::from_millis(100),
+        ..LoadConfig::default()
+    };
+    let report = load::run(&config).expect("load run");
+    assert_eq!((report.connected, report.errors), (4, 0), "{report:?}");
+    assert!(report.answers > 0);
+    assert_eq!(report.answers, report.requests_sent);
+    assert_eq!(served.pubsub().stats().published(), report.answers);
+    served.stop();
+}
+
+/// The chat of `examples/chat.rs` in headless Chromium: a room's history comes with joining,
+/// a message from another client appears, and after the server restarts (same data directory)
+/// the page reconnects, resumes from its last offset, and shows what was published meanwhile,
+/// with nothing shown twice.
+#[test]
+#[ignore = "needs Chromium and chromedriver (apt-get install chromium chromium-driver)"]
+fn the_chat_example_resumes_after_a_restart_in_headless_chromium() {
+    use util::browser;
+    let example = browser::example("chat");
+    let dir = data_dir("chat");
+    let dir_arg = dir.to_str().expect("a UTF-8 path").to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|free| free.local_addr())
+        .expect("a free port")
+        .port();
+    let addr_arg = format!("127.0.0.1:{port}");
+    let args = [addr_arg.as_str(), "--data-dir", dir_arg.as_str()];
+    let (server, _) = browser::start_printing(&example, &args);
+    let addr: SocketAddr = addr_arg.parse().expect("an address");
+    // History before the page joins.
+    let chat = |addr| Client::over_path(connect(addr), addr, "/ws");
+    chat(addr).publish("room:lobby", "before you came", None);
+
+    let session = browser::Session::start();
+    let page = &session.browser;
+    page.call("POST", "/url", json!({ "url": format!("http://{addr}/") }));
+    wait_for("the page's WebSocket to open", || {
+        page.text_of("#status") == "open"
+    });
+    let join = page.element("#join");
+    page.call("POST", &format!("/element/{join}/click"), json!({}));
+    let shown = |count: usize| {
+        move || {
+            page.call(
+                "POST",
+                "/elements",
+                json!({"using": "css selector", "value": "li.message"}),
+            )
+            .as_array()
+            .is_some_and(|list| list.len() == count)
+        }
+    };
+    wait_for("the room's history", shown(1));
+    page.type_and_send("hello from the page");
+    wait_for("the page's own message", shown(2));
+    chat(addr).publish("room:lobby", "from another client", None);
+    wait_for("another client's message", shown(3));
+
+    // A restart: the page notices, backs off, reconnects and resumes.
+    let stop = |mut server: std::process::Child| {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = server.wait();
+    };
+    stop(server);
+    wait_for("the page to see the server go", || {
+        page.text_of("#status") == "closed"
+    });
+    let (server, _) = browser::start_printing(&example, &args);
+    chat(addr).publish("room:lobby", "while you were away", None);
+    wait_for("the page to resume", || page.text_of("#resumes") == "1");
+    wait_for("what was published meanwhile", shown(4));
+    let log = page.text_of("#log");
+    for line in [
+        "before you came",
+        "hello from the page",
+        "from another client",
+        "while you were away",
+    ] {
+        assert_eq!(log.matches(line).count(), 1, "shown once: {line}\n{log}");
+    }
+    drop(session);
+    stop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

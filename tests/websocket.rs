@@ -22,7 +22,7 @@ use util::ws::{
     client_frame, close_payload, frame, upgrade_request, RawClient, BINARY, CLOSE, CONTINUATION,
     PING, PONG, TEXT,
 };
-use util::{connect, read_to_end, test_config, wait_for, Driver, TIMEOUT};
+use util::{browser, connect, read_to_end, test_config, wait_for, Driver, TIMEOUT};
 
 /// A router with a page at `/`, an echo WebSocket at `/echo`, and `route` at `/ws`.
 fn router_with(route: WebSocketRoute, options: &WebSocketOptions) -> Arc<Router> {
@@ -944,165 +944,20 @@ fn metrics_count_websockets_messages_and_closes() {
     server.shutdown().expect("clean shutdown");
 }
 
-/// A WebDriver session (chromedriver's HTTP protocol), for the browser test.
-struct Browser {
-    base: String,
-    session: String,
-}
-
-impl Browser {
-    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let request = ureq::request(method, &url).timeout(TIMEOUT);
-        let response = if method == "GET" || method == "DELETE" {
-            request.call()
-        } else {
-            request.send_string(&body.to_string())
-        };
-        let text = response
-            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
-            .into_string()
-            .expect("a WebDriver answer");
-        let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-        answer["value"].clone()
-    }
-
-    fn element(&self, css: &str) -> String {
-        let found = self.call(
-            "POST",
-            "/element",
-            serde_json::json!({"using": "css selector", "value": css}),
-        );
-        found["element-6066-11e4-a52e-4f735466cecf"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_string()
-    }
-
-    fn text_of(&self, css: &str) -> String {
-        let element = self.element(css);
-        self.call(
-            "GET",
-            &format!("/element/{element}/text"),
-            serde_json::json!({}),
-        )
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-    }
-
-    fn type_and_send(&self, text: &str) {
-        let input = self.element("#message");
-        self.call(
-            "POST",
-            &format!("/element/{input}/value"),
-            serde_json::json!({ "text": text }),
-        );
-        let button = self.element("#send");
-        self.call(
-            "POST",
-            &format!("/element/{button}/click"),
-            serde_json::json!({}),
-        );
-    }
-}
-
-/// Starts a program and returns it with the first line it prints.
-fn start_printing(program: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()));
-    let stdout = child.stdout.take().expect("piped");
-    let (sender, receiver) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let _ = sender.send(lines.next());
-        for _ in lines {}
-    });
-    let line = receiver
-        .recv_timeout(TIMEOUT)
-        .ok()
-        .flatten()
-        .and_then(Result::ok)
-        .unwrap_or_else(|| panic!("{} printed no first line", program.display()));
-    (child, line)
-}
-
 /// The page of `examples/ws_echo.rs` in headless Chromium: what is typed on the page comes
 /// back over the WebSocket, and Chromium's own permessage-deflate offer is accepted (a long
 /// message goes compressed both ways).
 #[test]
 #[ignore = "needs Chromium and chromedriver (apt-get install chromium chromium-driver)"]
 fn the_example_page_echoes_what_is_typed_in_headless_chromium_with_deflate() {
-    // The example is built beside this test: target/<profile>/examples/ws_echo.
-    let deps = std::env::current_exe().expect("this test's path");
-    let example = deps
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the target directory")
-        .join("examples/ws_echo");
-    assert!(
-        example.exists(),
-        "{} is missing: a whole `cargo test` builds the examples (or `cargo build --example ws_echo`)",
-        example.display()
-    );
-    let (mut server, listening) = start_printing(&example, &["127.0.0.1:0", "--deflate"]);
+    let example = browser::example("ws_echo");
+    let (mut server, listening) = browser::start_printing(&example, &["127.0.0.1:0", "--deflate"]);
     let addr = listening
         .strip_prefix("listening on ")
         .expect("the example's address")
         .to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|free| free.local_addr())
-        .expect("a free port")
-        .port();
-    let mut driver = std::process::Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for("chromedriver to be ready", || {
-        ureq::get(&format!("{base}/status"))
-            .timeout(Duration::from_millis(500))
-            .call()
-            .ok()
-            .and_then(|response| response.into_string().ok())
-            .is_some_and(|text| text.contains("\"ready\":true"))
-    });
-    let profile =
-        std::env::temp_dir().join(format!("socketserver-chromium-{}", std::process::id()));
-    let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        },
-    }}});
-    let created: serde_json::Value = serde_json::from_str(
-        &ureq::post(&format!("{base}/session"))
-            .timeout(Duration::from_secs(30))
-            .send_string(&capabilities.to_string())
-            .expect("a browser session")
-            .into_string()
-            .expect("an answer"),
-    )
-    .expect("JSON");
-    let browser = Browser {
-        base: base.clone(),
-        session: created["value"]["sessionId"]
-            .as_str()
-            .expect("a session id")
-            .to_string(),
-    };
+    let session = browser::Session::start();
+    let browser = &session.browser;
     browser.call(
         "POST",
         "/url",
@@ -1136,14 +991,9 @@ fn the_example_page_echoes_what_is_typed_in_headless_chromium_with_deflate() {
     }
     let extensions = browser.text_of("#extensions");
     assert!(extensions.contains("permessage-deflate"), "{extensions}");
-    let _ = ureq::delete(&format!("{base}/session/{}", browser.session))
-        .timeout(TIMEOUT)
-        .call();
-    let _ = driver.kill();
-    let _ = driver.wait();
+    drop(session);
     let _ = server.kill();
     let _ = server.wait();
-    let _ = std::fs::remove_dir_all(profile);
 }
 
 /// However a connection's closing began (the peer's close frame, or a rule it broke), the

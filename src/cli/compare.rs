@@ -107,6 +107,15 @@ pub(crate) fn run(args: CompareArgs) -> socketserver::Result<()> {
     config.connections = args.connections.iter().map(|&n| n as usize).collect();
     config.message_bytes = args.message_bytes as usize;
     config.protocol = args.protocol.into();
+    if config.protocol == socketserver::load::LoadProtocol::Pubsub {
+        let before = config.models.len();
+        config
+            .models
+            .retain(|model| matches!(model, ModelKind::Reactor | ModelKind::Reactors));
+        if config.models.len() < before {
+            eprintln!("pub/sub runs on the event-loop models only: comparing reactor and reactors");
+        }
+    }
     config.pipeline = args.pipeline as usize;
     config.max_connections = args.max_connections as usize;
     std::fs::create_dir_all(&args.out)

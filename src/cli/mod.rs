@@ -61,6 +61,8 @@ pub(crate) enum LoadProtocolName {
     Http,
     /// WebSocket: each connection upgrades, then sends binary messages to be echoed.
     Ws,
+    /// Pub/sub: each connection upgrades, then publishes and waits for each ack.
+    Pubsub,
 }
 
 impl From<LoadProtocolName> for LoadProtocol {
@@ -71,6 +73,7 @@ impl From<LoadProtocolName> for LoadProtocol {
             LoadProtocolName::Frame => LoadProtocol::Frame,
             LoadProtocolName::Http => LoadProtocol::Http,
             LoadProtocolName::Ws => LoadProtocol::Ws,
+            LoadProtocolName::Pubsub => LoadProtocol::Pubsub,
         }
     }
 }

@@ -86,6 +86,10 @@ impl ModelKind {
             // Idle connections are part of what is measured, not something to reclaim.
             "--idle-timeout=0".into(),
         ];
+        if protocol == "pubsub" {
+            // What is compared is the loops' fan-out, not the disk: a bounded memory history.
+            args.push("--memory".into());
+        }
         match self {
             ModelKind::Reactors => args.push(format!("--threads={parallel}")),
             ModelKind::Prefork => args.push(format!("--processes={parallel}")),
@@ -202,6 +206,7 @@ impl CompareConfig {
             LoadProtocol::Frame => "frame",
             LoadProtocol::Http => "http",
             LoadProtocol::Ws => "ws",
+            LoadProtocol::Pubsub => "pubsub",
         }
     }
 }
@@ -310,6 +315,11 @@ impl Comparison {
             "http GET / requests".to_string()
         } else if self.protocol == "ws" {
             format!("WebSocket {}-byte binary messages", self.message_bytes)
+        } else if self.protocol == "pubsub" {
+            format!(
+                "pub/sub publishes of {} bytes, each acknowledged",
+                self.message_bytes
+            )
         } else {
             format!("{} {}-byte requests", self.protocol, self.message_bytes)
         };

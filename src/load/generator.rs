@@ -121,7 +121,7 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
             unsent: 0,
             answers: match config.protocol {
                 LoadProtocol::Http => Answers::http(),
-                LoadProtocol::Ws => Answers::websocket(),
+                LoadProtocol::Ws | LoadProtocol::Pubsub => Answers::websocket(),
                 _ => Answers::fixed(request.len()),
             },
             next_index: 0,
@@ -160,7 +160,9 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
     let mut scratch = vec![0u8; 64 * 1024];
     let mut draining: Option<Instant> = None;
     let mut measuring = false;
-    let upgrade = (config.protocol == LoadProtocol::Ws)
+    let upgrade = config
+        .protocol
+        .upgrades()
         .then(|| super::ws_upgrade(&config.addr.to_string(), &config.http_path));
     let mut run = Run {
         requests: &requests,

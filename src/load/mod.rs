@@ -82,6 +82,10 @@ pub enum LoadProtocol {
     /// sends the message as a masked binary frame; the answer is the server's frame carrying
     /// it back (control frames between are passed over).
     Ws,
+    /// Pub/sub publishes: each connection upgrades and sends `publish` messages (JSON text,
+    /// topic `load`, `data` of the message size); the answer is the server's `ack`, so with
+    /// a pipeline of 1 every connection is a publisher waiting for each acknowledgement.
+    Pubsub,
 }
 
 /// An HTTP/1.1 `GET` of `path` from `host`, keeping the connection.
@@ -111,23 +115,29 @@ impl LoadProtocol {
                 frame
             }
             LoadProtocol::Http => http_get("localhost", "/"),
-            LoadProtocol::Ws => {
-                let mut frame = Vec::with_capacity(payload.len() + 14);
-                // A load tool's frames need no unpredictable key (that guards browsers'
-                // proxies against cache poisoning): one key, so one encoded frame serves all.
-                let key = [0x5a, 0x3c, 0x96, 0xe1];
-                crate::protocol::ws::frame::write_frame(
-                    &mut frame,
-                    true,
-                    false,
-                    crate::protocol::ws::frame::Opcode::Binary,
-                    &payload,
-                    Some(key),
-                );
-                frame
+            LoadProtocol::Pubsub => {
+                let data = String::from_utf8_lossy(&payload);
+                let publish = format!(r#"{{"type":"publish","topic":"load","data":"{data}"}}"#);
+                masked_frame(crate::protocol::ws::frame::Opcode::Text, publish.as_bytes())
             }
+            LoadProtocol::Ws => masked_frame(crate::protocol::ws::frame::Opcode::Binary, &payload),
         }
     }
+
+    /// True for the protocols whose connections upgrade to WebSocket first.
+    pub fn upgrades(self) -> bool {
+        matches!(self, LoadProtocol::Ws | LoadProtocol::Pubsub)
+    }
+}
+
+/// A masked client frame carrying `payload`.
+fn masked_frame(opcode: crate::protocol::ws::frame::Opcode, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    // A load tool's frames need no unpredictable key (that guards browsers' proxies against
+    // cache poisoning): one key, so one encoded frame serves all.
+    let key = [0x5a, 0x3c, 0x96, 0xe1];
+    crate::protocol::ws::frame::write_frame(&mut frame, true, false, opcode, payload, Some(key));
+    frame
 }
 
 /// The upgrade request a WebSocket load client sends for `path` on `host`.
