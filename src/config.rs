@@ -187,6 +187,12 @@ pub struct Config {
     /// its output has drained below the high watermark. Default 256 KiB; range
     /// 1 KiB..=16 MiB.
     pub pubsub_fetch_bytes: usize,
+    /// How long a message that reached its durability point may wait for others before it is
+    /// handed to its subscribers, so several leave in one write (one packet) per subscriber:
+    /// fewer system calls and packets per delivery, for up to this much more latency (the
+    /// write delay of Centrifugo, a cork held on purpose). Acknowledgements never wait.
+    /// Default 0 (each pass of the log delivers at once); range 0..=1 s.
+    pub pubsub_delivery_delay: Duration,
     /// A subscriber whose output passes the high watermark is closed with 4008 (it resumes
     /// from its offset when it reconnects) instead of switched to catching up from the log at
     /// its own pace, the default. Default false.
@@ -249,6 +255,7 @@ impl Default for Config {
             pubsub_memory_messages: 10_000,
             pubsub_memory_bytes: 64 << 20,
             pubsub_fetch_bytes: 256 * 1024,
+            pubsub_delivery_delay: Duration::ZERO,
             pubsub_close_slow_subscribers: false,
         }
     }

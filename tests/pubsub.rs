@@ -783,3 +783,26 @@ fn the_chat_example_resumes_after_a_restart_in_headless_chromium() {
     stop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a delivery delay, messages wait for each other but every one still arrives, in order,
+/// and acknowledgements do not wait.
+#[test]
+fn a_delivery_delay_holds_messages_back_without_losing_or_reordering_any() {
+    let config = Config {
+        pubsub_delivery_delay: std::time::Duration::from_millis(30),
+        ..test_config()
+    };
+    let served = serve(Driver::Reactors, config, Storage::Memory);
+    let mut subscriber = Client::connect(served.addr());
+    subscriber.subscribe("held", None);
+    let mut publisher = Client::connect(served.addr());
+    for n in 1..=20 {
+        publisher.send(json!({"type":"publish","topic":"held","data":format!("m{n}")}));
+    }
+    for n in 1..=20 {
+        assert_eq!(publisher.expect("ack")["offset"], n);
+    }
+    let want: Vec<(u64, String)> = (1..=20).map(|n| (n, format!("m{n}"))).collect();
+    assert_eq!(subscriber.messages(20), want);
+    served.stop();
+}

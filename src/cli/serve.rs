@@ -111,6 +111,10 @@ pub(crate) struct ServeArgs {
     /// through the pub/sub fan-out, instead of echoing it.
     #[arg(long)]
     broadcast: bool,
+    /// pubsub and ws --broadcast: let a message wait up to this many milliseconds for others,
+    /// so several go to each subscriber in one write (fewer packets, more latency).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    delivery_delay_ms: u64,
     /// pubsub: where the topics' logs live.
     #[arg(long, default_value = "socketserver-data")]
     data_dir: std::path::PathBuf,
@@ -174,6 +178,7 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
             .threads
             .map_or(Config::default().pool_threads, |n| n as usize),
         reuse_port: matches!(args.model, ModelName::Reactors),
+        pubsub_delivery_delay: Duration::from_millis(args.delivery_delay_ms),
         pubsub_retention_bytes: args.retention_bytes,
         pubsub_retention: Duration::from_secs(args.retention_secs),
         pubsub_segment_bytes: args.segment_bytes,

@@ -132,6 +132,8 @@ pub(crate) enum Delivery {
         gap: Option<(u64, u64)>,
         more: bool,
     },
+    /// A subscription could not begin (the error, as JSON text).
+    Refused { topic: Arc<str>, line: String },
     /// Answers for one connection (acks, errors), in order, as JSON text.
     Replies(Vec<String>),
 }
@@ -194,6 +196,9 @@ struct Topic {
     unsynced: bool,
     /// A write or sync failed: nothing more is stored until a restart recovers the log.
     failed: bool,
+    /// Durable messages held back for [`Config::pubsub_delivery_delay`], and since when.
+    held: Vec<Published>,
+    held_since: Option<Instant>,
 }
 
 /// Counters of the pub/sub service, shared by the hub and the connections.
@@ -363,6 +368,7 @@ pub(crate) struct HubLimits {
     pub(crate) memory_messages: usize,
     pub(crate) memory_bytes: usize,
     pub(crate) fetch_bytes: usize,
+    pub(crate) delivery_delay: Duration,
 }
 
 impl HubLimits {
@@ -381,6 +387,7 @@ impl HubLimits {
             memory_messages: config.pubsub_memory_messages,
             memory_bytes: config.pubsub_memory_bytes,
             fetch_bytes: config.pubsub_fetch_bytes,
+            delivery_delay: config.pubsub_delivery_delay,
         }
     }
 }
@@ -411,6 +418,8 @@ pub(crate) struct Hub {
     last_retention: Instant,
     /// What recovery cut from topics opened at start.
     recoveries: Vec<(Arc<str>, Recovery)>,
+    /// Topics holding messages back for the delivery delay, oldest first.
+    holding: VecDeque<Arc<str>>,
 }
 
 /// What [`start`] hands back: the two channels' senders, the thread, what recovery did.
@@ -452,6 +461,7 @@ pub(crate) fn start(
         last_sync: Instant::now(),
         last_retention: Instant::now(),
         recoveries: Vec::new(),
+        holding: VecDeque::new(),
     };
     hub.open_existing_topics()?;
     let recoveries = std::mem::take(&mut hub.recoveries);
@@ -531,15 +541,46 @@ impl Hub {
                 }
             }
             self.commit();
+            self.release_held(stopping);
             self.tick();
         }
         self.sync_all();
         log::debug!("pub/sub hub stopped");
     }
 
-    /// How long the hub may sleep: until the next interval sync is due, or retention.
+    /// Delivers what was held back for the delivery delay once it has waited that long (all
+    /// of it when `all`).
+    fn release_held(&mut self, all: bool) {
+        while let Some(name) = self.holding.front() {
+            let Some(topic) = self.topics.get_mut(name) else {
+                self.holding.pop_front();
+                continue;
+            };
+            let due = topic
+                .held_since
+                .is_none_or(|since| since.elapsed() >= self.limits.delivery_delay);
+            if !due && !all {
+                break;
+            }
+            topic.held_since = None;
+            let held = std::mem::take(&mut topic.held);
+            deliver(topic, held);
+            self.holding.pop_front();
+        }
+    }
+
+    /// How long the hub may sleep: until held messages are due, the next interval sync, or
+    /// retention.
     fn next_wait(&self) -> Duration {
         let mut wait = RETENTION_EVERY.saturating_sub(self.last_retention.elapsed());
+        if let Some(since) = self
+            .holding
+            .front()
+            .and_then(|name| self.topics.get(name))
+            .and_then(|topic| topic.held_since)
+        {
+            wait = wait.min(self.limits.delivery_delay.saturating_sub(since.elapsed()));
+        }
         if let Storage::Disk {
             fsync: FsyncPolicy::Interval(every),
             ..
@@ -683,6 +724,8 @@ impl Hub {
                     acks: Vec::new(),
                     unsynced: false,
                     failed: false,
+                    held: Vec::new(),
+                    held_since: None,
                 },
             );
         }
@@ -732,12 +775,10 @@ impl Hub {
         let topic = match self.topic(&name) {
             Ok(topic) => topic,
             Err((code, message)) => {
-                who.send(Delivery::Replies(vec![wire::error(
-                    code,
-                    &message,
-                    Some(&name),
-                    None,
-                )]));
+                who.send(Delivery::Refused {
+                    topic: name.clone(),
+                    line: wire::error(code, &message, Some(&name), None),
+                });
                 return;
             }
         };
@@ -957,27 +998,43 @@ impl Hub {
             if topic.pending.is_empty() {
                 continue;
             }
-            let messages = std::mem::take(&mut topic.pending);
-            if topic.loops.is_empty() {
-                continue;
-            }
-            let delivery: Notice = Arc::new(Delivery::Live {
-                topic: name.clone(),
-                messages,
-            });
-            for subscribers in &mut topic.loops {
-                let shared = subscribers
-                    .shared
-                    .get_or_insert_with(|| subscribers.conns.as_slice().into())
-                    .clone();
-                subscribers
-                    .mailbox
-                    .send(Recipients::Many(shared), delivery.clone());
+            if self.limits.delivery_delay.is_zero() {
+                let messages = std::mem::take(&mut topic.pending);
+                deliver(topic, messages);
+            } else {
+                // Held back to leave with the next ones, in one write per subscriber.
+                let pending = std::mem::take(&mut topic.pending);
+                topic.held.extend(pending);
+                if topic.held_since.is_none() {
+                    topic.held_since = Some(Instant::now());
+                    self.holding.push_back(name.clone());
+                }
             }
         }
         for (_, (who, lines)) in replies {
             who.send(Delivery::Replies(lines));
         }
+    }
+}
+
+/// Hands durable messages to every loop with subscribers of `topic`: one notice per loop,
+/// naming them all with the loop's shared list.
+fn deliver(topic: &mut Topic, messages: Vec<Published>) {
+    if topic.loops.is_empty() || messages.is_empty() {
+        return;
+    }
+    let delivery: Notice = Arc::new(Delivery::Live {
+        topic: topic.name.clone(),
+        messages,
+    });
+    for subscribers in &mut topic.loops {
+        let shared = subscribers
+            .shared
+            .get_or_insert_with(|| subscribers.conns.as_slice().into())
+            .clone();
+        subscribers
+            .mailbox
+            .send(Recipients::Many(shared), delivery.clone());
     }
 }
 

@@ -254,6 +254,9 @@ struct Client {
     subscriptions: Vec<Subscription>,
     /// This connection as the hub addresses it, once it has used the hub.
     address: Option<Address>,
+    /// Subscribes sent and not yet answered: at most `max_subscriptions`, so a client that
+    /// subscribes and unsubscribes in a loop cannot queue unbounded work for the hub.
+    subscribes_in_flight: usize,
 }
 
 impl Client {
@@ -262,6 +265,7 @@ impl Client {
             shared,
             subscriptions: Vec::new(),
             address: None,
+            subscribes_in_flight: 0,
         }
     }
 
@@ -507,6 +511,13 @@ impl Client {
                     ws.send_text(line);
                 }
             }
+            Delivery::Refused { topic, line } => {
+                self.subscribes_in_flight = self.subscribes_in_flight.saturating_sub(1);
+                self.subscriptions.retain(|s| s.topic != *topic);
+                if self.shared.envelope == Envelope::Json {
+                    ws.send_text(line);
+                }
+            }
             Delivery::Subscribed {
                 topic,
                 epoch,
@@ -515,6 +526,7 @@ impl Client {
                 recovered,
                 next,
             } => {
+                self.subscribes_in_flight = self.subscribes_in_flight.saturating_sub(1);
                 let Some(subscription) = self.subscriptions.iter_mut().find(|s| s.topic == *topic)
                 else {
                     return;
