@@ -118,12 +118,28 @@ pub enum Recipients {
 }
 
 /// Where another thread sends notices for the connections of one loop: its completion channel
-/// and its waker. Cheap to clone; sending never blocks.
+/// and its waker (sending never blocks). Under a blocking driver, where a connection is its own
+/// thread and has no loop to wake, a connection's mailbox is the connection itself: the sender
+/// hands it the notice and writes what it answers, waiting for the peer as blocking servers
+/// do. Cheap to clone.
 #[derive(Clone)]
 pub struct Mailbox {
-    sender: CompletionSender<Completion>,
-    /// Tells loops apart (a hub groups a topic's subscribers by loop).
+    target: Target,
+    /// Tells loops apart (a hub groups a topic's subscribers by loop); under a blocking driver,
+    /// each connection has its own.
     loop_id: u64,
+}
+
+#[derive(Clone)]
+enum Target {
+    Loop(CompletionSender<Completion>),
+    Direct(std::sync::Weak<dyn DirectDelivery>),
+}
+
+/// A connection of a blocking driver that takes notices on the sender's thread.
+pub(crate) trait DirectDelivery: Send + Sync {
+    /// Runs the connection's `on_notice` and writes what it answered.
+    fn deliver(&self, notice: &Notice);
 }
 
 impl fmt::Debug for Mailbox {
@@ -137,10 +153,17 @@ impl fmt::Debug for Mailbox {
 impl Mailbox {
     /// A mailbox for the loop behind `sender`, with an id no other loop of this process has.
     pub(crate) fn new(sender: CompletionSender<Completion>) -> Mailbox {
-        static NEXT_LOOP: AtomicU64 = AtomicU64::new(1);
         Mailbox {
-            sender,
-            loop_id: NEXT_LOOP.fetch_add(1, Ordering::Relaxed),
+            target: Target::Loop(sender),
+            loop_id: next_loop_id(),
+        }
+    }
+
+    /// The mailbox of one blocking connection, which takes its notices itself.
+    pub(crate) fn direct(connection: std::sync::Weak<dyn DirectDelivery>) -> Mailbox {
+        Mailbox {
+            target: Target::Direct(connection),
+            loop_id: next_loop_id(),
         }
     }
 
@@ -149,10 +172,27 @@ impl Mailbox {
         self.loop_id
     }
 
-    /// Sends `notice` to the connections named; false once the loop has stopped.
+    /// Sends `notice` to the connections named; false once the loop (or, under a blocking
+    /// driver, the connection) is gone. A blocking connection is given the notice on the
+    /// calling thread, which waits while it is written (`to` names that one connection).
     pub fn send(&self, to: Recipients, notice: Notice) -> bool {
-        self.sender.send(Completion::Notice { to, notice }).is_ok()
+        match &self.target {
+            Target::Loop(sender) => sender.send(Completion::Notice { to, notice }).is_ok(),
+            Target::Direct(connection) => match connection.upgrade() {
+                Some(connection) => {
+                    connection.deliver(&notice);
+                    true
+                }
+                None => false,
+            },
+        }
     }
+}
+
+/// An id no other loop (or blocking connection) of this process has.
+fn next_loop_id() -> u64 {
+    static NEXT_LOOP: AtomicU64 = AtomicU64::new(1);
+    NEXT_LOOP.fetch_add(1, Ordering::Relaxed)
 }
 
 /// N worker threads and the bounded queue that feeds them.

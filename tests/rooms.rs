@@ -86,6 +86,10 @@ const RULES: &[Rule] = &[
             "crate::reactor::token",
             "crate::reactor::timer",
             "crate::reactor::completions",
+            // A blocking connection is a mailbox of its own: it takes notices directly.
+            "crate::worker::DirectDelivery",
+            "crate::worker::Mailbox",
+            "crate::worker::Notice",
         ],
     },
     Rule {

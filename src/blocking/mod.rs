@@ -194,7 +194,7 @@ impl Acceptor {
 
 /// Serves one connection to the end on the calling thread: register it for shutdown, drive the
 /// protocol, report a panic to the error hook, count the close.
-pub(crate) fn serve_connection<P: Protocol>(
+pub(crate) fn serve_connection<P: Protocol + Send>(
     stream: BlockingStream,
     peer: Option<SocketAddr>,
     protocol: P,
@@ -205,6 +205,7 @@ pub(crate) fn serve_connection<P: Protocol>(
         index: index as u32,
         gen: 0,
     };
+    let stream = Arc::new(stream);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         drive(&stream, peer, protocol, id, shared)
     }));
@@ -227,27 +228,112 @@ pub(crate) fn serve_connection<P: Protocol>(
     metrics::shared_sub(&shared.stats.active, 1);
 }
 
+/// A blocking connection as other threads reach it: its session, behind a lock that its own
+/// thread holds for every step but the wait for input, and its socket. A notice (a pub/sub
+/// delivery) runs on the sender's thread, which writes the answer to the socket itself,
+/// waiting for a slow peer as the writer of a blocking server does.
+struct Connection<P: Protocol> {
+    session: Mutex<Session<P>>,
+    stream: Arc<BlockingStream>,
+    stats: Arc<Stats>,
+    /// How long a notice's sender waits for the peer to take its answer before the
+    /// connection is cut: the ping timeout, after which a WebSocket peer counts as dead.
+    write_wait: Duration,
+}
+
+impl<P: Protocol> Connection<P> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Session<P>> {
+        // A panic in a callback ends the connection; its session is not looked at again
+        // except to be closed, which poisoning must not prevent.
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<P: Protocol + Send> crate::worker::DirectDelivery for Connection<P> {
+    fn deliver(&self, notice: &crate::worker::Notice) {
+        let mut session = self.lock();
+        session.notice(notice);
+        if session.pending_output() == 0 {
+            return;
+        }
+        let mut written = write_within(&self.stream, &mut session, &self.stats, self.write_wait);
+        // A protocol that waited for its output to be written goes on (it may write again).
+        while written.is_ok() && session.take_drain_wanted() {
+            session.drained();
+            written = write_within(&self.stream, &mut session, &self.stats, self.write_wait);
+        }
+        if written.is_err() {
+            // Its own thread, blocked in a read, sees the end and closes the connection.
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Writes the session's pending output, waiting at most `wait` for the socket to take it.
+fn write_within<P: Protocol>(
+    stream: &BlockingStream,
+    session: &mut Session<P>,
+    stats: &Stats,
+    wait: Duration,
+) -> io::Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let before = session.pending_output();
+        let outcome = session.write_output(&mut stream.without_waiting());
+        metrics::shared_add(&stats.bytes_out, (before - session.pending_output()) as u64);
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(error) if would_block(&error) || interrupted(&error) => {}
+            Err(error) => return Err(error),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let mut writable = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for an open descriptor, for the duration of the call.
+        unsafe { libc::poll(&mut writable, 1, millis) };
+    }
+}
+
 /// The blocking connection loop: write what is pending, close if asked, else wait for input,
 /// the protocol's timer, or the idle timeout, whichever comes first.
-fn drive<P: Protocol>(
-    stream: &BlockingStream,
+fn drive<P: Protocol + Send>(
+    stream: &Arc<BlockingStream>,
     peer: Option<SocketAddr>,
     protocol: P,
     id: ConnId,
     shared: &Shared,
 ) -> CloseReason {
-    let mut session = Session::with_id_and_peer(protocol, id, peer);
-    session.record_into(shared.stats.clone());
-    session.report_errors_to(shared.on_error.clone());
-    let reason = drive_session(stream, &mut session, shared);
-    session.closed();
+    let connection = Arc::new_cyclic(|myself: &std::sync::Weak<Connection<P>>| {
+        let mut session = Session::with_id_and_peer(protocol, id, peer);
+        session.record_into(shared.stats.clone());
+        session.report_errors_to(shared.on_error.clone());
+        let direct: std::sync::Weak<dyn crate::worker::DirectDelivery> = myself.clone();
+        session.set_mailbox(crate::worker::Mailbox::direct(direct));
+        Connection {
+            session: Mutex::new(session),
+            stream: stream.clone(),
+            stats: shared.stats.clone(),
+            write_wait: shared.config.ws_ping_timeout,
+        }
+    });
+    let reason = drive_session(stream, &connection, shared);
+    connection.lock().closed();
     reason
 }
 
-/// The loop of [`drive`], over its session.
+/// The loop of [`drive`], over its connection.
 fn drive_session<P: Protocol>(
     stream: &BlockingStream,
-    session: &mut Session<P>,
+    connection: &Connection<P>,
     shared: &Shared,
 ) -> CloseReason {
     let config = &shared.config;
@@ -258,65 +344,78 @@ fn drive_session<P: Protocol>(
     let mut read_timeout: Option<Duration> = None;
     let mut shutdown_delivered = false;
     if shared.shutting_down.load(Ordering::Acquire) {
-        session.shutdown();
+        connection.lock().shutdown();
         shutdown_delivered = true;
     }
     loop {
-        let pending = session.pending_output();
-        if pending > 0 {
-            if pending > config.write_hard_limit {
-                return CloseReason::OverLimit;
-            }
-            metrics::shared_raise(&stats.peak_pending_output, pending as u64);
-            if let Err(reason) = write_pending(stream, session, stats) {
-                return reason;
-            }
-            last_active = Instant::now();
-        }
-        match session.close_request() {
-            Some(CloseRequest::Abort) => return CloseReason::Protocol,
-            Some(request) => {
-                linger(stream, config.linger_timeout, session.is_eof());
-                return match request {
-                    CloseRequest::Failed(_) => CloseReason::ProtocolError,
-                    _ if session.is_eof() => CloseReason::PeerClosed,
-                    _ if shutdown_delivered => CloseReason::Shutdown,
-                    _ => CloseReason::Protocol,
-                };
-            }
-            None if session.is_eof() => return CloseReason::PeerClosed,
-            None => {}
-        }
-
-        let now = Instant::now();
-        session.set_now(now);
-        if session
-            .timer_deadline()
-            .is_some_and(|deadline| deadline <= now)
         {
-            session.fire_timer();
-            continue;
-        }
-        let idle_deadline = config.idle_timeout.map(|idle| last_active + idle);
-        if idle_deadline.is_some_and(|deadline| deadline <= now) {
-            return CloseReason::Idle;
-        }
-        let wake = match (session.timer_deadline(), idle_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        // Zero would mean "no timeout" to the socket: wait at least a millisecond.
-        let timeout = wake.map(|at| {
-            at.saturating_duration_since(now)
-                .max(Duration::from_millis(1))
-        });
-        if timeout != read_timeout {
-            if let Err(error) = stream.set_read_timeout(timeout) {
-                return closed_by(&error);
+            let mut session = connection.lock();
+            let pending = session.pending_output();
+            if pending > 0 {
+                if pending > config.write_hard_limit {
+                    return CloseReason::OverLimit;
+                }
+                metrics::shared_raise(&stats.peak_pending_output, pending as u64);
+                if let Err(reason) = write_pending(stream, &mut session, stats) {
+                    return reason;
+                }
+                last_active = Instant::now();
             }
-            read_timeout = timeout;
+            if session.pending_output() == 0 && session.take_drain_wanted() {
+                // Written: a protocol that waited for that goes on; what it writes goes next.
+                session.drained();
+                continue;
+            }
+            match session.close_request() {
+                Some(CloseRequest::Abort) => return CloseReason::Protocol,
+                Some(request) => {
+                    let eof = session.is_eof();
+                    drop(session);
+                    linger(stream, config.linger_timeout, eof);
+                    return match request {
+                        CloseRequest::Failed(_) => CloseReason::ProtocolError,
+                        _ if eof => CloseReason::PeerClosed,
+                        _ if shutdown_delivered => CloseReason::Shutdown,
+                        _ => CloseReason::Protocol,
+                    };
+                }
+                None if session.is_eof() => return CloseReason::PeerClosed,
+                None => {}
+            }
+
+            let now = Instant::now();
+            session.set_now(now);
+            if session
+                .timer_deadline()
+                .is_some_and(|deadline| deadline <= now)
+            {
+                session.fire_timer();
+                continue;
+            }
+            let idle_deadline = config.idle_timeout.map(|idle| last_active + idle);
+            if idle_deadline.is_some_and(|deadline| deadline <= now) {
+                return CloseReason::Idle;
+            }
+            let wake = match (session.timer_deadline(), idle_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Zero would mean "no timeout" to the socket: wait at least a millisecond.
+            let timeout = wake.map(|at| {
+                at.saturating_duration_since(now)
+                    .max(Duration::from_millis(1))
+            });
+            if timeout != read_timeout {
+                if let Err(error) = stream.set_read_timeout(timeout) {
+                    return closed_by(&error);
+                }
+                read_timeout = timeout;
+            }
         }
-        match socket.read(&mut chunk) {
+        // The wait for input holds no lock: a notice can be delivered meanwhile.
+        let read = socket.read(&mut chunk);
+        let mut session = connection.lock();
+        match read {
             Ok(0) if shared.shutting_down.load(Ordering::Acquire) && !shutdown_delivered => {
                 shutdown_delivered = true;
                 session.shutdown();

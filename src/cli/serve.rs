@@ -186,16 +186,12 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
     };
     let fans_out = matches!(args.protocol, ProtocolName::Pubsub)
         || (matches!(args.protocol, ProtocolName::Ws) && args.broadcast);
-    if fans_out && !matches!(args.model, ModelName::Reactor | ModelName::Reactors) {
-        return Err(Error::Config(match args.model {
-            ModelName::Prefork => "pub/sub does not run under --model prefork: its processes \
-                                   would share no topics (that takes a backplane); use \
-                                   --model reactors for several cores"
+    if fans_out && matches!(args.model, ModelName::Prefork) {
+        return Err(Error::Config(
+            "pub/sub does not run under --model prefork: its processes would share no topics \
+             (that takes a backplane); use --model reactors for several cores"
                 .into(),
-            _ => "pub/sub (and ws --broadcast) runs on the event-loop models: --model reactor \
-                  or reactors"
-                .into(),
-        }));
+        ));
     }
     if args.broadcast && !matches!(args.protocol, ProtocolName::Ws) {
         return Err(Error::Config("--broadcast goes with --protocol ws".into()));

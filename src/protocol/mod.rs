@@ -382,7 +382,8 @@ impl<'a> Context<'a> {
     /// the low watermark: soon after this callback if it already is (or once the socket has
     /// taken it), else when it drains. For a protocol that stopped writing because output
     /// was waiting and must learn when to go on, whether or not the high watermark was
-    /// reached. Under a blocking driver, whose writes wait for the peer, it has no effect.
+    /// reached. Under a blocking driver, whose writes wait for the peer, it follows as soon as
+    /// the output is written.
     pub fn notify_when_drained(&mut self) {
         self.wishes.drain_wanted = true;
     }

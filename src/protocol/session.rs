@@ -54,6 +54,10 @@ pub struct Session<P: Protocol> {
     /// Results waiting to be delivered, in order; empty between calls. Both lists keep their
     /// storage, so running a job costs no allocation beyond the job's own.
     undelivered: VecDeque<(u64, JobResult)>,
+    /// Where other threads send this connection notices (a blocking driver's connection).
+    mailbox: Option<crate::worker::Mailbox>,
+    /// The protocol asked for `on_drain` once its output is written.
+    drain_wanted: bool,
 }
 
 impl<P: Protocol> Session<P> {
@@ -86,6 +90,8 @@ impl<P: Protocol> Session<P> {
             closed: false,
             finished: Vec::new(),
             undelivered: VecDeque::new(),
+            mailbox: None,
+            drain_wanted: false,
         };
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
@@ -161,6 +167,12 @@ impl<P: Protocol> Session<P> {
         if self.close.is_none() {
             self.call(|protocol, ctx| protocol.on_drain(ctx));
         }
+    }
+
+    /// True (once) if the protocol asked to be told when its output is written
+    /// ([`Context::notify_when_drained`]): the driver calls [`Session::drained`] once it is.
+    pub fn take_drain_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.drain_wanted)
     }
 
     /// Ends the session: the protocol is told the connection is closed
@@ -245,6 +257,21 @@ impl<P: Protocol> Session<P> {
         Ok(())
     }
 
+    /// Gives the protocol a mailbox ([`Context::mailbox`]) through which other threads reach
+    /// this connection.
+    pub(crate) fn set_mailbox(&mut self, mailbox: crate::worker::Mailbox) {
+        self.mailbox = Some(mailbox);
+    }
+
+    /// Hands the protocol a notice from another thread ([`Protocol::on_notice`]), unless the
+    /// connection is closing or over.
+    pub fn notice(&mut self, notice: &crate::worker::Notice) {
+        if self.closed || self.close.is_some() {
+            return;
+        }
+        self.call(|protocol, ctx| protocol.on_notice(notice, ctx));
+    }
+
     /// Unconsumed input.
     pub fn buffered_input(&self) -> &[u8] {
         self.input.as_slice()
@@ -286,7 +313,7 @@ impl<P: Protocol> Session<P> {
                 measured_now: None,
                 peer: self.peer.map_or(PeerSource::Unknown, PeerSource::Known),
                 on_error: self.on_error.as_deref(),
-                mailbox: None,
+                mailbox: self.mailbox.as_ref(),
             };
             callback(&mut self.protocol, &mut ctx)
         };
@@ -307,6 +334,7 @@ impl<P: Protocol> Session<P> {
         if self.close.is_none() {
             self.close = wishes.close;
         }
+        self.drain_wanted |= wishes.drain_wanted;
         // `hold_input` needs nothing here: jobs run inline, so the job a hold waits for has
         // come back before the next input is fed; own backpressure likewise, since a blocking
         // write is the only backpressure there is.

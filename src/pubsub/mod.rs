@@ -51,9 +51,14 @@
 //! once and its bytes shared by every subscriber's output queue; with permessage-deflate and
 //! no context takeover it is compressed once too.
 //!
-//! Pub/sub needs an event loop to deliver to (the `reactor` and `reactors` models); under the
-//! blocking models a client is told `unavailable`. A prefork server's processes share no hub,
-//! so `serve` refuses that combination.
+//! It runs under every model of one process. On an event loop (`reactor`, `reactors`) the hub
+//! hands deliveries to the loops and never waits; under the blocking models (`threads`,
+//! `pool`) each connection is its own thread and the hub's thread writes to every subscriber
+//! itself, waiting for each as a blocking server's broadcaster does (a subscriber that takes
+//! nothing for [`Config::ws_ping_timeout`] is cut), which is what `compare --protocol pubsub`
+//! puts side by side. A prefork server's processes would share no hub, so `serve` refuses that
+//! combination. A [`Session`](crate::protocol::Session) in a test has no mailbox: its client is
+//! told `unavailable`.
 
 pub mod hub;
 pub mod log;
@@ -299,7 +304,7 @@ impl Client {
             return self.reply_error(
                 ws,
                 "unavailable",
-                "pub/sub needs an event-loop model",
+                "this connection cannot be reached by the pub/sub service",
                 Some(topic),
                 None,
             );
@@ -433,7 +438,7 @@ impl Client {
                     return self.reply_error(
                         ws,
                         "unavailable",
-                        "pub/sub needs an event-loop model",
+                        "this connection cannot be reached by the pub/sub service",
                         Some(&topic),
                         id,
                     );
