@@ -111,9 +111,11 @@ pub(crate) fn run(args: CompareArgs) -> socketserver::Result<()> {
         let before = config.models.len();
         config
             .models
-            .retain(|model| matches!(model, ModelKind::Reactor | ModelKind::Reactors));
+            .retain(|model| !matches!(model, ModelKind::Prefork));
         if config.models.len() < before {
-            eprintln!("pub/sub runs on the event-loop models only: comparing reactor and reactors");
+            eprintln!(
+                "pub/sub does not run under prefork (its processes share no topics): left out"
+            );
         }
     }
     config.pipeline = args.pipeline as usize;
