@@ -19,7 +19,9 @@
 //!
 //! The protocols ([`protocol`]) are echo, lines, length-prefixed frames, HTTP/1.1 with a router,
 //! and WebSocket ([`protocol::ws`]), entered from HTTP by an upgrade: heartbeats, backpressure
-//! that `send` reports, permessage-deflate.
+//! that `send` reports, permessage-deflate. On WebSocket, [`pubsub`] keeps topics with a durable
+//! log per topic: acknowledged publishes survive a crash, and a subscriber that comes back
+//! resumes from its offset with nothing lost or repeated.
 //!
 //! Beside the reactor, [`blocking`] drives the same protocols over blocking sockets (a thread per
 //! connection, or a bounded pool), so the two designs can be compared on identical code. The
@@ -39,11 +41,12 @@
 //! | room | what it holds | uses |
 //! |---|---|---|
 //! | [`server`], [`prefork`] | the front door: binding, models, handles, worker processes | everything below |
-//! | [`blocking`] | thread per connection, a bounded pool, blocking datagram receivers | protocols, lifecycle, `net`, the reactor's parts |
+//! | [`pubsub`] | topics over WebSocket: the hub thread, the durable log, the wire protocol | the protocols, `config`, `metrics` |
+//! | [`blocking`] | thread per connection, a bounded pool, blocking datagram receivers | protocols, lifecycle, `net`, the reactor's parts, mailboxes |
 //! | [`reactor`] | the event loop and nothing else | the protocol trait, lifecycle, `net`, `worker`, its parts |
 //! | [`net`] | transports: TCP and Unix, stream and datagram, socket options | `config`, the protocols' peer types |
 //! | [`protocol`] | sans-IO state machines (echo, line, frame, HTTP, WebSocket), [`Session`](protocol::Session) and the datagram handler, the socket-less cores of every driver | lifecycle, `worker`, the reactor's parts |
-//! | `worker` | the worker pool for offloaded jobs | lifecycle, the reactor's parts |
+//! | `worker` | the worker pool for offloaded jobs; notices and the mailboxes they go through | lifecycle, the reactor's parts |
 //! | `lifecycle` | what every driver shares: hooks and [`ErrorReport`], signals and the shutdown signal, close reasons | `config`, `metrics`, `reactor::token` |
 //! | [`reactor::buffer`], [`reactor::token`], [`reactor::timer`], [`reactor::completions`] | the reactor's parts, which protocols and every driver use: buffers, connection ids, timers, the completion channel | nothing in the crate |
 //! | [`config`], [`error`], [`metrics`] | one `Config`, the error type, counters | — |

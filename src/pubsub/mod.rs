@@ -46,7 +46,7 @@
 //!   resumes from its offset when it comes back. Either way it is counted. A subscriber whose
 //!   next message has left the history gets an `error` with code `gap` naming what it missed.
 //!
-//! All disk work (appends, fsyncs, history reads) happens on the hub's thread ([`hub`]),
+//! All disk work (appends, fsyncs, history reads) happens on the hub's thread (`hub.rs`),
 //! never on an event loop; the loops hear back through their mailboxes. A message is framed
 //! once and its bytes shared by every subscriber's output queue; with permessage-deflate and
 //! no context takeover it is compressed once too.
@@ -60,7 +60,7 @@
 //! combination. A [`Session`](crate::protocol::Session) in a test has no mailbox: its client is
 //! told `unavailable`.
 
-pub mod hub;
+mod hub;
 pub mod log;
 pub mod wire;
 
