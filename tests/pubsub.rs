@@ -50,8 +50,21 @@ impl Served {
 }
 
 fn serve(driver: Driver, config: Config, storage: Storage) -> Served {
+    serve_with(driver, config, storage, None)
+}
+
+fn serve_with(
+    driver: Driver,
+    config: Config,
+    storage: Storage,
+    deflate: Option<socketserver::protocol::ws::DeflateOptions>,
+) -> Served {
     let pubsub = PubSub::start(&config, storage).expect("start pub/sub");
-    let route = pubsub.route(WebSocketOptions::from_config(&config));
+    let mut options = WebSocketOptions::from_config(&config);
+    if let Some(deflate) = deflate {
+        options = options.with_deflate(deflate);
+    }
+    let route = pubsub.route(options);
     let router = Arc::new(Router::new().websocket("/", route));
     let limits = HttpLimits::from_config(&config);
     let server = util::spawn_on(driver, config, move || Http::new(router.clone(), limits));
@@ -822,5 +835,61 @@ fn a_delivery_delay_holds_messages_back_without_losing_or_reordering_any() {
     }
     let want: Vec<(u64, String)> = (1..=20).map(|n| (n, format!("m{n}"))).collect();
     assert_eq!(subscriber.messages(20), want);
+    served.stop();
+}
+
+/// With permessage-deflate agreed (no context takeover), a message goes compressed to the
+/// clients that asked and plain to those that did not, framed once for all of them.
+#[test]
+fn a_message_is_compressed_for_the_clients_that_agreed_deflate_and_plain_for_the_rest() {
+    use util::ws::{client_frame, inflate, RawClient, TEXT};
+    let deflate = socketserver::protocol::ws::DeflateOptions::default();
+    let served = serve_with(
+        Driver::Reactors,
+        test_config(),
+        Storage::Memory,
+        Some(deflate),
+    );
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let mut compressed: Vec<RawClient> = (0..3)
+        .map(|_| RawClient::connect(served.addr(), "/", offer))
+        .collect();
+    let text_of = |frame: util::ws::ServerFrame| {
+        let payload = if frame.rsv1 {
+            inflate(&frame.payload, 15)
+        } else {
+            frame.payload
+        };
+        let text = String::from_utf8(payload).expect("UTF-8");
+        (
+            frame.rsv1,
+            serde_json::from_str::<Value>(&text).expect("JSON"),
+        )
+    };
+    for raw in &mut compressed {
+        assert!(
+            raw.response.contains("permessage-deflate"),
+            "{}",
+            raw.response
+        );
+        raw.send(&client_frame(TEXT, br#"{"type":"subscribe","topic":"z"}"#));
+        let (_, subscribed) = text_of(raw.read_frame().expect("subscribed"));
+        assert_eq!(subscribed["type"], "subscribed");
+    }
+    let mut plain = Client::connect(served.addr());
+    plain.subscribe("z", None);
+    let data = "a message long enough to be worth compressing, and then some more of it";
+    Client::connect(served.addr()).publish("z", data, None);
+    for raw in &mut compressed {
+        let (rsv1, message) = text_of(raw.read_frame().expect("the message"));
+        assert!(rsv1, "compressed");
+        assert_eq!(
+            (message["offset"].as_u64(), message["data"].as_str()),
+            (Some(1), Some(data))
+        );
+    }
+    assert_eq!(plain.messages(1), vec![(1, data.to_string())]);
+    assert_eq!(served.pubsub().stats().frames_prepared(), 1);
+    drop(compressed);
     served.stop();
 }

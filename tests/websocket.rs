@@ -19,8 +19,8 @@ use socketserver::protocol::ws::{
 use socketserver::protocol::{Http, Session};
 use socketserver::{Config, RunningServer, Server};
 use util::ws::{
-    client_frame, close_payload, frame, upgrade_request, RawClient, BINARY, CLOSE, CONTINUATION,
-    PING, PONG, TEXT,
+    client_frame, close_payload, frame, inflate, upgrade_request, RawClient, BINARY, CLOSE,
+    CONTINUATION, PING, PONG, TEXT,
 };
 use util::{browser, connect, read_to_end, test_config, wait_for, Driver, TIMEOUT};
 
@@ -759,18 +759,6 @@ fn deflate(payload: &[u8], bits: u8) -> Vec<u8> {
         .expect("compress");
     assert!(out.ends_with(&[0, 0, 0xFF, 0xFF]));
     out.truncate(out.len() - 4);
-    out
-}
-
-/// Inflates a permessage-deflate payload with a window of `bits`.
-fn inflate(payload: &[u8], bits: u8) -> Vec<u8> {
-    let mut decompress = flate2::Decompress::new_with_window_bits(false, bits);
-    let mut input = payload.to_vec();
-    input.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
-    let mut out = Vec::with_capacity(1 << 20);
-    decompress
-        .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
-        .expect("inflate");
     out
 }
 

@@ -200,3 +200,15 @@ fn decode(bytes: &[u8]) -> Option<(ServerFrame, usize)> {
     };
     Some((frame, at + length))
 }
+
+/// Inflates a permessage-deflate payload with a window of `bits`.
+pub fn inflate(payload: &[u8], bits: u8) -> Vec<u8> {
+    let mut decompress = flate2::Decompress::new_with_window_bits(false, bits);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
+    let mut out = Vec::with_capacity(1 << 20);
+    decompress
+        .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("inflate");
+    out
+}

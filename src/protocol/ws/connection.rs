@@ -197,11 +197,7 @@ impl Link {
             return SendStatus::Closed;
         }
         if ctx.pending_output() > self.options().max_backpressure {
-            record(ctx, |stats| &stats.websocket_send_dropped, 1);
-            if self.options().close_on_backpressure_limit {
-                self.start_close(ctx, close::POLICY_VIOLATION, "not reading its messages");
-            }
-            return SendStatus::Dropped;
+            return self.send_dropped(ctx);
         }
         let (opcode, payload) = match message {
             Message::Text(text) => (Opcode::Text, text.as_bytes()),
@@ -235,12 +231,13 @@ impl Link {
                 });
             }
         }
+        self.sent(ctx, payload.len())
+    }
+
+    /// Counts a message queued and says whether output is now over the soft limit.
+    fn sent(&self, ctx: &mut Context<'_>, payload_len: usize) -> SendStatus {
         record(ctx, |stats| &stats.websocket_messages_out, 1);
-        record(
-            ctx,
-            |stats| &stats.websocket_bytes_out,
-            payload.len() as u64,
-        );
+        record(ctx, |stats| &stats.websocket_bytes_out, payload_len as u64);
         if ctx.pending_output() > self.options().backpressure_soft_limit {
             SendStatus::Backpressure
         } else {
@@ -263,41 +260,20 @@ impl Link {
             .deflate
             .zip(self.options().deflate)
             .filter(|(_, options)| message.payload_len() >= options.threshold);
-        if let Some((agreed, options)) = compress {
-            if self.kept_compressor().is_some() {
-                let payload = &message.frame()[message.frame().len() - message.payload_len()..];
-                let message = if message.text {
-                    match std::str::from_utf8(payload) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => Message::Binary(payload),
-                    }
-                } else {
-                    Message::Binary(payload)
-                };
-                return self.send(ctx, message);
-            }
-            if ctx.pending_output() > self.options().max_backpressure {
-                return self.send_dropped(ctx);
-            }
-            let shared = message.compressed(options.level, agreed.server_window_bits);
-            ctx.write_shared(shared.unwrap_or(message.frame()));
-        } else {
-            if ctx.pending_output() > self.options().max_backpressure {
-                return self.send_dropped(ctx);
-            }
-            ctx.write_shared(message.frame());
+        if compress.is_some() && self.kept_compressor().is_some() {
+            return self.send(ctx, message.message());
         }
-        record(ctx, |stats| &stats.websocket_messages_out, 1);
-        record(
-            ctx,
-            |stats| &stats.websocket_bytes_out,
-            message.payload_len() as u64,
-        );
-        if ctx.pending_output() > self.options().backpressure_soft_limit {
-            SendStatus::Backpressure
-        } else {
-            SendStatus::Sent
+        if ctx.pending_output() > self.options().max_backpressure {
+            return self.send_dropped(ctx);
         }
+        let frame = match compress {
+            Some((agreed, options)) => message
+                .compressed(options.level, agreed.server_window_bits)
+                .unwrap_or(message.frame()),
+            None => message.frame(),
+        };
+        ctx.write_shared(frame);
+        self.sent(ctx, message.payload_len())
     }
 
     /// A message not queued: the output waiting is over the limit.

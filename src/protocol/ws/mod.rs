@@ -234,6 +234,15 @@ impl Prepared {
         &self.frame[self.frame.len() - self.payload_len..]
     }
 
+    /// The message itself (its payload, read from the frame).
+    pub(crate) fn message(&self) -> Message<'_> {
+        match (self.text, std::str::from_utf8(self.payload())) {
+            // Text was a `&str` when it was prepared: it is UTF-8.
+            (true, Ok(text)) => Message::Text(text),
+            _ => Message::Binary(self.payload()),
+        }
+    }
+
     /// The frame compressed with a fresh context and `window_bits`, made once; `None` when
     /// compression gains nothing.
     pub(crate) fn compressed(
