@@ -18,7 +18,9 @@ pub struct Config {
     /// prompt end of stream rather than a hang.
     pub max_connections: usize,
     /// Close a connection after this long without input or output progress. Default 60 s;
-    /// `None` disables it (then an idle connection costs no timer and no wake-up at all).
+    /// `None` disables it (then an idle connection costs no timer and no wake-up at all;
+    /// under the blocking models a write the peer takes nothing of for `ws_ping_timeout`
+    /// still ends the connection).
     pub idle_timeout: Option<Duration>,
     /// Listen backlog handed to `listen(2)` (Python socketserver's `request_queue_size`).
     /// Default 1,024; range 1..=65,535 (the kernel also caps it at `net.core.somaxconn`).

@@ -195,8 +195,10 @@ impl Stream {
             }
         };
         stream.set_nonblocking(false)?;
-        // A peer that stops reading for a whole idle timeout is treated as gone.
-        stream.set_write_timeout(config.idle_timeout)?;
+        // A peer that stops reading for a whole idle timeout is treated as gone; without one
+        // (WebSocket, whose heartbeats find dead peers), one that takes nothing for the ping
+        // timeout is, so that no write (and no pub/sub delivery waiting behind it) waits forever.
+        stream.set_write_timeout(config.idle_timeout.or(Some(config.ws_ping_timeout)))?;
         Ok(stream)
     }
 }

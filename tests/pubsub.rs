@@ -59,6 +59,11 @@ fn serve_with(
     storage: Storage,
     deflate: Option<socketserver::protocol::ws::DeflateOptions>,
 ) -> Served {
+    // Clients still open at the end do not answer the server's close: do not wait long.
+    let config = Config {
+        shutdown_timeout: std::time::Duration::from_millis(300),
+        ..config
+    };
     let pubsub = PubSub::start(&config, storage).expect("start pub/sub");
     let mut options = WebSocketOptions::from_config(&config);
     if let Some(deflate) = deflate {
@@ -294,6 +299,32 @@ fn bad_input_is_answered_with_an_error_and_the_connection_stays_usable() {
     assert_eq!(client.expect("error")["code"], "too_many_subscriptions");
     // After all that, the connection still publishes.
     assert_eq!(client.publish("t", "still here", Some("id-1")), 1);
+    // Subscribes not yet answered are bounded too (here by 2): three sent in one write are
+    // read in one go, before the hub can answer any of them.
+    let mut eager = Client::connect(served.addr());
+    for _ in 0..3 {
+        let subscribe = json!({"type":"subscribe","topic":"x"}).to_string();
+        eager
+            .socket
+            .write(tungstenite::Message::text(subscribe))
+            .expect("queue");
+    }
+    eager.socket.flush().expect("send");
+    let mut answers: Vec<String> = (0..3)
+        .map(|_| {
+            let answer = eager.next();
+            format!("{} {}", answer["type"], answer["code"])
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            r#""error" "overloaded""#,
+            r#""subscribed" null"#,
+            r#""subscribed" null"#
+        ]
+    );
     served.stop();
 }
 

@@ -309,6 +309,15 @@ impl Client {
                 None,
             );
         };
+        if self.subscribes_in_flight >= self.shared.max_subscriptions {
+            return self.reply_error(
+                ws,
+                "overloaded",
+                "too many subscribes are not answered yet",
+                Some(topic),
+                None,
+            );
+        }
         let topic: Arc<str> = match self.subscriptions.iter().position(|s| &*s.topic == topic) {
             Some(at) => {
                 // Subscribing again starts over from what this request asks.
@@ -332,6 +341,7 @@ impl Client {
             fetching: true,
             lagging: false,
         });
+        self.subscribes_in_flight += 1;
         let _ = self
             .shared
             .control
@@ -364,13 +374,11 @@ impl Client {
                 wire::ClientMessage::Publish { id, .. } => id.as_deref(),
                 _ => None,
             };
-            return self.reply_error(
-                ws,
-                "bad_topic",
-                "a topic is 1 to 128 bytes of A-Z a-z 0-9 . _ : - and does not start with .",
-                Some(topic),
-                id,
+            let why = format!(
+                "a topic is 1 to {} bytes of A-Z a-z 0-9 . _ : - and does not start with .",
+                self.shared.max_topic_bytes
             );
+            return self.reply_error(ws, "bad_topic", &why, Some(topic), id);
         }
         match message {
             wire::ClientMessage::Subscribe { topic, from } => {
@@ -428,7 +436,7 @@ impl Client {
                     return self.reply_error(
                         ws,
                         "bad_message",
-                        "an id is 1 to 128 bytes",
+                        "an id is 1 to pubsub_max_id_bytes (128 by default) bytes",
                         Some(&topic),
                         id,
                     );
