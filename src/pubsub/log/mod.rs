@@ -778,6 +778,30 @@ mod tests {
     }
 
     #[test]
+    fn a_record_larger_than_a_read_block_reads_back_whole() {
+        let dir = temporary_dir("large");
+        let big = LogLimits {
+            segment_bytes: 1 << 20,
+            max_record_bytes: 1 << 20,
+            ..limits()
+        };
+        let (mut log, _) = DiskLog::open(&dir, big, u64::MAX, |_| {}).expect("open");
+        let large = vec![7u8; READ_BLOCK_BYTES + 1000];
+        log.append(1, None, b"small".to_vec().into(), true);
+        log.append(2, None, large.clone().into(), true);
+        log.append(3, None, b"after".to_vec().into(), true);
+        log.write().expect("write");
+        let mut out = Vec::new();
+        log.read(1, 3, usize::MAX, &mut out).expect("read");
+        let lengths: Vec<usize> = out.iter().map(|r| r.data.len()).collect();
+        assert_eq!(lengths, vec![5, large.len(), 5]);
+        drop(log);
+        let (log, recovery) = DiskLog::open(&dir, big, 0, |_| {}).expect("reopen");
+        assert_eq!((log.last_offset(), recovery), (3, Recovery::default()));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn memory_history_keeps_the_newest_within_its_limits() {
         let mut log = MemoryLog::new(3, usize::MAX);
         for n in 0..5u8 {
