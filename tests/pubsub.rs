@@ -924,3 +924,28 @@ fn a_message_is_compressed_for_the_clients_that_agreed_deflate_and_plain_for_the
     drop(compressed);
     served.stop();
 }
+
+/// Under `interval`, publishes are acknowledged without waiting for the disk, and the log is
+/// synced by the clock: fewer fsyncs than publishes, and at least one.
+#[test]
+fn the_interval_policy_acknowledges_at_once_and_syncs_on_the_clock() {
+    let dir = data_dir("interval");
+    let storage = Storage::Disk {
+        dir: dir.clone(),
+        fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(50)),
+    };
+    let served = serve(Driver::Reactor, test_config(), storage);
+    let mut client = Client::connect(served.addr());
+    for n in 1..=50 {
+        assert_eq!(client.publish("i", &format!("m{n}"), None), n);
+    }
+    let stats = served.pubsub().stats();
+    wait_for("the interval's sync", || stats.fsyncs() >= 1);
+    assert!(
+        stats.fsyncs() < 50,
+        "{} fsyncs for 50 publishes",
+        stats.fsyncs()
+    );
+    served.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -774,6 +774,16 @@ mod tests {
         log.read(1, 60, 1 << 20, &mut out).expect("read");
         assert_eq!(out.first().map(|r| r.offset), Some(first));
         assert_eq!(out.len() as u64, 60 - first + 1);
+        // By age: every segment whose newest record is too old goes, but the one written to.
+        let mut aged = LogLimits {
+            retention_ms: 1000,
+            ..limits()
+        };
+        aged.retention_bytes = u64::MAX;
+        log.limits = aged;
+        log.enforce_retention(1000 + 59 + 1001).expect("retention");
+        assert_eq!(log.segments.len(), 1);
+        assert_eq!(log.last_offset(), 60);
         let _ = fs::remove_dir_all(&dir);
     }
 
