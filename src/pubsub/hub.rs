@@ -913,9 +913,16 @@ impl Hub {
             &data,
             binary,
         );
+        let record = Record {
+            offset: 0, // the log gives it the next one
+            timestamp_ms: timestamp,
+            id: id.clone(),
+            data,
+            binary,
+        };
         let offset = match &mut topic.store {
-            Store::Disk(log) => log.append(timestamp, id.clone(), data, binary),
-            Store::Memory(log) => log.append(timestamp, id.clone(), data, binary),
+            Store::Disk(log) => log.append(record),
+            Store::Memory(log) => log.append(record),
         };
         PubSubStats::add(&stats.frames_prepared, 1);
         topic.pending.push(Published { offset, frame });

@@ -235,25 +235,13 @@ impl DiskLog {
         self.segments.iter().map(|segment| segment.bytes).sum()
     }
 
-    /// Appends a record (in memory until [`DiskLog::write`]); returns its offset.
-    pub fn append(
-        &mut self,
-        timestamp_ms: u64,
-        id: Option<Box<str>>,
-        data: Box<[u8]>,
-        binary: bool,
-    ) -> u64 {
-        let offset = self.next_offset;
+    /// Appends a record (in memory until [`DiskLog::write`]), giving it the next offset;
+    /// returns that offset.
+    pub fn append(&mut self, mut record: Record) -> u64 {
+        record.offset = self.next_offset;
         self.next_offset += 1;
-        let record = Record {
-            offset,
-            timestamp_ms,
-            id,
-            data,
-            binary,
-        };
         record.write_to(&mut self.unwritten);
-        offset
+        record.offset
     }
 
     /// Writes the appended records to the newest segment (rolling it first if it is full):
@@ -626,24 +614,14 @@ impl MemoryLog {
         self.bytes as u64
     }
 
-    /// Appends a message, forgetting the oldest past the limits; returns its offset.
-    pub fn append(
-        &mut self,
-        timestamp_ms: u64,
-        id: Option<Box<str>>,
-        data: Box<[u8]>,
-        binary: bool,
-    ) -> u64 {
-        let offset = self.next_offset;
+    /// Appends a message, giving it the next offset and forgetting the oldest past the
+    /// limits; returns its offset.
+    pub fn append(&mut self, mut record: Record) -> u64 {
+        record.offset = self.next_offset;
         self.next_offset += 1;
-        self.bytes += data.len();
-        self.records.push_back(Record {
-            offset,
-            timestamp_ms,
-            id,
-            data,
-            binary,
-        });
+        let offset = record.offset;
+        self.bytes += record.data.len();
+        self.records.push_back(record);
         while self.records.len() > self.max_records
             || (self.bytes > self.max_bytes && self.records.len() > 1)
         {
@@ -688,14 +666,24 @@ mod tests {
         dir
     }
 
+    /// A record to append (the log gives it its offset).
+    fn record(timestamp_ms: u64, id: Option<String>, data: impl Into<String>) -> Record {
+        Record {
+            offset: 0,
+            timestamp_ms,
+            id: id.map(Into::into),
+            data: data.into().into_bytes().into(),
+            binary: false,
+        }
+    }
+
     fn fill(log: &mut DiskLog, count: u64) {
         for n in 0..count {
-            log.append(
+            log.append(record(
                 1000 + n,
-                Some(format!("id-{n}").into()),
-                format!("message {n}").into_bytes().into(),
-                false,
-            );
+                Some(format!("id-{n}")),
+                format!("message {n}"),
+            ));
             log.write().expect("write");
         }
     }
@@ -797,9 +785,12 @@ mod tests {
         };
         let (mut log, _) = DiskLog::open(&dir, big, u64::MAX, |_| {}).expect("open");
         let large = vec![7u8; READ_BLOCK_BYTES + 1000];
-        log.append(1, None, b"small".to_vec().into(), true);
-        log.append(2, None, large.clone().into(), true);
-        log.append(3, None, b"after".to_vec().into(), true);
+        log.append(record(1, None, "small"));
+        log.append(Record {
+            data: large.clone().into(),
+            ..record(2, None, "")
+        });
+        log.append(record(3, None, "after"));
         log.write().expect("write");
         let mut out = Vec::new();
         log.read(1, 3, usize::MAX, &mut out).expect("read");
@@ -815,7 +806,10 @@ mod tests {
     fn memory_history_keeps_the_newest_within_its_limits() {
         let mut log = MemoryLog::new(3, usize::MAX);
         for n in 0..5u8 {
-            log.append(0, None, vec![n].into(), true);
+            log.append(Record {
+                data: vec![n].into(),
+                ..record(0, None, "")
+            });
         }
         assert_eq!((log.first_offset(), log.last_offset()), (3, 5));
         let mut out = Vec::new();
