@@ -949,3 +949,33 @@ fn the_interval_policy_acknowledges_at_once_and_syncs_on_the_clock() {
     served.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Subscribers leaving in any order leave exactly themselves: the one left still gets every
+/// message, and the hub counts one subscription.
+#[test]
+fn subscribers_that_leave_in_any_order_take_only_themselves_with_them() {
+    let served = serve(Driver::Reactor, test_config(), Storage::Memory);
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect(served.addr());
+            client.subscribe("order", None);
+            client
+        })
+        .collect();
+    for leaving in [0, 2] {
+        clients[leaving].send(json!({"type":"unsubscribe","topic":"order"}));
+        clients[leaving].expect("unsubscribed");
+    }
+    let stats = served.pubsub().stats();
+    let metrics_text = || stats.prometheus();
+    wait_for("one subscription left", || {
+        metrics_text().contains("socketserver_pubsub_subscriptions 1\n")
+    });
+    Client::connect(served.addr()).publish("order", "to the one left", None);
+    assert_eq!(
+        clients[1].messages(1),
+        vec![(1, "to the one left".to_string())]
+    );
+    wait_for("one delivery", || stats.delivered() == 1);
+    served.stop();
+}

@@ -178,6 +178,8 @@ impl Store {
 struct LoopSubscribers {
     mailbox: Mailbox,
     conns: Vec<ConnId>,
+    /// Where each of `conns` is, so a subscriber leaves in O(1) however many there are.
+    positions: HashMap<ConnId, usize>,
     /// `conns` as the shared list notices name; rebuilt after a change, when next needed.
     shared: Option<Arc<[ConnId]>>,
 }
@@ -836,8 +838,11 @@ impl Hub {
         };
         for subscribers in &mut topic.loops {
             if subscribers.mailbox.loop_id() == who.mailbox.loop_id() {
-                if let Some(at) = subscribers.conns.iter().position(|&conn| conn == who.conn) {
+                if let Some(at) = subscribers.positions.remove(&who.conn) {
                     subscribers.conns.swap_remove(at);
+                    if let Some(&moved) = subscribers.conns.get(at) {
+                        subscribers.positions.insert(moved, at);
+                    }
                     subscribers.shared = None;
                     self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -1058,15 +1063,19 @@ fn add_subscriber(topic: &mut Topic, who: &Address) -> bool {
             topic.loops.push(LoopSubscribers {
                 mailbox: who.mailbox.clone(),
                 conns: Vec::new(),
+                positions: HashMap::new(),
                 shared: None,
             });
             topic.loops.len() - 1
         }
     };
     let subscribers = &mut topic.loops[at];
-    if subscribers.conns.contains(&who.conn) {
+    if subscribers.positions.contains_key(&who.conn) {
         return false;
     }
+    subscribers
+        .positions
+        .insert(who.conn, subscribers.conns.len());
     subscribers.conns.push(who.conn);
     subscribers.shared = None;
     true
