@@ -342,10 +342,23 @@ impl Client {
             lagging: false,
         });
         self.subscribes_in_flight += 1;
-        let _ = self
-            .shared
-            .control
-            .send(Command::Subscribe { topic, from, who });
+        let subscribe = Command::Subscribe {
+            topic: topic.clone(),
+            from,
+            who,
+        };
+        if self.shared.control.send(subscribe).is_err() {
+            // The hub has stopped (the service was shut down): say so rather than stay silent.
+            self.subscribes_in_flight -= 1;
+            self.subscriptions.retain(|s| s.topic != topic);
+            self.reply_error(
+                ws,
+                "unavailable",
+                "the pub/sub service has stopped",
+                Some(&topic),
+                None,
+            );
+        }
     }
 
     fn on_client_message(&mut self, text: &str, ws: &mut WebSocket<'_, '_>) {
