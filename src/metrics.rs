@@ -675,7 +675,7 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
 }
 
 /// The `HELP` and `TYPE` lines that open a metric family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP socketserver_{name} {help}");
     let _ = writeln!(out, "# TYPE socketserver_{name} {kind}");

@@ -31,7 +31,7 @@ use super::log::{DiskLog, LogLimits, MemoryLog, Record, Recovery};
 use super::wire;
 use super::{Envelope, FsyncPolicy, Storage};
 use crate::config::Config;
-use crate::metrics::Histogram;
+use crate::metrics::{self, Histogram};
 use crate::protocol::ws::{Message, Prepared};
 use crate::protocol::{Mailbox, Notice, Recipients};
 use crate::reactor::token::ConnId;
@@ -225,11 +225,6 @@ pub struct PubSubStats {
 }
 
 impl PubSubStats {
-    /// Adds to a counter from any thread.
-    pub(crate) fn add(counter: &AtomicU64, amount: u64) {
-        counter.fetch_add(amount, Ordering::Relaxed);
-    }
-
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
@@ -266,8 +261,7 @@ impl PubSubStats {
         use std::fmt::Write;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, &AtomicU64)]| {
-            let _ = writeln!(out, "# HELP socketserver_pubsub_{name} {help}");
-            let _ = writeln!(out, "# TYPE socketserver_pubsub_{name} {kind}");
+            metrics::family(&mut out, &format!("pubsub_{name}"), kind, help);
             for (labels, value) in samples {
                 let _ = writeln!(
                     out,
@@ -350,7 +344,7 @@ impl PubSubStats {
             "Log writes or syncs that failed.",
             &[("", &self.storage_errors)],
         );
-        crate::metrics::histogram(
+        metrics::histogram(
             &mut out,
             "pubsub_fsync_duration_seconds",
             "Time one fsync of a topic's log took.",
@@ -714,7 +708,7 @@ impl Hub {
                 self.remember(name, id, offset, at_ms);
             }
             let durable = store.last_offset();
-            PubSubStats::add(&self.stats.topics, 1);
+            metrics::shared_add(&self.stats.topics, 1);
             self.topics.insert(
                 name.clone(),
                 Topic {
@@ -799,7 +793,7 @@ impl Hub {
                 } else {
                     &stats.resumes_lost
                 };
-                PubSubStats::add(counter, 1);
+                metrics::shared_add(counter, 1);
                 if recovered {
                     (resume.offset + 1, true)
                 } else {
@@ -820,7 +814,7 @@ impl Hub {
             who.send(read_history(topic, next, fetch_bytes, envelope, &stats));
         }
         if added {
-            PubSubStats::add(&stats.subscriptions, 1);
+            metrics::shared_add(&stats.subscriptions, 1);
             self.subscriptions.entry(who.key()).or_default().push(name);
         }
     }
@@ -844,7 +838,7 @@ impl Hub {
                         subscribers.positions.insert(moved, at);
                     }
                     subscribers.shared = None;
-                    self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                    metrics::shared_sub(&self.stats.subscriptions, 1);
                 }
             }
         }
@@ -866,7 +860,7 @@ impl Hub {
                       code: &str,
                       message: &str,
                       id: Option<&str>| {
-            PubSubStats::add(&stats.refused, 1);
+            metrics::shared_add(&stats.refused, 1);
             if let Some(who) = who {
                 who.send(Delivery::Replies(vec![wire::error(
                     code,
@@ -879,7 +873,7 @@ impl Hub {
         if let Some(id) = &id {
             if let Some(&offset) = self.seen.get(&(name.clone(), id.clone())) {
                 // A repeat: acknowledged with the first one's offset once that is durable.
-                PubSubStats::add(&self.stats.duplicates, 1);
+                metrics::shared_add(&self.stats.duplicates, 1);
                 if let Some(topic) = self.topics.get_mut(&name) {
                     if let Some(who) = who {
                         let ack = wire::ack(Some(id), &name, offset);
@@ -929,7 +923,7 @@ impl Hub {
             Store::Disk(log) => log.append(record),
             Store::Memory(log) => log.append(record),
         };
-        PubSubStats::add(&stats.frames_prepared, 1);
+        metrics::shared_add(&stats.frames_prepared, 1);
         topic.pending.push(Published { offset, frame });
         if let Some(who) = who {
             topic
@@ -971,7 +965,7 @@ impl Hub {
                     }
                     Err(error) => {
                         log::error!("topic {name}: writing its log failed: {error}; it stores nothing more until a restart");
-                        PubSubStats::add(&self.stats.storage_errors, 1);
+                        metrics::shared_add(&self.stats.storage_errors, 1);
                         topic.failed = true;
                         false
                     }
@@ -994,12 +988,12 @@ impl Hub {
                 }
                 continue;
             }
-            PubSubStats::add(&self.stats.published, appended);
+            metrics::shared_add(&self.stats.published, appended);
             if let Some(last) = topic.pending.last() {
                 topic.durable = last.offset;
             }
             let acked = topic.acks.len() as u64;
-            PubSubStats::add(&self.stats.acknowledged, acked);
+            metrics::shared_add(&self.stats.acknowledged, acked);
             for (who, ack) in topic.acks.drain(..) {
                 replies
                     .entry(who.key())
@@ -1092,7 +1086,7 @@ fn sync_topic(topic: &mut Topic, stats: &PubSubStats) -> bool {
         Ok(synced) => {
             if synced {
                 stats.fsync_latency.shared_observe(started.elapsed());
-                PubSubStats::add(&stats.fsyncs, 1);
+                metrics::shared_add(&stats.fsyncs, 1);
             }
             true
         }
@@ -1101,7 +1095,7 @@ fn sync_topic(topic: &mut Topic, stats: &PubSubStats) -> bool {
                 "topic {}: fsync failed: {error}; it stores nothing more until a restart",
                 topic.name
             );
-            PubSubStats::add(&stats.storage_errors, 1);
+            metrics::shared_add(&stats.storage_errors, 1);
             topic.failed = true;
             false
         }
@@ -1140,7 +1134,7 @@ fn read_history(
     envelope: Envelope,
     stats: &PubSubStats,
 ) -> Delivery {
-    PubSubStats::add(&stats.history_reads, 1);
+    metrics::shared_add(&stats.history_reads, 1);
     let earliest = topic.store.first_offset();
     let gap = (from < earliest).then(|| (from, earliest - 1));
     let start = from.max(earliest);
@@ -1158,7 +1152,7 @@ fn read_history(
             "topic {}: reading history from {start}: {error}",
             topic.name
         );
-        PubSubStats::add(&stats.storage_errors, 1);
+        metrics::shared_add(&stats.storage_errors, 1);
         return Delivery::History {
             topic: topic.name.clone(),
             messages: Vec::new(),

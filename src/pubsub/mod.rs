@@ -495,7 +495,7 @@ impl Client {
         match self.shared.publishes.try_send(command) {
             Ok(()) => {}
             Err(TrySendError::Full(Command::Publish { topic, id, .. })) => {
-                PubSubStats::add(&self.shared.stats.refused, 1);
+                crate::metrics::shared_add(&self.shared.stats.refused, 1);
                 self.reply_error(
                     ws,
                     "overloaded",
@@ -525,9 +525,10 @@ impl Client {
         }
     }
 
-    /// Output is over the limit: a subscriber stops being written live messages.
-    fn over_limit(ws: &WebSocket<'_, '_>, options_limit: usize) -> bool {
-        ws.buffered_amount() > options_limit
+    /// Output waiting is over the route's soft limit (the server's high watermark): a
+    /// subscriber stops being written live messages.
+    fn over_limit(ws: &WebSocket<'_, '_>) -> bool {
+        ws.buffered_amount() > ws.backpressure_soft_limit()
     }
 
     fn on_delivery(&mut self, delivery: &Delivery, ws: &mut WebSocket<'_, '_>) {
@@ -607,10 +608,9 @@ impl Client {
                         }
                     }
                 }
-                PubSubStats::add(&self.shared.stats.delivered, written);
+                crate::metrics::shared_add(&self.shared.stats.delivered, written);
                 if *more || stopped {
-                    let limit = ws_soft_limit(ws);
-                    if stopped || Self::over_limit(ws, limit) {
+                    if stopped || Self::over_limit(ws) {
                         self.subscriptions[at].lagging = true;
                         ws.notify_when_drained();
                     } else {
@@ -631,7 +631,6 @@ impl Client {
         let Some(at) = self.subscriptions.iter().position(|s| s.topic == *topic) else {
             return; // unsubscribed meanwhile
         };
-        let limit = ws_soft_limit(ws);
         let mut written = 0;
         for message in messages {
             let subscription = &mut self.subscriptions[at];
@@ -647,8 +646,8 @@ impl Client {
                 self.fetch(at);
                 break;
             }
-            if Self::over_limit(ws, limit) {
-                PubSubStats::add(&self.shared.stats.slow_subscribers, 1);
+            if Self::over_limit(ws) {
+                crate::metrics::shared_add(&self.shared.stats.slow_subscribers, 1);
                 if self.shared.close_slow {
                     ws.close(
                         CLOSE_SLOW_SUBSCRIBER,
@@ -673,14 +672,8 @@ impl Client {
                 SendStatus::Closed => break,
             }
         }
-        PubSubStats::add(&self.shared.stats.delivered, written);
+        crate::metrics::shared_add(&self.shared.stats.delivered, written);
     }
-}
-
-/// The output a subscriber may have waiting before it stops being written live messages:
-/// the route's soft limit (the server's high watermark).
-fn ws_soft_limit(ws: &WebSocket<'_, '_>) -> usize {
-    ws.backpressure_soft_limit()
 }
 
 impl WebSocketHandler for Client {

@@ -84,6 +84,20 @@ struct Segment {
     file: File,
 }
 
+impl Segment {
+    /// Takes in the record of `offset`, `length` bytes at `position`: the segment's bounds,
+    /// and an index entry once the last is `INDEX_INTERVAL_BYTES` behind.
+    fn note(&mut self, offset: u64, timestamp_ms: u64, position: u64, length: usize) {
+        if self.index.is_empty() || self.since_index >= INDEX_INTERVAL_BYTES {
+            self.index.push((offset, position));
+            self.since_index = 0;
+        }
+        self.since_index += length as u64;
+        self.last = offset;
+        self.newest_ms = timestamp_ms;
+    }
+}
+
 fn segment_path(dir: &Path, base: u64, extension: &str) -> PathBuf {
     dir.join(format!("{base:020}.{extension}"))
 }
@@ -98,6 +112,9 @@ pub struct DiskLog {
     segments: Vec<Segment>,
     /// Records appended but not yet written to the file.
     unwritten: Vec<u8>,
+    /// Offset, framed length and time of each record in `unwritten`, in order (what the
+    /// segment's bounds and index need, without reading the bytes back).
+    unwritten_records: Vec<(u64, usize, u64)>,
     /// Written to the file since the last fsync.
     unsynced: bool,
     /// The offset the next record gets.
@@ -206,6 +223,7 @@ impl DiskLog {
             limits,
             segments,
             unwritten: Vec::new(),
+            unwritten_records: Vec::new(),
             unsynced: false,
             next_offset,
         };
@@ -240,7 +258,13 @@ impl DiskLog {
     pub fn append(&mut self, mut record: Record) -> u64 {
         record.offset = self.next_offset;
         self.next_offset += 1;
+        let before = self.unwritten.len();
         record.write_to(&mut self.unwritten);
+        self.unwritten_records.push((
+            record.offset,
+            self.unwritten.len() - before,
+            record.timestamp_ms,
+        ));
         record.offset
     }
 
@@ -260,18 +284,16 @@ impl DiskLog {
         let unwritten = std::mem::take(&mut self.unwritten);
         let segment = self.segments.last_mut().ok_or_else(no_segment)?;
         let start = segment.bytes;
-        segment.file.write_all(&unwritten)?;
-        // Index and bounds are updated from the bytes just written.
-        let mut at = 0;
-        while let Parsed::Record(record, length) = record::parse(&unwritten[at..], usize::MAX) {
-            if segment.index.is_empty() || segment.since_index >= INDEX_INTERVAL_BYTES {
-                segment.index.push((record.offset, start + at as u64));
-                segment.since_index = 0;
-            }
-            segment.since_index += length as u64;
-            segment.last = record.offset;
-            segment.newest_ms = record.timestamp_ms;
-            at += length;
+        if let Err(error) = segment.file.write_all(&unwritten) {
+            // Nothing of these is counted as in the file (the tail there is torn, and
+            // recovery cuts it at the next start).
+            self.unwritten_records.clear();
+            return Err(error);
+        }
+        let mut position = start;
+        for (offset, length, timestamp_ms) in self.unwritten_records.drain(..) {
+            segment.note(offset, timestamp_ms, position, length);
+            position += length as u64;
         }
         segment.bytes += unwritten.len() as u64;
         self.unsynced = true;
@@ -415,11 +437,6 @@ impl DiskLog {
         }
         Ok(())
     }
-
-    /// The directory the log lives in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 fn record_length(bytes: &[u8]) -> usize {
@@ -482,13 +499,12 @@ fn scan_segment(
                             true,
                         )));
                     }
-                    if segment.index.is_empty() || segment.since_index >= INDEX_INTERVAL_BYTES {
-                        segment.index.push((record.offset, position + at as u64));
-                        segment.since_index = 0;
-                    }
-                    segment.since_index += length as u64;
-                    segment.last = record.offset;
-                    segment.newest_ms = record.timestamp_ms;
+                    segment.note(
+                        record.offset,
+                        record.timestamp_ms,
+                        position + at as u64,
+                        length,
+                    );
                     if record.timestamp_ms >= recent_since_ms {
                         recent(&record);
                     }
