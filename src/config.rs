@@ -115,6 +115,11 @@ pub struct Config {
     /// How long the server waits for the peer to answer its close frame before cutting the
     /// connection. Default 5 s; range 1 ms..=1 h.
     pub ws_close_timeout: Duration,
+    /// How long a dialled connection's connect may take before it is abandoned. Default 20 s,
+    /// the minimum connect timeout of gRPC's connection-backoff rules: long enough for a
+    /// loaded server's backlog and one lost SYN (retransmitted after 1 s, then 3 s), short of
+    /// the kernel's own two minutes. Range 1 ms..=1 h.
+    pub connect_timeout: Duration,
     /// Outgoing WebSocket messages over this many bytes are sent in fragments of this size, so
     /// that control frames can go between them. Default 64 KiB; range 125 B..=1 GiB.
     pub ws_fragment_bytes: usize,
@@ -234,6 +239,7 @@ impl Default for Config {
             ws_ping_interval: Some(Duration::from_secs(25)),
             ws_ping_timeout: Duration::from_secs(20),
             ws_close_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(20),
             ws_fragment_bytes: 64 * 1024,
             pool_threads: 64,
             pool_queue: 1024,
@@ -355,6 +361,9 @@ impl Config {
         })?;
         check(timeout_ok(self.ws_close_timeout), || {
             "ws_close_timeout is outside 1ms..=1h".into()
+        })?;
+        check(timeout_ok(self.connect_timeout), || {
+            "connect_timeout is outside 1ms..=1h".into()
         })?;
         check((125..=1 << 30).contains(&self.ws_fragment_bytes), || {
             "ws_fragment_bytes is outside 125..=1GiB".into()

@@ -98,6 +98,12 @@ pub fn is_accept_transient(error: &io::Error) -> bool {
     is_disconnect(error) || matches!(error.raw_os_error(), Some(libc::EPROTO) | Some(libc::EPERM))
 }
 
+/// A non-blocking connect has begun and goes on in the background (EINPROGRESS): its end is
+/// seen as writability, and its outcome read from `SO_ERROR`.
+pub fn connect_in_progress(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::EINPROGRESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,7 @@
 //! | room | what it holds | uses |
 //! |---|---|---|
 //! | [`server`], [`prefork`] | the front door: binding, models, handles, worker processes | everything below |
+//! | [`client`] | dialled connections: a loop with no listener, a blocking driver, backoff, the WebSocket and pub/sub clients, the upstream pool | the reactor, the protocols, lifecycle, `config`, `metrics` |
 //! | [`pubsub`] | topics over WebSocket: the hub thread, the durable log, the wire protocol | the protocols, `config`, `metrics` |
 //! | [`blocking`] | thread per connection, a bounded pool, blocking datagram receivers | protocols, lifecycle, `net`, the reactor's parts, mailboxes |
 //! | [`reactor`] | the event loop and nothing else | the protocol trait, lifecycle, `net`, `worker`, its parts |
@@ -93,6 +94,7 @@
 
 pub(crate) mod admission;
 pub mod blocking;
+pub mod client;
 pub mod compare;
 pub mod config;
 pub mod error;

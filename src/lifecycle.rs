@@ -139,6 +139,10 @@ pub(crate) enum CloseReason {
     Panic,
     Shutdown,
     IoError,
+    /// A dialled connection's connect was refused or failed.
+    ConnectFailed,
+    /// A dialled connection's connect did not finish within its timeout.
+    ConnectTimeout,
 }
 
 impl CloseReason {
@@ -154,6 +158,22 @@ impl CloseReason {
             CloseReason::Panic => &stats.closed_by_panic,
             CloseReason::Shutdown => &stats.closed_by_shutdown,
             CloseReason::IoError => &stats.closed_io_error,
+            CloseReason::ConnectFailed => &stats.dials_failed,
+            CloseReason::ConnectTimeout => &stats.dials_timed_out,
         }
+    }
+}
+
+/// The error hook a driver has until its owner sets one: the panic, logged at error level.
+pub(crate) fn default_error_hook(report: &ErrorReport) {
+    let peer = report
+        .peer
+        .map_or_else(|| "unknown peer".to_string(), |peer| peer.to_string());
+    match report.conn {
+        Some(conn) => log::error!("{conn:?} ({peer}): protocol panicked: {}", report.message),
+        None => log::error!(
+            "datagram from {peer}: protocol panicked: {}",
+            report.message
+        ),
     }
 }

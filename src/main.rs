@@ -1,4 +1,4 @@
-//! The `socketserver` command: `serve`, `load` and `compare`, each a thin layer of argument
+//! The `socketserver` command: `serve`, `load`, `compare`, `subscribe` and `publish`, each a thin layer of argument
 //! parsing over the library (see [`cli`]). `RUST_LOG` sets the log level (env_logger).
 
 mod cli;
@@ -10,13 +10,21 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // The clients say at info when they reconnect: what someone watching a pipe wants to see.
+    let default_level = match cli.command {
+        Command::Subscribe(_) | Command::Publish(_) => "warn,socketserver=info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
     cli::raise_descriptor_limit();
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Load(args) => cli::load::run(args),
         Command::Compare(args) => cli::compare::run(args),
+        Command::Subscribe(args) => cli::client::subscribe(args),
+        Command::Publish(args) => cli::client::publish(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

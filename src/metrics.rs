@@ -198,6 +198,16 @@ counters! {
     closed_by_shutdown,
     /// Connections closed by an unexpected I/O error.
     closed_io_error,
+    /// Outbound connects started (dialled connections, redials included).
+    dials_started,
+    /// Outbound connects that succeeded.
+    dials_connected,
+    /// Outbound connects refused or failed.
+    dials_failed,
+    /// Outbound connects that did not finish within their connect timeout.
+    dials_timed_out,
+    /// Dialled connections dialled again after they ended, at their protocol's request.
+    redials,
     /// Readiness events dropped because their connection had closed.
     stale_events,
     /// Worker results dropped because their connection had closed.
@@ -530,6 +540,23 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
             ("{reason=\"shutdown\"}", stats.closed_by_shutdown),
             ("{reason=\"io_error\"}", stats.closed_io_error),
         ],
+    );
+    metric(
+        "dials_total",
+        "counter",
+        "Outbound connects, by outcome (started counts every attempt, redials included).",
+        &[
+            ("{outcome=\"started\"}", stats.dials_started),
+            ("{outcome=\"connected\"}", stats.dials_connected),
+            ("{outcome=\"failed\"}", stats.dials_failed),
+            ("{outcome=\"timed_out\"}", stats.dials_timed_out),
+        ],
+    );
+    metric(
+        "redials_total",
+        "counter",
+        "Dialled connections dialled again after they ended.",
+        &[("", stats.redials)],
     );
     metric(
         "received_bytes_total",

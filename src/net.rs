@@ -82,6 +82,17 @@ pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
 }
 
+/// How a non-blocking connect began ([`Stream::connect`]).
+#[derive(Debug)]
+pub(crate) enum ConnectStart {
+    /// Connected at once.
+    Connected,
+    /// Under way: the socket turns writable when it ends, either way.
+    InProgress,
+    /// Failed at once (refused, unreachable).
+    Failed(io::Error),
+}
+
 /// An accepted connection of either transport, switched to blocking mode (for the blocking
 /// drivers). `&BlockingStream` reads and writes, like `&TcpStream`.
 #[derive(Debug)]
@@ -172,6 +183,41 @@ impl Stream {
         match self {
             Stream::Tcp(stream) => stream.shutdown(how),
             Stream::Unix(stream) => stream.shutdown(how),
+        }
+    }
+
+    /// Starts a non-blocking TCP connect to `addr`. The socket comes back even when the
+    /// connect failed at once (a refusal on loopback often does), so that failure takes the
+    /// same close path as one seen later; only failing to make a socket at all is an error.
+    pub(crate) fn connect(addr: SocketAddr) -> io::Result<(Stream, ConnectStart)> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        let start = match socket.connect(&addr.into()) {
+            Ok(()) => ConnectStart::Connected,
+            Err(error) if crate::error::connect_in_progress(&error) => ConnectStart::InProgress,
+            Err(error) => ConnectStart::Failed(error),
+        };
+        let stream = std::net::TcpStream::from(OwnedFd::from(socket));
+        Ok((Stream::Tcp(mio::net::TcpStream::from_std(stream)), start))
+    }
+
+    /// The outcome of a connect that was in progress, once the socket turned writable:
+    /// `Ok(true)` connected, `Ok(false)` not yet (a wake-up before the end), or the error the
+    /// kernel kept for it (`SO_ERROR`).
+    pub(crate) fn connect_outcome(&self) -> io::Result<bool> {
+        let Stream::Tcp(stream) = self else {
+            return Ok(true);
+        };
+        if let Some(error) = stream.take_error()? {
+            return Err(error);
+        }
+        match stream.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(error) => Err(error),
         }
     }
 

@@ -8,7 +8,9 @@
 //! * the blocking drivers share the protocols and the lifecycle with the reactor, not the loop;
 //! * protocols know no socket, no driver and no server;
 //! * the lifecycle room sits below all three;
-//! * pub/sub sits on the protocols (a WebSocket handler) and knows no socket, loop or server.
+//! * pub/sub sits on the protocols (a WebSocket handler) and knows no socket, loop or server;
+//! * the client runs the reactor without a listener and the protocols on it, and knows no
+//!   server and no blocking server driver.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,6 +110,25 @@ const RULES: &[Rule] = &[
             "crate::worker::Mailbox",
             "crate::worker::Notice",
             "crate::worker::Recipients",
+        ],
+    },
+    Rule {
+        room: "crate::client",
+        allowed: &[
+            "crate::admission",
+            "crate::config",
+            "crate::error",
+            "crate::lifecycle",
+            "crate::metrics",
+            "crate::protocol",
+            // Notices, mailboxes and job results, as protocols see them.
+            "crate::worker::JobResult",
+            "crate::worker::Mailbox",
+            "crate::worker::Notice",
+            // The loop itself, run without a listener, and its dialled connections.
+            "crate::reactor",
+            "crate::ConnId",
+            "crate::Config",
         ],
     },
     Rule {

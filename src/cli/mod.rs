@@ -1,7 +1,8 @@
 //! The command line: the commands' arguments (clap) and what they share. One file per
-//! command (`serve`, `load`, `compare`), each a thin layer over the library; `main.rs` only
+//! command (`serve`, `load`, `compare`; `subscribe` and `publish` share `client`), each a thin layer over the library; `main.rs` only
 //! parses and dispatches.
 
+pub(crate) mod client;
 pub(crate) mod compare;
 pub(crate) mod load;
 pub(crate) mod serve;
@@ -35,6 +36,12 @@ pub(crate) enum Command {
     /// Run every concurrency model under the same load and compare them: a table,
     /// compare.svg and compare.json (or, with --idle N, idle capacity and idle.json).
     Compare(compare::CompareArgs),
+    /// Print each message of a pub/sub topic as OFFSET<TAB>DATA, resuming across reconnects
+    /// and server restarts without a gap or a duplicate.
+    Subscribe(client::SubscribeArgs),
+    /// Publish each line of stdin to a pub/sub topic and print its offset once acknowledged,
+    /// re-sending across reconnects what was not acknowledged.
+    Publish(client::PublishArgs),
 }
 
 /// A number of seconds from the command line, within 0..=3600.

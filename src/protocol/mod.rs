@@ -154,6 +154,8 @@ pub(crate) struct Wishes {
     pub(crate) own_backpressure: bool,
     /// Call `on_drain` once pending output is at or below the low watermark.
     pub(crate) drain_wanted: bool,
+    /// A dialled connection that ended asks to be dialled again after this delay.
+    pub(crate) reconnect: Option<Duration>,
 }
 
 /// Where [`Context::peer_addr`] finds the peer's address.
@@ -386,6 +388,17 @@ impl<'a> Context<'a> {
     /// the output is written.
     pub fn notify_when_drained(&mut self) {
         self.wishes.drain_wanted = true;
+    }
+
+    /// On a dialled connection, from [`Protocol::on_closed`]: dial the same address again
+    /// after `after`, with this same protocol (its state, such as what it has received so far,
+    /// carries over), which hears [`Protocol::on_open`] when the new connection is up and
+    /// `on_closed` again if it fails. The new connection has a new [`ConnId`]. How long to
+    /// wait is the protocol's policy (see [`client::Backoff`](crate::client::Backoff)); the
+    /// driver only keeps the appointment. Ignored on accepted connections, outside `on_closed`,
+    /// and once the driver is shutting down.
+    pub fn reconnect_after(&mut self, after: Duration) {
+        self.wishes.reconnect = Some(after);
     }
 
     /// Runs `job` on the worker pool; its result comes back to [`Protocol::on_job_done`] with

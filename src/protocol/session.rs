@@ -58,6 +58,8 @@ pub struct Session<P: Protocol> {
     mailbox: Option<crate::worker::Mailbox>,
     /// The protocol asked for `on_drain` once its output is written.
     drain_wanted: bool,
+    /// The protocol asked to be dialled again after this delay ([`Context::reconnect_after`]).
+    reconnect: Option<Duration>,
 }
 
 impl<P: Protocol> Session<P> {
@@ -73,7 +75,15 @@ impl<P: Protocol> Session<P> {
 
     /// Opens a connection known to callbacks as `id`, from `peer`.
     pub fn with_id_and_peer(protocol: P, id: ConnId, peer: Option<std::net::SocketAddr>) -> Self {
-        let mut session = Session {
+        let mut session = Session::unopened(protocol, id, peer);
+        session.call(|protocol, ctx| protocol.on_open(ctx));
+        session
+    }
+
+    /// A session whose connection never opened (a dial that failed): the protocol is not told
+    /// of an open; [`Session::closed`] tells it of the end.
+    pub fn unopened(protocol: P, id: ConnId, peer: Option<std::net::SocketAddr>) -> Self {
+        Session {
             protocol,
             input: ReadBuf::default(),
             output: WriteBuf::default(),
@@ -92,9 +102,8 @@ impl<P: Protocol> Session<P> {
             undelivered: VecDeque::new(),
             mailbox: None,
             drain_wanted: false,
-        };
-        session.call(|protocol, ctx| protocol.on_open(ctx));
-        session
+            reconnect: None,
+        }
     }
 
     /// Delivers `bytes` as newly received input, unless the protocol asked to close.
@@ -282,6 +291,30 @@ impl<P: Protocol> Session<P> {
         &self.protocol
     }
 
+    /// The protocol itself, mutably (a blocking client hands its protocol commands this way).
+    pub fn protocol_mut(&mut self) -> &mut P {
+        &mut self.protocol
+    }
+
+    /// Ends the session and gives the protocol back (a blocking client that reconnects opens a
+    /// new session with it).
+    pub fn into_protocol(self) -> P {
+        self.protocol
+    }
+
+    /// The delay the protocol asked to be dialled again after (once): what it wished in
+    /// [`Protocol::on_closed`] with [`Context::reconnect_after`].
+    pub fn take_reconnect(&mut self) -> Option<Duration> {
+        self.reconnect.take()
+    }
+
+    /// Runs `callback` on the protocol with a context, as a driver's own callback would be
+    /// run: what it writes and wishes is taken as from any callback. How a blocking client
+    /// hands its protocol something to send.
+    pub fn with_protocol<R>(&mut self, callback: impl FnOnce(&mut P, &mut Context<'_>) -> R) -> R {
+        self.call(callback)
+    }
+
     /// Runs one callback, then delivers the results of jobs it offloaded (and of jobs those
     /// deliveries offloaded), in order.
     fn call<R>(&mut self, callback: impl FnOnce(&mut P, &mut Context<'_>) -> R) -> R {
@@ -335,6 +368,9 @@ impl<P: Protocol> Session<P> {
             self.close = wishes.close;
         }
         self.drain_wanted |= wishes.drain_wanted;
+        if wishes.reconnect.is_some() {
+            self.reconnect = wishes.reconnect;
+        }
         // `hold_input` needs nothing here: jobs run inline, so the job a hold waits for has
         // come back before the next input is fed; own backpressure likewise, since a blocking
         // write is the only backpressure there is.

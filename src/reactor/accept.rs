@@ -34,9 +34,9 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: Listener) -> Self {
+    pub(crate) fn new(listener: Option<Listener>) -> Self {
         Acceptor {
-            listener: Some(listener),
+            listener,
             paused: false,
             ready_again: false,
             last_warning: None,

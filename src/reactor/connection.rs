@@ -59,9 +59,12 @@ pub(crate) mod flag {
     pub const DRAIN_OWED: u16 = 1 << 13;
     /// The protocol bounds its own output: input is fed above the high watermark too.
     pub const OWN_BACKPRESSURE: u16 = 1 << 14;
+    /// A dialled connection whose connect has not finished: nothing is read, written or fed
+    /// until writability says it ended and `SO_ERROR` says how.
+    pub const CONNECTING: u16 = 1 << 15;
 }
 
-/// One accepted connection. Small on purpose: an idle one holds no buffers.
+/// One accepted or dialled connection. Small on purpose: an idle one holds no buffers.
 pub(crate) struct Connection<P> {
     /// This connection's identity (slot and generation), as packed into its poll token.
     pub(crate) id: ConnId,
@@ -165,6 +168,42 @@ impl<P: Protocol> Connection<P> {
             self.discard(core, chunk);
         }
         self.conclude(core);
+    }
+
+    /// A dialled connection's connect may have ended (the socket turned writable, or failed):
+    /// if it did, say so to the protocol (`on_open`) and drive the connection as any other;
+    /// if it failed, close it (`on_closed`, where the protocol may ask to be dialled again).
+    pub(crate) fn connect_ready(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        if !self.has(flag::WRITABLE) {
+            return;
+        }
+        match self.stream.connect_outcome() {
+            Ok(true) => self.connected(core, chunk),
+            // Woken before the end: wait for the next edge.
+            Ok(false) => self.clear(flag::WRITABLE),
+            Err(error) => {
+                log::debug!("{:?}: connect failed: {error}", self.id);
+                self.close(core, CloseReason::ConnectFailed);
+            }
+        }
+    }
+
+    /// The connect succeeded: from here on the connection is like an accepted one.
+    pub(crate) fn connected(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        self.clear(flag::CONNECTING);
+        let now = core.clock.now_tick();
+        self.last_active = now;
+        metrics::add(&core.stats.dials_connected, 1);
+        if let Err(error) = self.stream.apply_options(&core.config) {
+            log::debug!("{:?}: setting socket options failed: {error}", self.id);
+        }
+        if let Some(idle) = core.config.idle_timeout {
+            core.timers
+                .schedule(now.after(idle), TimerEvent::Idle(self.id));
+        }
+        log::debug!("{:?}: connected to {:?}", self.id, self.stream.peer_addr());
+        self.call(core, |protocol, ctx| protocol.on_open(ctx));
+        self.drive(core, chunk);
     }
 
     /// Lingering close: reads and drops input until end of stream (then closes), `WouldBlock`,
@@ -441,6 +480,12 @@ impl<P: Protocol> Connection<P> {
         }
         if !core.output.is_empty() {
             self.send(core);
+        }
+        if let Some(after) = wishes.reconnect {
+            // Kept only for a dialled connection; acted on when it is reaped.
+            if let Some(dial) = core.dialled.get_mut(&self.id) {
+                dial.reconnect_after = Some(after);
+            }
         }
         if wishes.drain_wanted && !self.has(flag::CLOSED) {
             self.set(flag::DRAIN_OWED);

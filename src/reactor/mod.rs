@@ -38,9 +38,11 @@ pub mod buffer;
 pub mod completions;
 pub(crate) mod connection;
 pub(crate) mod datagram;
+pub mod dial;
 pub mod timer;
 pub mod token;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +53,7 @@ use self::accept::Acceptor;
 use self::buffer::WriteBuf;
 use self::completions::{CompletionSender, Completions};
 use self::connection::{flag, Connection};
+use self::dial::Dial;
 use self::timer::{Clock, Tick, Timers};
 use self::token::{ConnId, Slots, LISTENER, SIGNALS, WAKER};
 use crate::admission::Admission;
@@ -81,6 +84,11 @@ pub(crate) enum TimerEvent {
     Protocol(ConnId),
     /// A lingering close has waited long enough for the peer's end of stream.
     Linger(ConnId),
+    /// A dialled connection's connect has had its time.
+    ConnectTimeout(ConnId),
+    /// A dialled connection that ended is due to be dialled again (the key of its entry in
+    /// [`Reactor::waiting`]).
+    Redial(u64),
     /// Resume accepting after running out of descriptors.
     AcceptResume,
     /// Graceful shutdown ran out of time: cut whatever is left.
@@ -113,6 +121,9 @@ pub(crate) struct Core {
     pub(crate) admission: Admission,
     /// Graceful shutdown has begun.
     pub(crate) draining: bool,
+    /// The dialled connections open now (accepted ones are not here): where each was dialled,
+    /// and whether its protocol asked to be dialled again once it ends.
+    pub(crate) dialled: HashMap<ConnId, Dial>,
 }
 
 /// A single-threaded reactor serving one listener with protocol `P` made by `F`.
@@ -131,13 +142,18 @@ pub(crate) struct Reactor<P, F> {
     /// Set (and this loop woken) by a `ServerHandle`, or by a signal in any loop of the server.
     shutdown: Arc<ShutdownSignal>,
     signals: Option<Signals>,
+    /// Protocols of dialled connections that ended and wait for their redial timer, by key.
+    pub(crate) waiting: HashMap<u64, (Dial, P)>,
+    /// The key the next waiting protocol gets (never reused, so a timer finds only its own).
+    pub(crate) next_waiting: u64,
 }
 
 /// What a reactor is built from (assembled by [`Server`](crate::Server)).
 pub(crate) struct Parts<F> {
     pub(crate) config: Config,
     pub(crate) poll: Poll,
-    pub(crate) listener: crate::net::Listener,
+    /// The listening socket; `None` for a loop that only dials (a client loop).
+    pub(crate) listener: Option<crate::net::Listener>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) pool: Option<Arc<WorkerPool>>,
     pub(crate) completions: (CompletionSender<Completion>, Completions<Completion>),
@@ -164,9 +180,11 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             admission,
             factory,
         } = parts;
-        poll.registry()
-            .register(&mut listener, LISTENER, mio::Interest::READABLE)
-            .map_err(|error| Error::io("registering the listener", error))?;
+        if let Some(listener) = &mut listener {
+            poll.registry()
+                .register(listener, LISTENER, mio::Interest::READABLE)
+                .map_err(|error| Error::io("registering the listener", error))?;
+        }
         let signals = register_signals(poll.registry(), &config)?;
         let capacity = config.max_connections.min(65_536);
         Ok(Reactor {
@@ -189,6 +207,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 on_error,
                 admission,
                 draining: false,
+                dialled: HashMap::new(),
             },
             factory,
             completions,
@@ -196,6 +215,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             due_timers: Vec::new(),
             shutdown,
             signals,
+            waiting: HashMap::new(),
+            next_waiting: 0,
         })
     }
 
@@ -252,7 +273,11 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         match self.connections.get_mut(id) {
             Some(conn) if !conn.has(flag::CLOSED) => {
                 conn.latch(event);
-                conn.drive(&mut self.core, &mut self.read_chunk);
+                if conn.has(flag::CONNECTING) {
+                    conn.connect_ready(&mut self.core, &mut self.read_chunk);
+                } else {
+                    conn.drive(&mut self.core, &mut self.read_chunk);
+                }
             }
             // Drop: the connection this event was for has closed (its slot may hold another).
             _ => metrics::add(&self.core.stats.stale_events, 1),
@@ -306,6 +331,14 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                         conn.close(&mut self.core, reason);
                     }
                 }
+                TimerEvent::ConnectTimeout(id) => {
+                    if let Some(conn) = self.connections.get_mut(id) {
+                        if conn.has(flag::CONNECTING) {
+                            conn.close(&mut self.core, CloseReason::ConnectTimeout);
+                        }
+                    }
+                }
+                TimerEvent::Redial(key) => self.redial(key),
                 TimerEvent::AcceptResume => {
                     self.acceptor.paused = false;
                     self.accept_ready();
@@ -424,6 +457,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             return;
         }
         self.core.draining = true;
+        // Protocols waiting to be dialled again are not connections: nothing to finish.
+        self.waiting.clear();
         // Closing the listener refuses new clients at once instead of leaving them in a backlog.
         if let Some(mut listener) = self.acceptor.listener.take() {
             let _ = self.core.poll.registry().deregister(&mut listener);
@@ -450,12 +485,19 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
 
     /// Removes the connections closed this turn; dropping each closes its socket.
     fn reap(&mut self) {
-        for id in self.core.graveyard.drain(..) {
-            if self.connections.remove(id).is_some() {
-                metrics::sub(&self.core.stats.active, 1);
-                self.core.admission.release();
+        let mut graveyard = std::mem::take(&mut self.core.graveyard);
+        for id in graveyard.drain(..) {
+            let Some(conn) = self.connections.remove(id) else {
+                continue;
+            };
+            metrics::sub(&self.core.stats.active, 1);
+            match self.core.dialled.remove(&id) {
+                // Accepted: its place under `max_connections` is free again.
+                None => self.core.admission.release(),
+                Some(dial) => self.ended_dialled(dial, conn.protocol),
             }
         }
+        self.core.graveyard = graveyard;
         self.compact_timers();
     }
 
@@ -472,11 +514,13 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         }
         let connections = &self.connections;
         self.core.timers.retain(|deadline, event| match *event {
-            TimerEvent::Idle(id) | TimerEvent::Linger(id) => connections.get(id).is_some(),
+            TimerEvent::Idle(id) | TimerEvent::Linger(id) | TimerEvent::ConnectTimeout(id) => {
+                connections.get(id).is_some()
+            }
             TimerEvent::Protocol(id) => connections
                 .get(id)
                 .is_some_and(|conn| conn.timer_entry == Some(deadline)),
-            TimerEvent::AcceptResume | TimerEvent::ShutdownDeadline => true,
+            TimerEvent::Redial(_) | TimerEvent::AcceptResume | TimerEvent::ShutdownDeadline => true,
         });
     }
 }

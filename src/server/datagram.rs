@@ -16,14 +16,12 @@ use std::sync::Arc;
 
 use mio::Poll;
 
-use super::{
-    bind_first, default_error_hook, more_sockets, ErrorReport, RunningServer, ServerHandle,
-};
+use super::{bind_first, more_sockets, ErrorReport, RunningServer, ServerHandle};
 use crate::blocking::datagram::DatagramDriver;
 use crate::blocking::Model;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lifecycle::{ErrorHook, ShutdownSignal, VerifyHook};
+use crate::lifecycle::{default_error_hook, ErrorHook, ShutdownSignal, VerifyHook};
 use crate::metrics::StatsSet;
 use crate::net::{self, DatagramSocket, ListenAddr};
 use crate::protocol::datagram_handler::Hooks;

@@ -33,7 +33,7 @@ use crate::blocking::{self, Model};
 use crate::config::Config;
 use crate::error::{Error, Result};
 pub use crate::lifecycle::ErrorReport;
-use crate::lifecycle::{panic_message, ErrorHook, ShutdownSignal, VerifyHook};
+use crate::lifecycle::{default_error_hook, panic_message, ErrorHook, ShutdownSignal, VerifyHook};
 use crate::metrics::{Stats, StatsSet, StatsSnapshot};
 use crate::net::{self, ListenAddr, Listener};
 use crate::protocol::Protocol;
@@ -153,19 +153,6 @@ fn start_pool(config: &Config, stats: &StatsSet) -> Result<Option<Arc<WorkerPool
         .map_err(|error| Error::io("starting worker threads", error))?;
     stats.watch_job_queue(pool.queue_depth());
     Ok(Some(Arc::new(pool)))
-}
-
-fn default_error_hook(report: &ErrorReport) {
-    let peer = report
-        .peer
-        .map_or_else(|| "unknown peer".to_string(), |peer| peer.to_string());
-    match report.conn {
-        Some(conn) => log::error!("{conn:?} ({peer}): protocol panicked: {}", report.message),
-        None => log::error!(
-            "datagram from {peer}: protocol panicked: {}",
-            report.message
-        ),
-    }
 }
 
 impl Server {
@@ -320,7 +307,7 @@ impl Server {
             admission: self.admission.with_max(self.config.max_connections),
             config: self.config,
             poll: self.poll,
-            listener: self.listener,
+            listener: Some(self.listener),
             stats: self.first_stats,
             pool,
             completions: completions::channel(notifier),
@@ -381,7 +368,7 @@ impl Server {
                     ..config.clone()
                 },
                 poll,
-                listener,
+                listener: Some(listener),
                 stats: stats.add_part(),
                 pool: pool.clone(),
                 completions: completions::channel(Notifier::new(waker)),

@@ -31,6 +31,10 @@ mod state {
     pub const REPORTED: u8 = 1 << 3;
     /// Nothing more is read: the connection failed or the closing handshake is over.
     pub const ENDED: u8 = 1 << 4;
+    /// This end dialled: it masks what it sends and refuses masked frames.
+    pub const CLIENT: u8 = 1 << 5;
+    /// This end started the closing handshake (its handler, or a shutdown).
+    pub const CLOSED_HERE: u8 = 1 << 6;
 }
 
 /// No subprotocol was agreed.
@@ -135,6 +139,22 @@ impl Link {
             .map(String::as_str)
     }
 
+    /// Which end this is.
+    fn role(&self) -> Role {
+        if self.has(state::CLIENT) {
+            Role::Client
+        } else {
+            Role::Server
+        }
+    }
+
+    /// The masking key for the next frame sent: a fresh unpredictable one per frame from a
+    /// client (RFC 6455, section 10.3, so that a page's script cannot choose the bytes on the
+    /// wire), none from a server.
+    fn mask(&self) -> Option<[u8; 4]> {
+        self.has(state::CLIENT).then(rand::random::<[u8; 4]>)
+    }
+
     /// True once a close frame was sent.
     pub(crate) fn is_closing(&self) -> bool {
         self.has(state::CLOSE_SENT)
@@ -211,7 +231,10 @@ impl Link {
             .zip(self.options().deflate)
             .filter(|(_, options)| payload.len() >= options.threshold);
         match compress {
-            None => ctx.write_with(|out| write_fragments(out, opcode, payload, false, fragment)),
+            None => {
+                let client = self.has(state::CLIENT);
+                ctx.write_with(|out| write_fragments(out, opcode, payload, false, fragment, client))
+            }
             Some((agreed, options)) => {
                 let kept = self.kept_compressor();
                 let keeps_context = kept.is_some();
@@ -226,7 +249,9 @@ impl Link {
                     } else {
                         (payload, false)
                     };
-                    ctx.write_with(|out| write_fragments(out, opcode, bytes, rsv1, fragment));
+                    ctx.write_with(|out| {
+                        write_fragments(out, opcode, bytes, rsv1, fragment, false)
+                    });
                     trim(compressed);
                 });
             }
@@ -255,6 +280,10 @@ impl Link {
     ) -> SendStatus {
         if self.is_closing() {
             return SendStatus::Closed;
+        }
+        // A client masks every frame with its own key: a frame shared by many cannot be.
+        if self.has(state::CLIENT) {
+            return self.send(ctx, message.message());
         }
         let compress = self
             .deflate
@@ -292,7 +321,8 @@ impl Link {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return SendStatus::Dropped;
         }
-        ctx.write_with(|out| frame::write_frame(out, true, false, Opcode::Ping, payload, None));
+        let mask = self.mask();
+        ctx.write_with(|out| frame::write_frame(out, true, false, Opcode::Ping, payload, mask));
         SendStatus::Sent
     }
 
@@ -302,6 +332,7 @@ impl Link {
         if self.is_closing() {
             return;
         }
+        self.state |= state::CLOSED_HERE;
         let code = if close::is_valid(code) {
             code
         } else {
@@ -324,17 +355,27 @@ impl Link {
         let length = status.map_or(0, |(code, reason)| {
             close::payload(code, reason, &mut payload)
         });
+        let mask = self.mask();
         ctx.write_with(|out| {
-            frame::write_frame(out, true, false, Opcode::Close, &payload[..length], None)
+            frame::write_frame(out, true, false, Opcode::Close, &payload[..length], mask)
         });
     }
 }
 
 /// Appends a message as frames of at most `fragment` payload bytes: the first carries the
-/// opcode (and RSV1 when compressed), the rest are continuations.
-fn write_fragments(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8], rsv1: bool, fragment: usize) {
+/// opcode (and RSV1 when compressed), the rest are continuations. A client masks each frame
+/// with a key of its own.
+fn write_fragments(
+    out: &mut Vec<u8>,
+    opcode: Opcode,
+    payload: &[u8],
+    rsv1: bool,
+    fragment: usize,
+    client: bool,
+) {
+    let mask = || client.then(rand::random::<[u8; 4]>);
     if payload.len() <= fragment {
-        return frame::write_frame(out, true, rsv1, opcode, payload, None);
+        return frame::write_frame(out, true, rsv1, opcode, payload, mask());
     }
     let mut pieces = payload.chunks(fragment.max(1)).peekable();
     let mut first = true;
@@ -346,7 +387,7 @@ fn write_fragments(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8], rsv1: bool
             rsv1 && first,
             opcode,
             piece,
-            None,
+            mask(),
         );
         first = false;
     }
@@ -449,6 +490,58 @@ impl WebSocketConnection {
         connection
     }
 
+    /// A connection this end dialled, whose handshake the server answered with 101: the
+    /// client role of the same state machine (it masks what it sends, refuses masked frames,
+    /// and pings a quiet server as a server pings a quiet client). No extension is agreed.
+    pub(crate) fn open_client(
+        route: SharedRoute,
+        handler: Box<dyn WebSocketHandler>,
+        ctx: &mut Context<'_>,
+    ) -> WebSocketConnection {
+        let mut connection = WebSocketConnection {
+            link: Link {
+                route,
+                deflate: None,
+                spare: None,
+                state: state::CLIENT,
+                subprotocol: NO_SUBPROTOCOL,
+            },
+            handler,
+        };
+        ctx.manage_own_backpressure();
+        ctx.cancel_timer();
+        connection.arm_heartbeat(ctx);
+        connection.call_handler(ctx, |handler, ws| handler.on_open(ws));
+        connection
+    }
+
+    /// The handler, once the connection is over (a client that reconnects keeps it).
+    pub(crate) fn into_handler(self) -> Box<dyn WebSocketHandler> {
+        self.handler
+    }
+
+    /// True if this end started the closing handshake: the end was wanted, not suffered.
+    pub(crate) fn closed_here(&self) -> bool {
+        self.link.has(state::CLOSED_HERE)
+    }
+
+    /// Runs `act` with this connection's [`WebSocket`] handle, from outside the handler (a
+    /// blocking client sending what its caller gave it).
+    pub(crate) fn act<R>(
+        &mut self,
+        ctx: &mut Context<'_>,
+        act: impl FnOnce(&mut WebSocket<'_, '_>) -> R,
+    ) -> Option<R> {
+        if self.link.has(state::ENDED) {
+            return None;
+        }
+        let mut ws = WebSocket {
+            ctx,
+            link: &mut self.link,
+        };
+        Some(act(&mut ws))
+    }
+
     fn arm_heartbeat(&mut self, ctx: &mut Context<'_>) {
         if let Some(interval) = self.link.options().ping_interval {
             ctx.set_timer(interval);
@@ -491,7 +584,8 @@ impl WebSocketConnection {
         {
             return self.payload_piece(input, ctx);
         }
-        let header = match frame::parse_header(input, Role::Server, self.link.deflate.is_some()) {
+        let role = self.link.role();
+        let header = match frame::parse_header(input, role, self.link.deflate.is_some()) {
             Ok(Some(header)) => header,
             Ok(None) => return Step::Wait,
             Err(violation) => return self.fail(ctx, violation),
@@ -767,8 +861,9 @@ impl WebSocketConnection {
             Opcode::Ping => {
                 // Answered even while output is backed up: the connection reads on.
                 if !self.link.is_closing() {
+                    let mask = self.link.mask();
                     ctx.write_with(|out| {
-                        frame::write_frame(out, true, false, Opcode::Pong, payload, None)
+                        frame::write_frame(out, true, false, Opcode::Pong, payload, mask)
                     });
                 }
                 Step::Consumed(0)
@@ -870,7 +965,8 @@ impl WebSocketConnection {
             record(ctx, |stats| &stats.websocket_heartbeat_timeouts, 1);
             self.cut(ctx, "no answer to a ping");
         } else {
-            ctx.write_with(|out| frame::write_frame(out, true, false, Opcode::Ping, b"", None));
+            let mask = self.link.mask();
+            ctx.write_with(|out| frame::write_frame(out, true, false, Opcode::Ping, b"", mask));
             record(ctx, |stats| &stats.websocket_pings_sent, 1);
             self.link.state |= state::AWAITING_PONG;
             ctx.set_timer(self.link.options().ping_timeout);
