@@ -26,20 +26,6 @@ use socketserver::Config;
 
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
 
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a live local; raising the soft limit to the hard one.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 fn server(addr: SocketAddr) -> Child {
     let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/socketserver");
     let args = [
@@ -166,7 +152,7 @@ fn storm(clients: usize, jitter: Jitter) -> Outcome {
 }
 
 fn main() {
-    raise_descriptor_limit();
+    socketserver::net::raise_descriptor_limit().expect("raising the descriptor limit");
     let mut clients = 10_000;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {

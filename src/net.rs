@@ -621,3 +621,26 @@ pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Adopted> {
         }
     })
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit, as servers and
+/// load generators holding many connections need (the soft limit is often 1,024, the hard one
+/// much higher), and returns the soft limit now in force. Raising up to the hard limit needs
+/// no privilege.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit from a live local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}

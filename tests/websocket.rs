@@ -883,22 +883,8 @@ fn scrape_turns(cli: &util::Cli) -> u64 {
 
 /// Raises this process's soft limit on descriptors to its hard limit.
 fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write one live rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= 10_500,
-        "descriptor limit {}",
-        limit.rlim_cur
-    );
+    let limit = socketserver::net::raise_descriptor_limit().expect("the descriptor limit");
+    assert!(limit >= 10_500, "descriptor limit {limit}");
 }
 
 #[test]

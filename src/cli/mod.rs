@@ -100,26 +100,10 @@ pub(crate) enum ModelName {
     Prefork,
 }
 
-/// Raises the soft limit on open descriptors to the hard limit, as servers and load generators
-/// holding many connections need (the soft limit is often 1,024; the hard limit much higher).
+/// Raises the soft limit on open descriptors to the hard limit (see
+/// [`socketserver::net::raise_descriptor_limit`]); a failure only means fewer connections.
 pub(crate) fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into a live local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: setrlimit reads one rlimit from a live local; raising the soft limit up to
-        // the hard limit needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            log::debug!(
-                "could not raise the descriptor limit: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    if let Err(error) = socketserver::net::raise_descriptor_limit() {
+        log::debug!("could not raise the descriptor limit: {error}");
     }
 }
