@@ -395,8 +395,9 @@ impl<'a> Context<'a> {
     /// carries over), which hears [`Protocol::on_open`] when the new connection is up and
     /// `on_closed` again if it fails. The new connection has a new [`ConnId`]. How long to
     /// wait is the protocol's policy (see [`client::Backoff`](crate::client::Backoff)); the
-    /// driver only keeps the appointment. Ignored on accepted connections, outside `on_closed`,
-    /// and once the driver is shutting down.
+    /// driver only keeps the appointment. The wish is acted on when the connection ends, so
+    /// `on_closed` is the place to make it (the last wish made counts); it is ignored on
+    /// accepted connections and once the driver is shutting down.
     pub fn reconnect_after(&mut self, after: Duration) {
         self.wishes.reconnect = Some(after);
     }

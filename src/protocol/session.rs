@@ -291,11 +291,6 @@ impl<P: Protocol> Session<P> {
         &self.protocol
     }
 
-    /// The protocol itself, mutably (a blocking client hands its protocol commands this way).
-    pub fn protocol_mut(&mut self) -> &mut P {
-        &mut self.protocol
-    }
-
     /// Ends the session and gives the protocol back (a blocking client that reconnects opens a
     /// new session with it).
     pub fn into_protocol(self) -> P {

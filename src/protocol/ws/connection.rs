@@ -148,11 +148,9 @@ impl Link {
         }
     }
 
-    /// The masking key for the next frame sent: a fresh unpredictable one per frame from a
-    /// client (RFC 6455, section 10.3, so that a page's script cannot choose the bytes on the
-    /// wire), none from a server.
+    /// The masking key for the next frame this end sends (see [`masking_key`]).
     fn mask(&self) -> Option<[u8; 4]> {
-        self.has(state::CLIENT).then(rand::random::<[u8; 4]>)
+        masking_key(self.has(state::CLIENT))
     }
 
     /// True once a close frame was sent.
@@ -362,6 +360,12 @@ impl Link {
     }
 }
 
+/// A fresh masking key for a frame a client sends (RFC 6455, section 10.3: unpredictable, so
+/// that a page's script cannot choose the bytes on the wire); a server sends none.
+fn masking_key(client: bool) -> Option<[u8; 4]> {
+    client.then(rand::random::<[u8; 4]>)
+}
+
 /// Appends a message as frames of at most `fragment` payload bytes: the first carries the
 /// opcode (and RSV1 when compressed), the rest are continuations. A client masks each frame
 /// with a key of its own.
@@ -373,9 +377,8 @@ fn write_fragments(
     fragment: usize,
     client: bool,
 ) {
-    let mask = || client.then(rand::random::<[u8; 4]>);
     if payload.len() <= fragment {
-        return frame::write_frame(out, true, rsv1, opcode, payload, mask());
+        return frame::write_frame(out, true, rsv1, opcode, payload, masking_key(client));
     }
     let mut pieces = payload.chunks(fragment.max(1)).peekable();
     let mut first = true;
@@ -387,7 +390,7 @@ fn write_fragments(
             rsv1 && first,
             opcode,
             piece,
-            mask(),
+            masking_key(client),
         );
         first = false;
     }
