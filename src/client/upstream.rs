@@ -427,7 +427,7 @@ fn read_answer(
             };
             return Err((why, !head.is_empty()));
         }
-        if head.ends_with(b"\r\n\r\n") || head == b"\r\n" && before == 0 {
+        if head.ends_with(b"\r\n\r\n") {
             break;
         }
         if head.len() >= MAX_HEAD_BYTES {

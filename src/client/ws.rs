@@ -78,16 +78,22 @@ impl Url {
         if authority.is_empty() {
             return Err(bad("no host"));
         }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-            || authority.ends_with(']')
-        {
-            authority.to_string()
-        } else if authority.contains(':') && !authority.starts_with('[') {
-            return Err(bad("the port is not a number"));
-        } else {
-            format!("{authority}:80")
+        // The port follows the last colon, or the `]` of an IPv6 literal; 80 if none is given.
+        let port = match authority.strip_prefix('[') {
+            Some(literal) => match literal.split_once(']') {
+                Some((_, "")) => None,
+                Some((_, rest)) => Some(
+                    rest.strip_prefix(':')
+                        .ok_or_else(|| bad("junk after the address"))?,
+                ),
+                None => return Err(bad("an unclosed [")),
+            },
+            None => authority.rsplit_once(':').map(|(_, port)| port),
+        };
+        let authority = match port {
+            None => format!("{authority}:80"),
+            Some(port) if port.parse::<u16>().is_ok() => authority.to_string(),
+            Some(_) => return Err(bad("the port is not a number")),
         };
         let path = if path.starts_with('?') {
             format!("/{path}")
@@ -560,7 +566,16 @@ mod tests {
             (url.authority.as_str(), url.path.as_str()),
             ("[::1]:81", "/?x")
         );
-        for bad in ["http://host/", "ws://", "ws://host:port/", "wss://host/"] {
+        let url = Url::parse("ws://[::1]/").expect("valid");
+        assert_eq!(url.authority, "[::1]:80");
+        for bad in [
+            "http://host/",
+            "ws://",
+            "ws://host:port/",
+            "ws://[::1/",
+            "ws://[::1]x/",
+            "wss://host/",
+        ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }
