@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use socketserver::client::pubsub::{Event, PubSubClient, MAX_QUEUED_EVENTS};
 use socketserver::client::upstream::{PoolOptions, UpstreamError, UpstreamPool};
-use socketserver::client::ws::{Client, ClientOptions, Received};
+use socketserver::client::ws::{Client, ClientOptions, Received, MAX_QUEUED_MESSAGES};
 use socketserver::client::{Backoff, Clients, Jitter, Retry};
 use socketserver::protocol::http::{HttpLimits, Request, Response, Router};
 use socketserver::protocol::ws::{self, WebSocketOptions, WebSocketRoute};
@@ -581,4 +582,104 @@ fn requests_fail_over_to_the_next_upstream_and_all_down_is_a_clear_error() {
         }
         other => panic!("expected every upstream down, got {other:?}"),
     }
+}
+
+#[test]
+fn a_subscriber_whose_caller_takes_nothing_stops_reading_at_its_bound_and_loses_nothing() {
+    let server = Process::start(
+        &[
+            "serve",
+            "--protocol",
+            "pubsub",
+            "--memory",
+            "--addr",
+            "127.0.0.1:0",
+        ],
+        false,
+    );
+    let listening = server.line();
+    let addr = listening.strip_prefix("listening on ").expect("an address");
+    let url = format!("ws://{addr}/");
+    let mut subscriber = PubSubClient::connect(&url, ClientOptions::default()).expect("connected");
+    subscriber.subscribe("flood", None);
+    let subscribed = loop {
+        match subscriber.next_event(TIMEOUT).expect("an event") {
+            Some(Event::Subscribed { last, .. }) => break last,
+            Some(_) => {}
+            None => panic!("no subscribed in time"),
+        }
+    };
+    let mut publisher = PubSubClient::connect(&url, ClientOptions::default()).expect("connected");
+    // More than the bound and one read's worth past it, so that reading on would show.
+    let total = (MAX_QUEUED_EVENTS + 64 * 1024 / 2 + 1000) as u64;
+    let last = (0..total)
+        .map(|n| publisher.start_publish("flood", &n.to_string()))
+        .last()
+        .expect("published");
+    while publisher
+        .wait_published(last, TIMEOUT)
+        .expect("acknowledged")
+        .is_none()
+    {}
+    // Served without taking anything: it reads up to its bound (and what the read that
+    // crossed it carried), then stops reading.
+    let deadline = Instant::now() + TIMEOUT;
+    while subscriber.queued_events() < MAX_QUEUED_EVENTS {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber stopped short of its bound"
+        );
+        subscriber.serve_for(ms(20)).expect("served");
+    }
+    let held = subscriber.queued_events();
+    subscriber.serve_for(ms(200)).expect("served");
+    assert_eq!(
+        subscriber.queued_events(),
+        held,
+        "no reading past the bound"
+    );
+    // Past the bound by at most what one 64 KiB read carries (a frame is 2 bytes at least).
+    assert!(held - MAX_QUEUED_EVENTS <= 64 * 1024 / 2, "{held} held");
+    // Taken, they come in order, and the rest follow: every message once.
+    let mut next = subscribed + 1;
+    while next <= subscribed + total {
+        match subscriber.next_event(TIMEOUT).expect("an event") {
+            Some(Event::Message { offset, data, .. }) => {
+                assert_eq!(offset, next);
+                assert_eq!(data, (offset - subscribed - 1).to_string());
+                next += 1;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("message {next} did not come"),
+        }
+    }
+}
+
+#[test]
+fn a_websocket_client_whose_caller_takes_nothing_stops_reading_at_its_bound() {
+    let server = ws_echo_server();
+    let url = format!("ws://{}/echo", server.local_addr());
+    let mut client = Client::connect(&url, ClientOptions::default()).expect("connected");
+    // More than the bound and one read's worth past it, so that reading on would show.
+    let total = MAX_QUEUED_MESSAGES + 64 * 1024 / 2 + 1000;
+    for n in 0..total {
+        client.send_text(&n.to_string()).expect("sent");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while client.queued() < MAX_QUEUED_MESSAGES {
+        assert!(Instant::now() < deadline, "stopped short of its bound");
+        client.serve_for(ms(20)).expect("served");
+    }
+    let held = client.queued();
+    client.serve_for(ms(200)).expect("served");
+    assert_eq!(client.queued(), held, "no reading past the bound");
+    // Past the bound by at most what one 64 KiB read carries (a frame is 2 bytes at least).
+    assert!(held - MAX_QUEUED_MESSAGES <= 64 * 1024 / 2, "{held} held");
+    for n in 0..total {
+        assert_eq!(
+            client.recv(TIMEOUT).expect("received"),
+            Some(Received::Text(n.to_string()))
+        );
+    }
+    server.shutdown().expect("stopped");
 }

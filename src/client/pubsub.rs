@@ -30,6 +30,12 @@ use super::Blocking;
 use crate::error::{Error, Result};
 use crate::protocol::ws::{Message, WebSocket, WebSocketHandler};
 
+/// Events the blocking [`PubSubClient`] holds for its caller before it stops reading (the
+/// kernel's buffers then push back on the server, and nothing is lost) until the caller takes
+/// some with [`PubSubClient::next_event`]. The read that crosses it is delivered whole, so at
+/// most this many plus what one 64 KiB read carries are held.
+pub const MAX_QUEUED_EVENTS: usize = 4096;
+
 /// Where a subscription stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Start {
@@ -463,12 +469,15 @@ impl PubSubClient {
     }
 
     /// Waits at most `timeout` for publish `sequence` to be acknowledged: its offset, `None`
-    /// if not yet, or the server's refusal as an error.
+    /// if not yet (or if [`MAX_QUEUED_EVENTS`] wait to be taken first), or the server's
+    /// refusal as an error.
     pub fn wait_published(&mut self, sequence: u64, timeout: Duration) -> Result<Option<u64>> {
         let state = self.state.clone();
         let deadline = Instant::now() + timeout;
+        let events = self.events.clone();
         let waited = self.connection.run_until(deadline, |_| {
             lock(&state.0).outcomes.contains_key(&sequence)
+                || lock(&events).len() >= MAX_QUEUED_EVENTS
         });
         match self.state.take_outcome(sequence) {
             Some(Ok(offset)) => Ok(Some(offset)),
@@ -482,8 +491,28 @@ impl PubSubClient {
     /// Publishes and waits (at most `timeout`, across reconnects) until it is acknowledged.
     pub fn publish(&mut self, topic: &str, data: &str, timeout: Duration) -> Result<u64> {
         let sequence = self.start_publish(topic, data);
-        self.wait_published(sequence, timeout)?
-            .ok_or_else(|| Error::io("publishing", std::io::ErrorKind::TimedOut.into()))
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(offset) = self.wait_published(sequence, left)? {
+                return Ok(offset);
+            }
+            if self.queued_events() >= MAX_QUEUED_EVENTS {
+                // The acknowledgement is behind events nobody takes: reading stopped for them.
+                return Err(Error::Tool(format!(
+                    "{MAX_QUEUED_EVENTS} events wait to be taken (next_event) before the \
+                     acknowledgement can be read"
+                )));
+            }
+            if left.is_zero() {
+                return Err(Error::io("publishing", std::io::ErrorKind::TimedOut.into()));
+            }
+        }
+    }
+
+    /// Events received and not yet taken with [`PubSubClient::next_event`].
+    pub fn queued_events(&self) -> usize {
+        lock(&self.events).len()
     }
 
     /// The next event, waiting at most `timeout`; `None` if none came. An error once the
@@ -505,10 +534,14 @@ impl PubSubClient {
             .map_err(|error| Error::io("receiving", error))
     }
 
-    /// Serves the connection (acknowledgements, heartbeats, reconnects) for `duration`.
+    /// Serves the connection (acknowledgements, heartbeats, reconnects) for `duration`;
+    /// sooner if [`MAX_QUEUED_EVENTS`] wait to be taken.
     pub fn serve_for(&mut self, duration: Duration) -> Result<()> {
+        let events = self.events.clone();
         self.connection
-            .run_until(Instant::now() + duration, |_| false)
+            .run_until(Instant::now() + duration, |_| {
+                lock(&events).len() >= MAX_QUEUED_EVENTS
+            })
             .map(|_| ())
             .map_err(|error| Error::io("serving", error))
     }

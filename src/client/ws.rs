@@ -49,6 +49,11 @@ use crate::protocol::{Context, JobResult, Notice, Protocol};
 const MAX_ANSWER_HEAD: usize = 16 * 1024;
 /// Headers of the handshake answer parsed at most.
 const MAX_ANSWER_HEADERS: usize = 32;
+/// Messages the blocking [`Client`] holds for its caller before it stops reading (the
+/// kernel's buffers then push back on the server) until the caller takes some with
+/// [`Client::recv`], so a caller that only sends costs bounded memory: at most this many plus
+/// what one 64 KiB read carries.
+pub const MAX_QUEUED_MESSAGES: usize = 4096;
 
 /// Where a client connects: parsed from `ws://host:port/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -407,6 +412,11 @@ struct Inbox {
     closed: Option<(u16, String)>,
 }
 
+/// True once the caller has [`MAX_QUEUED_MESSAGES`] to take.
+fn is_full(inbox: &Mutex<Inbox>) -> bool {
+    lock(inbox).messages.len() >= MAX_QUEUED_MESSAGES
+}
+
 /// The handler of the blocking [`Client`]: queues what arrives.
 struct Queue(Arc<Mutex<Inbox>>);
 
@@ -511,6 +521,11 @@ impl Client {
         }
     }
 
+    /// Messages received and not yet taken with [`Client::recv`].
+    pub fn queued(&self) -> usize {
+        lock(&self.inbox).messages.len()
+    }
+
     /// True while the connection is upgraded.
     pub fn is_open(&self) -> bool {
         lock(&self.inbox).open
@@ -535,15 +550,17 @@ impl Client {
             protocol.act(ctx, |ws| ws.close(code, reason))
         });
         let deadline = Instant::now() + timeout;
-        let _ = self.connection.run_until(deadline, |_| false);
+        let inbox = self.inbox.clone();
+        let _ = self.connection.run_until(deadline, |_| is_full(&inbox));
         Ok(())
     }
 
     /// Serves the connection (answers pings, reconnects) for `duration` without waiting for
-    /// anything in particular.
+    /// anything in particular; sooner if [`MAX_QUEUED_MESSAGES`] wait to be taken.
     pub fn serve_for(&mut self, duration: Duration) -> Result<()> {
+        let inbox = self.inbox.clone();
         self.connection
-            .run_until(Instant::now() + duration, |_| false)
+            .run_until(Instant::now() + duration, |_| is_full(&inbox))
             .map(|_| ())
             .map_err(|error| Error::io("serving", error))
     }
