@@ -120,6 +120,16 @@ pub struct Config {
     /// loaded server's backlog and one lost SYN (retransmitted after 1 s, then 3 s), short of
     /// the kernel's own two minutes. Range 1 ms..=1 h.
     pub connect_timeout: Duration,
+    /// A TLS handshake not finished this long after the connection was accepted is cut (and
+    /// counted as `timeout`): a client that connects and says nothing, or trickles its hello,
+    /// holds no more than this. Default 10 s; range 1 ms..=10 min.
+    pub tls_handshake_timeout: Duration,
+    /// Bytes the TLS layer of one connection may hold for sending, encrypted or waiting to be
+    /// (rustls' buffer limit); beyond it the connection's own output buffer, with its
+    /// watermarks, takes over. Input needs no bound of its own: rustls holds at most one record
+    /// (16 KiB and its overhead) and the layer reads no further until that is taken. Default
+    /// 64 KiB; range 16 KiB..=16 MiB.
+    pub tls_buffer_bytes: usize,
     /// Outgoing WebSocket messages over this many bytes are sent in fragments of this size, so
     /// that control frames can go between them. Default 64 KiB; range 125 B..=1 GiB.
     pub ws_fragment_bytes: usize,
@@ -240,6 +250,8 @@ impl Default for Config {
             ws_ping_timeout: Duration::from_secs(20),
             ws_close_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(20),
+            tls_handshake_timeout: Duration::from_secs(10),
+            tls_buffer_bytes: 64 * 1024,
             ws_fragment_bytes: 64 * 1024,
             pool_threads: 64,
             pool_queue: 1024,
@@ -365,6 +377,15 @@ impl Config {
         check(timeout_ok(self.connect_timeout), || {
             "connect_timeout is outside 1ms..=1h".into()
         })?;
+        check(
+            (Duration::from_millis(1)..=Duration::from_secs(600))
+                .contains(&self.tls_handshake_timeout),
+            || "tls_handshake_timeout is outside 1ms..=10min".into(),
+        )?;
+        check(
+            (16 * 1024..=16 << 20).contains(&self.tls_buffer_bytes),
+            || "tls_buffer_bytes is outside 16KiB..=16MiB".into(),
+        )?;
         check((125..=1 << 30).contains(&self.ws_fragment_bytes), || {
             "ws_fragment_bytes is outside 125..=1GiB".into()
         })?;

@@ -107,6 +107,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod reactor;
 pub mod server;
+pub mod tls;
 pub(crate) mod worker;
 
 pub use blocking::Model;

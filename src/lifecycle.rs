@@ -143,6 +143,8 @@ pub(crate) enum CloseReason {
     ConnectFailed,
     /// A dialled connection's connect did not finish within its timeout.
     ConnectTimeout,
+    /// The TLS handshake failed or outlasted its timeout (the reason is counted by the layer).
+    TlsHandshake,
 }
 
 impl CloseReason {
@@ -160,6 +162,7 @@ impl CloseReason {
             CloseReason::IoError => &stats.closed_io_error,
             CloseReason::ConnectFailed => &stats.dials_failed,
             CloseReason::ConnectTimeout => &stats.dials_timed_out,
+            CloseReason::TlsHandshake => &stats.closed_tls_handshake,
         }
     }
 }

@@ -140,6 +140,9 @@ macro_rules! counters {
             /// pool by [`StatsSet::snapshot`]; 0 in a single part and under blocking drivers,
             /// which run jobs inline).
             pub job_queue_depth: u64,
+            /// The TLS layer's counters, when the server terminates TLS (read from the layer by
+            /// [`StatsSet::snapshot`]: one set for all the server's loops).
+            pub tls: Option<TlsSnapshot>,
         }
 
         impl Stats {
@@ -149,6 +152,7 @@ macro_rules! counters {
                     $( $name: self.$name.load(Ordering::Relaxed), )*
                     $( $histogram: self.$histogram.snapshot(), )*
                     job_queue_depth: 0,
+                    tls: None,
                 }
             }
         }
@@ -161,6 +165,7 @@ macro_rules! counters {
                 $( self.$name = self.$name.wrapping_add(other.$name); )*
                 $( self.$histogram.merge(&other.$histogram); )*
                 self.job_queue_depth = self.job_queue_depth.wrapping_add(other.job_queue_depth);
+                self.tls = self.tls.or(other.tls);
                 self.peak_pending_output = peak;
             }
         }
@@ -198,6 +203,8 @@ counters! {
     closed_by_shutdown,
     /// Connections closed by an unexpected I/O error.
     closed_io_error,
+    /// Connections closed because their TLS handshake failed or timed out.
+    closed_tls_handshake,
     /// Outbound connects started (dialled connections, redials included).
     dials_started,
     /// Outbound connects that succeeded.
@@ -401,12 +408,135 @@ impl<'a> Recorder<'a> {
     }
 }
 
+/// Why a TLS handshake failed: the `reason` label of
+/// `socketserver_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// A plain-HTTP request on the TLS port (answered with a 400 in clear text).
+    PlainHttp,
+    /// Bytes that are not TLS at all, or a broken TLS message.
+    NotTls,
+    /// Client authentication is required and the client sent no certificate.
+    NoCertificate,
+    /// The client's certificate was not issued by the trusted CA, or is malformed.
+    BadCertificate,
+    /// The client's certificate has expired (or is not valid yet).
+    Expired,
+    /// The client's certificate is on the certificate revocation list.
+    Revoked,
+    /// Nothing in common: protocol version, cipher suite, key exchange group or ALPN protocol.
+    Incompatible,
+    /// The client ended the handshake with an alert (it rejected this server's certificate).
+    AlertReceived,
+    /// The handshake did not finish within `tls_handshake_timeout`.
+    Timeout,
+    /// The client closed or reset the connection during the handshake.
+    Closed,
+    /// Any other failure.
+    Other,
+}
+
+impl TlsFailure {
+    /// Every reason, in the order of [`TlsSnapshot::failures`].
+    pub const ALL: [TlsFailure; 11] = [
+        TlsFailure::PlainHttp,
+        TlsFailure::NotTls,
+        TlsFailure::NoCertificate,
+        TlsFailure::BadCertificate,
+        TlsFailure::Expired,
+        TlsFailure::Revoked,
+        TlsFailure::Incompatible,
+        TlsFailure::AlertReceived,
+        TlsFailure::Timeout,
+        TlsFailure::Closed,
+        TlsFailure::Other,
+    ];
+
+    /// The label value in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::PlainHttp => "plain_http",
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::NoCertificate => "no_certificate",
+            TlsFailure::BadCertificate => "bad_certificate",
+            TlsFailure::Expired => "expired",
+            TlsFailure::Revoked => "revoked",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::AlertReceived => "alert_received",
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Closed => "closed",
+            TlsFailure::Other => "other",
+        }
+    }
+}
+
+/// The TLS layer's counters: one set shared by every loop and thread of a server (handshakes
+/// cost thousands of times more than an atomic add, so sharing costs nothing that shows).
+#[derive(Debug, Default)]
+pub(crate) struct TlsCounters {
+    pub(crate) handshakes_full: AtomicU64,
+    pub(crate) handshakes_resumed: AtomicU64,
+    pub(crate) alpn_http1: AtomicU64,
+    pub(crate) failures: [AtomicU64; TlsFailure::ALL.len()],
+    pub(crate) reloads: AtomicU64,
+    pub(crate) reload_failures: AtomicU64,
+    /// The certificate in use expires at this Unix time (seconds).
+    pub(crate) certificate_not_after: AtomicU64,
+}
+
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+impl TlsCounters {
+    pub(crate) fn failed(&self, reason: TlsFailure) {
+        self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TlsSnapshot {
+        TlsSnapshot {
+            handshakes_full: self.handshakes_full.load(Ordering::Relaxed),
+            handshakes_resumed: self.handshakes_resumed.load(Ordering::Relaxed),
+            alpn_http1: self.alpn_http1.load(Ordering::Relaxed),
+            failures: std::array::from_fn(|index| self.failures[index].load(Ordering::Relaxed)),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            reload_failures: self.reload_failures.load(Ordering::Relaxed),
+            certificate_not_after: self.certificate_not_after.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of the TLS layer's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TlsSnapshot {
+    /// Full handshakes completed.
+    pub handshakes_full: u64,
+    /// Handshakes that resumed an earlier session (a ticket or the session cache).
+    pub handshakes_resumed: u64,
+    /// Handshakes that agreed on ALPN `http/1.1`.
+    pub alpn_http1: u64,
+    /// Failed handshakes, by [`TlsFailure`] (indexed as [`TlsFailure::ALL`]).
+    pub failures: [u64; TlsFailure::ALL.len()],
+    /// Reloads of the certificate, key, client CA and CRL that took effect.
+    pub reloads: u64,
+    /// Reloads refused (a file missing or broken): the configuration before stayed.
+    pub reload_failures: u64,
+    /// When the certificate in use expires, as a Unix time in seconds.
+    pub certificate_not_after: u64,
+}
+
+impl TlsSnapshot {
+    /// Failed handshakes for `reason`.
+    pub fn failed(&self, reason: TlsFailure) -> u64 {
+        self.failures[reason as usize]
+    }
+}
+
 /// The counters of every reactor (or driver) of one server, summed when read.
 #[derive(Debug, Default)]
 pub struct StatsSet {
     parts: Mutex<Vec<Arc<Stats>>>,
     /// The worker pool's count of queued jobs, once a pool runs.
     job_queue: Mutex<Option<Arc<AtomicU64>>>,
+    /// The TLS layer's counters, when the server terminates TLS.
+    tls: Mutex<Option<Arc<TlsCounters>>>,
 }
 
 impl StatsSet {
@@ -422,6 +552,12 @@ impl StatsSet {
         *lock(&self.job_queue) = Some(queued);
     }
 
+    /// Reads the TLS layer's counters from `counters` at every snapshot.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn watch_tls(&self, counters: Arc<TlsCounters>) {
+        *lock(&self.tls) = Some(counters);
+    }
+
     /// The sum of every part at one moment (each part read without stopping its writer).
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut total = StatsSnapshot::default();
@@ -431,6 +567,7 @@ impl StatsSet {
         if let Some(queued) = lock(&self.job_queue).as_ref() {
             total.job_queue_depth = queued.load(Ordering::Relaxed);
         }
+        total.tls = lock(&self.tls).as_ref().map(|counters| counters.snapshot());
         total
     }
 }
@@ -539,6 +676,7 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
             ("{reason=\"panic\"}", stats.closed_by_panic),
             ("{reason=\"shutdown\"}", stats.closed_by_shutdown),
             ("{reason=\"io_error\"}", stats.closed_io_error),
+            ("{reason=\"tls_handshake\"}", stats.closed_tls_handshake),
         ],
     );
     metric(
@@ -680,6 +818,57 @@ pub fn prometheus(stats: &StatsSnapshot) -> String {
         "Messages dropped because their WebSocket was past its backpressure limit.",
         &[("", stats.websocket_send_dropped)],
     );
+    if let Some(tls) = &stats.tls {
+        metric(
+            "tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed, full or resumed (a ticket or the session cache).",
+            &[
+                ("{kind=\"full\"}", tls.handshakes_full),
+                ("{kind=\"resumed\"}", tls.handshakes_resumed),
+            ],
+        );
+        let failures: Vec<(String, u64)> = TlsFailure::ALL
+            .iter()
+            .map(|reason| {
+                (
+                    format!("{{reason=\"{}\"}}", reason.label()),
+                    tls.failed(*reason),
+                )
+            })
+            .collect();
+        let failures: Vec<(&str, u64)> = failures
+            .iter()
+            .map(|(labels, value)| (labels.as_str(), *value))
+            .collect();
+        metric(
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed, by reason.",
+            &failures,
+        );
+        metric(
+            "tls_alpn_total",
+            "counter",
+            "TLS handshakes by the application protocol agreed with ALPN.",
+            &[("{protocol=\"http/1.1\"}", tls.alpn_http1)],
+        );
+        metric(
+            "tls_reloads_total",
+            "counter",
+            "Reloads of the certificate, key, client CA and CRL, by outcome.",
+            &[
+                ("{outcome=\"ok\"}", tls.reloads),
+                ("{outcome=\"refused\"}", tls.reload_failures),
+            ],
+        );
+        metric(
+            "tls_certificate_not_after_seconds",
+            "gauge",
+            "When the certificate in use expires, as a Unix time.",
+            &[("", tls.certificate_not_after)],
+        );
+    }
     histogram(
         &mut out,
         "request_duration_seconds",

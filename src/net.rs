@@ -75,11 +75,25 @@ pub(crate) enum Listener {
     ),
 }
 
-/// An accepted connection of either transport (non-blocking, for the reactor).
-#[derive(Debug)]
+/// An accepted or dialled connection of either transport, or either under TLS (non-blocking,
+/// for the reactor).
 pub(crate) enum Stream {
     Tcp(mio::net::TcpStream),
     Unix(mio::net::UnixStream),
+    /// A socket with the TLS layer over it: reads and writes are plaintext.
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsStream>),
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stream::Tcp(stream) => stream.fmt(f),
+            Stream::Unix(stream) => stream.fmt(f),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => f.debug_tuple("Tls").field(stream.socket()).finish(),
+        }
+    }
 }
 
 /// How a non-blocking connect began ([`Stream::connect`]).
@@ -95,10 +109,23 @@ pub(crate) enum ConnectStart {
 
 /// An accepted connection of either transport, switched to blocking mode (for the blocking
 /// drivers). `&BlockingStream` reads and writes, like `&TcpStream`.
-#[derive(Debug)]
 pub(crate) enum BlockingStream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
+    /// A socket with the TLS layer over it: reads and writes are plaintext.
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::BlockingTls>),
+}
+
+impl fmt::Debug for BlockingStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockingStream::Tcp(stream) => stream.fmt(f),
+            BlockingStream::Unix(stream) => stream.fmt(f),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => f.debug_tuple("Tls").field(stream.socket()).finish(),
+        }
+    }
 }
 
 impl Listener {
@@ -134,13 +161,62 @@ macro_rules! delegate_source {
 }
 
 delegate_source!(Listener, Tcp, Unix(_));
-delegate_source!(Stream, Tcp, Unix);
+
+impl Source for Stream {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(inner) => inner.register(registry, token, interest),
+            Stream::Unix(inner) => inner.register(registry, token, interest),
+            #[cfg(feature = "tls")]
+            Stream::Tls(inner) => inner.socket_mut().register(registry, token, interest),
+        }
+    }
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(inner) => inner.reregister(registry, token, interest),
+            Stream::Unix(inner) => inner.reregister(registry, token, interest),
+            #[cfg(feature = "tls")]
+            Stream::Tls(inner) => inner.socket_mut().reregister(registry, token, interest),
+        }
+    }
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(inner) => inner.deregister(registry),
+            Stream::Unix(inner) => inner.deregister(registry),
+            #[cfg(feature = "tls")]
+            Stream::Tls(inner) => inner.socket_mut().deregister(registry),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(stream) => stream.as_fd(),
+            Stream::Unix(stream) => stream.as_fd(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.socket().as_fd(),
+        }
+    }
+}
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(stream) => stream.read(buf),
             Stream::Unix(stream) => stream.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.read(buf),
         }
     }
 }
@@ -150,16 +226,26 @@ impl Write for Stream {
         match self {
             Stream::Tcp(stream) => stream.write(buf),
             Stream::Unix(stream) => stream.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Tcp(stream) => stream.write_vectored(bufs),
             Stream::Unix(stream) => stream.write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.write_vectored(bufs),
         }
     }
+    /// Pushes out what a layer holds (`WouldBlock` if the socket does not take it all); a
+    /// plain socket holds nothing.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.flush(),
+        }
     }
 }
 
@@ -169,20 +255,92 @@ impl crate::protocol::AsksPeer for Stream {
     }
 }
 
+/// What a server wraps each accepted socket in before its protocol sees it: the TLS layer.
+/// The reactor and the blocking acceptor call it and know nothing of what it does.
+pub(crate) type Layer = std::sync::Arc<dyn Fn(Stream) -> io::Result<Stream> + Send + Sync>;
+
+/// How far a layered stream got with opening ([`Stream::open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// Open: the protocol may be told.
+    Done,
+    /// Waiting for the peer.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Blocked,
+}
+
+impl Stream {
+    /// A layer over the socket has not finished opening (the TLS handshake): nothing may be
+    /// fed to or written by the protocol until [`Stream::open`] says `Done`.
+    pub(crate) fn is_opening(&self) -> bool {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.is_handshaking(),
+        }
+    }
+
+    /// Drives a layer's opening as far as the socket allows; an error means it failed (the
+    /// layer has counted why and told the peer).
+    pub(crate) fn open(&mut self) -> io::Result<Opening> {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => Ok(Opening::Done),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.handshake(),
+        }
+    }
+
+    /// A layer's opening outlasted its timeout (the layer counts it; the caller closes).
+    pub(crate) fn opening_timed_out(&self) {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(stream) = self {
+            stream.handshake_timed_out();
+        }
+    }
+
+    /// A layer holds output the socket has not taken yet (flushed by [`Write::flush`]).
+    pub(crate) fn holds_output(&self) -> bool {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.holds_output(),
+        }
+    }
+
+    /// The peer's verified identity (a TLS client certificate).
+    pub(crate) fn identity(&self) -> Option<&std::sync::Arc<crate::tls::PeerIdentity>> {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.identity(),
+        }
+    }
+}
+
 impl Stream {
     /// The peer's address (TCP only; Unix peers are local processes without one).
     pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
         match self {
             Stream::Tcp(stream) => stream.peer_addr().ok(),
             Stream::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.socket().peer_addr(),
         }
     }
 
-    /// Shuts down one or both directions.
-    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    /// Shuts down one or both directions. Under TLS, shutting the write side sends
+    /// `close_notify` first (if the socket takes it now).
+    pub(crate) fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Tcp(stream) => stream.shutdown(how),
             Stream::Unix(stream) => stream.shutdown(how),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => {
+                if how != Shutdown::Read {
+                    stream.close_notify();
+                }
+                stream.socket_mut().shutdown(how)
+            }
         }
     }
 
@@ -208,8 +366,11 @@ impl Stream {
     /// `Ok(true)` connected, `Ok(false)` not yet (a wake-up before the end), or the error the
     /// kernel kept for it (`SO_ERROR`).
     pub(crate) fn connect_outcome(&self) -> io::Result<bool> {
-        let Stream::Tcp(stream) = self else {
-            return Ok(true);
+        let stream = match self {
+            Stream::Tcp(stream) => stream,
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => return stream.socket().connect_outcome(),
+            _ => return Ok(true),
         };
         if let Some(error) = stream.take_error()? {
             return Err(error);
@@ -226,6 +387,8 @@ impl Stream {
         match self {
             Stream::Tcp(stream) => apply_tcp_options(stream, config),
             Stream::Unix(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.socket().apply_options(config),
         }
     }
 
@@ -238,6 +401,10 @@ impl Stream {
             }
             Stream::Unix(stream) => {
                 BlockingStream::Unix(std::os::unix::net::UnixStream::from(OwnedFd::from(stream)))
+            }
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => {
+                return Ok(BlockingStream::Tls(Box::new(stream.into_blocking(config)?)));
             }
         };
         stream.set_nonblocking(false)?;
@@ -254,6 +421,17 @@ impl BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => stream.set_nonblocking(nonblocking),
             BlockingStream::Unix(stream) => stream.set_nonblocking(nonblocking),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.socket().set_nonblocking(nonblocking),
+        }
+    }
+
+    /// The peer's verified identity (a TLS client certificate).
+    pub(crate) fn identity(&self) -> Option<&std::sync::Arc<crate::tls::PeerIdentity>> {
+        match self {
+            BlockingStream::Tcp(_) | BlockingStream::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.identity(),
         }
     }
 
@@ -262,6 +440,8 @@ impl BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => stream.set_read_timeout(timeout),
             BlockingStream::Unix(stream) => stream.set_read_timeout(timeout),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.socket().set_read_timeout(timeout),
         }
     }
 
@@ -269,14 +449,25 @@ impl BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => stream.set_write_timeout(timeout),
             BlockingStream::Unix(stream) => stream.set_write_timeout(timeout),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.socket().set_write_timeout(timeout),
         }
     }
 
-    /// Shuts down one or both directions.
+    /// Shuts down one or both directions. Under TLS, shutting only the write side (a
+    /// graceful close) sends `close_notify` first; shutting both (cutting a connection whose
+    /// peer stopped taking output) does not wait to.
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             BlockingStream::Tcp(stream) => stream.shutdown(how),
             BlockingStream::Unix(stream) => stream.shutdown(how),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => {
+                if how == Shutdown::Write {
+                    stream.close_notify();
+                }
+                stream.socket().shutdown(how)
+            }
         }
     }
 }
@@ -286,6 +477,8 @@ impl Read for &BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => (&*stream).read(buf),
             BlockingStream::Unix(stream) => (&*stream).read(buf),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.read(buf),
         }
     }
 }
@@ -295,16 +488,28 @@ impl Write for &BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => (&*stream).write(buf),
             BlockingStream::Unix(stream) => (&*stream).write(buf),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             BlockingStream::Tcp(stream) => (&*stream).write_vectored(bufs),
             BlockingStream::Unix(stream) => (&*stream).write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => {
+                let first = bufs.iter().find(|slice| !slice.is_empty());
+                stream.write(first.map_or(&[][..], |slice| &slice[..]))
+            }
         }
     }
+    /// Writes what a layer holds, waiting for the socket; a plain socket holds nothing.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            BlockingStream::Tcp(_) | BlockingStream::Unix(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.flush(),
+        }
     }
 }
 
@@ -313,13 +518,24 @@ impl BlockingStream {
     /// has room for now (`MSG_DONTWAIT`) and answers `WouldBlock` when it has none, though the
     /// socket itself stays blocking. It lets a blocking driver tell a write that completes at
     /// once from one that must wait for the peer to read.
+    ///
+    /// Under TLS the plaintext is encrypted and what the socket does not take is held by the
+    /// layer; [`Write::flush`] on this writer then answers `WouldBlock` until it is out.
     pub(crate) fn without_waiting(&self) -> DontWait<'_> {
-        DontWait(socket2::SockRef::from(self))
+        match self {
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => DontWait::Tls(stream),
+            _ => DontWait::Socket(socket2::SockRef::from(self)),
+        }
     }
 }
 
 /// See [`BlockingStream::without_waiting`].
-pub(crate) struct DontWait<'a>(socket2::SockRef<'a>);
+pub(crate) enum DontWait<'a> {
+    Socket(socket2::SockRef<'a>),
+    #[cfg(feature = "tls")]
+    Tls(&'a crate::tls::BlockingTls),
+}
 
 /// Send flags of a write that does not wait (and, on Linux, raises no SIGPIPE either).
 #[cfg(target_os = "linux")]
@@ -329,13 +545,28 @@ const DONT_WAIT: libc::c_int = libc::MSG_DONTWAIT;
 
 impl Write for DontWait<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send_with_flags(buf, DONT_WAIT)
+        match self {
+            DontWait::Socket(socket) => socket.send_with_flags(buf, DONT_WAIT),
+            #[cfg(feature = "tls")]
+            DontWait::Tls(stream) => stream.write_without_waiting(buf),
+        }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.send_vectored_with_flags(bufs, DONT_WAIT)
+        match self {
+            DontWait::Socket(socket) => socket.send_vectored_with_flags(bufs, DONT_WAIT),
+            #[cfg(feature = "tls")]
+            DontWait::Tls(stream) => {
+                let first = bufs.iter().find(|slice| !slice.is_empty());
+                stream.write_without_waiting(first.map_or(&[][..], |slice| &slice[..]))
+            }
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            DontWait::Socket(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            DontWait::Tls(stream) => stream.flush_without_waiting(),
+        }
     }
 }
 
@@ -344,6 +575,8 @@ impl AsFd for BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => stream.as_fd(),
             BlockingStream::Unix(stream) => stream.as_fd(),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.socket().as_fd(),
         }
     }
 }
@@ -353,6 +586,8 @@ impl AsRawFd for BlockingStream {
         match self {
             BlockingStream::Tcp(stream) => stream.as_raw_fd(),
             BlockingStream::Unix(stream) => stream.as_raw_fd(),
+            #[cfg(feature = "tls")]
+            BlockingStream::Tls(stream) => stream.socket().as_raw_fd(),
         }
     }
 }

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll};
-use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admission::{Admission, SharedTable};
@@ -154,6 +154,8 @@ pub struct Supervisor {
     processes: usize,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    /// Pass SIGHUP on to the workers.
+    forward_sighup: bool,
     poll: Poll,
     shutdown: Arc<ShutdownSignal>,
     pids: Arc<Mutex<Vec<u32>>>,
@@ -199,6 +201,7 @@ impl Supervisor {
             processes,
             shutdown_timeout: Config::default().shutdown_timeout,
             handle_signals: true,
+            forward_sighup: false,
             poll,
             shutdown: Arc::new(ShutdownSignal::new(waker)),
             pids: Arc::default(),
@@ -215,6 +218,14 @@ impl Supervisor {
     /// Whether SIGINT/SIGTERM to this process shut the workers down (default true).
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;
+        self
+    }
+
+    /// Whether SIGHUP to this process is passed on to every worker (default false: a worker
+    /// that does not handle SIGHUP would die of it). Workers that reload their TLS
+    /// configuration on SIGHUP want it.
+    pub fn forward_sighup(mut self, forward: bool) -> Self {
+        self.forward_sighup = forward;
         self
     }
 
@@ -235,12 +246,15 @@ impl Supervisor {
         mut command: impl FnMut(usize) -> Command,
     ) -> Result<()> {
         let fd = socket.as_fd().as_raw_fd();
-        let mut signals = if self.handle_signals {
-            Signals::new([SIGINT, SIGTERM, SIGCHLD])
-        } else {
-            Signals::new([SIGCHLD])
+        let mut wanted = vec![SIGCHLD];
+        if self.handle_signals {
+            wanted.extend([SIGINT, SIGTERM]);
         }
-        .map_err(|error| Error::io("installing signal handlers", error))?;
+        if self.forward_sighup {
+            wanted.push(SIGHUP);
+        }
+        let mut signals =
+            Signals::new(wanted).map_err(|error| Error::io("installing signal handlers", error))?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -291,8 +305,15 @@ impl Supervisor {
             }
             let mut stop_requested = self.shutdown.is_requested();
             for signal in signals.pending() {
-                if signal != SIGCHLD {
-                    stop_requested = true;
+                match signal {
+                    SIGCHLD => {}
+                    SIGHUP => {
+                        log::info!("SIGHUP: passing it on to every worker");
+                        for child in slots.iter().filter_map(|slot| slot.child.as_ref()) {
+                            signal_worker(child, libc::SIGHUP);
+                        }
+                    }
+                    _ => stop_requested = true,
                 }
             }
             let now = Instant::now();

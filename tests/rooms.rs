@@ -10,7 +10,9 @@
 //! * the lifecycle room sits below all three;
 //! * pub/sub sits on the protocols (a WebSocket handler) and knows no socket, loop or server;
 //! * the client runs the reactor without a listener and the protocols on it, and knows no
-//!   server and no blocking server driver.
+//!   server and no blocking server driver;
+//! * TLS is part of the transport: it wraps a socket of `net` and knows no loop, protocol,
+//!   driver or server (the identity it hands protocols is plain data they may read).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ const PROTOCOL_ALLOWED: &[&str] = &[
     "crate::reactor::token",
     "crate::reactor::timer",
     "crate::reactor::completions",
+    // Who a TLS peer proved to be: plain data, no socket.
+    "crate::tls::identity",
 ];
 
 const RULES: &[Rule] = &[
@@ -127,7 +131,19 @@ const RULES: &[Rule] = &[
             "crate::worker::Notice",
             // The loop itself, run without a listener, and its dialled connections.
             "crate::reactor",
+            // TLS for wss://, as the transport gives it.
+            "crate::tls",
             "crate::ConnId",
+            "crate::Config",
+        ],
+    },
+    Rule {
+        room: "crate::tls",
+        allowed: &[
+            "crate::config",
+            "crate::error",
+            "crate::metrics",
+            "crate::net",
             "crate::Config",
         ],
     },

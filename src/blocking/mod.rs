@@ -27,7 +27,7 @@ pub(crate) mod datagram;
 pub(crate) mod pool;
 pub(crate) mod threads;
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -115,6 +115,9 @@ pub(crate) struct Acceptor {
     pub(crate) listener: Listener,
     pub(crate) shutdown: Arc<ShutdownSignal>,
     pub(crate) verify: Option<VerifyHook>,
+    /// What wraps each accepted socket (TLS), if anything; its handshake runs on the
+    /// connection's own thread.
+    pub(crate) layer: Option<crate::net::Layer>,
 }
 
 impl Acceptor {
@@ -163,7 +166,11 @@ impl Acceptor {
                                 continue;
                             }
                         }
-                        match stream.into_blocking(&shared.config) {
+                        let layered = match &self.layer {
+                            None => Ok(stream),
+                            Some(layer) => layer(stream),
+                        };
+                        match layered.and_then(|stream| stream.into_blocking(&shared.config)) {
                             Ok(stream) => dispatch(stream, peer),
                             Err(error) => {
                                 log::debug!("could not set up an accepted socket: {error}")
@@ -200,11 +207,26 @@ pub(crate) fn serve_connection<P: Protocol + Send>(
     protocol: P,
     shared: &Shared,
 ) {
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut stream = stream;
     let index = shared.live().insert(stream.as_raw_fd());
     let id = ConnId {
         index: index as u32,
         gen: 0,
     };
+    #[cfg(feature = "tls")]
+    if let BlockingStream::Tls(tls) = &mut stream {
+        // On this thread, before the protocol hears of the connection: a slow or silent
+        // client holds only its own thread, and only for the handshake timeout.
+        if let Err(error) = tls.handshake(shared.config.tls_handshake_timeout) {
+            log::debug!("{id:?}: TLS handshake failed: {error}");
+            shared.live().remove(index);
+            metrics::shared_add(CloseReason::TlsHandshake.counter(&shared.stats), 1);
+            drop(stream);
+            metrics::shared_sub(&shared.stats.active, 1);
+            return;
+        }
+    }
     let stream = Arc::new(stream);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         drive(&stream, peer, protocol, id, shared)
@@ -281,7 +303,11 @@ fn write_within<P: Protocol>(
     let deadline = Instant::now() + wait;
     loop {
         let before = session.pending_output();
-        let outcome = session.write_output(&mut stream.without_waiting());
+        let mut socket = stream.without_waiting();
+        // A layer (TLS) may hold what the socket did not take: it must be out too.
+        let outcome = session
+            .write_output(&mut socket)
+            .and_then(|()| socket.flush());
         metrics::shared_add(&stats.bytes_out, (before - session.pending_output()) as u64);
         match outcome {
             Ok(()) => return Ok(()),
@@ -313,7 +339,8 @@ fn drive<P: Protocol + Send>(
     shared: &Shared,
 ) -> CloseReason {
     let connection = Arc::new_cyclic(|myself: &std::sync::Weak<Connection<P>>| {
-        let mut session = Session::with_id_and_peer(protocol, id, peer);
+        let identity = stream.identity().map(|identity| (**identity).clone());
+        let mut session = Session::with_identity(protocol, id, peer, identity);
         session.record_into(shared.stats.clone());
         session.report_errors_to(shared.on_error.clone());
         let direct: std::sync::Weak<dyn crate::worker::DirectDelivery> = myself.clone();
@@ -446,9 +473,10 @@ fn write_pending<P: Protocol>(
     stats: &Stats,
 ) -> std::result::Result<(), CloseReason> {
     // Every byte the socket takes is counted, whichever way it was written.
+    // A layer (TLS) may hold what the socket did not take: flushing writes that too.
     let write = |session: &mut Session<P>, mut sink: &mut dyn std::io::Write| {
         let before = session.pending_output();
-        let outcome = session.write_output(&mut sink);
+        let outcome = session.write_output(&mut sink).and_then(|()| sink.flush());
         metrics::shared_add(&stats.bytes_out, (before - session.pending_output()) as u64);
         outcome
     };

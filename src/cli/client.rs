@@ -30,7 +30,8 @@ pub(crate) enum BackoffName {
 /// What both client commands take.
 #[derive(Args)]
 pub(crate) struct ClientArgs {
-    /// The server, as ws://HOST:PORT/ (any path the server's pub/sub route answers on).
+    /// The server, as ws://HOST:PORT/ or wss://HOST:PORT/ (any path the server's pub/sub
+    /// route answers on).
     url: String,
     /// The topic.
     topic: String,
@@ -50,6 +51,15 @@ pub(crate) struct ClientArgs {
     /// Seconds to wait for any sign of life after a ping.
     #[arg(long, default_value_t = 20.0)]
     ping_timeout: f64,
+    /// For wss://: the CA that signed the server's certificate (PEM).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// For wss:// with mTLS: this client's certificate (PEM; with --tls-key).
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
@@ -86,6 +96,14 @@ impl ClientArgs {
                 ..WebSocketOptions::default()
             },
             backoff: Some(backoff),
+            #[cfg(feature = "tls")]
+            tls: match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                (None, _, _) => None,
+                (Some(ca), Some(certificate), Some(key)) => Some(
+                    socketserver::tls::TlsConnector::with_client_certificate(ca, certificate, key)?,
+                ),
+                (Some(ca), _, _) => Some(socketserver::tls::TlsConnector::trusting(ca)?),
+            },
             ..ClientOptions::default()
         })
     }

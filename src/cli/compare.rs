@@ -58,6 +58,18 @@ pub(crate) struct CompareArgs {
     /// Directory for compare.svg and compare.json (or idle.json).
     #[arg(long, default_value = "target/compare")]
     out: std::path::PathBuf,
+    /// Serve and load over TLS (needs --tls-cert, --tls-key and --tls-ca).
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "tls_ca"])]
+    tls: bool,
+    /// With --tls: the servers' certificate chain (PEM; it must name 127.0.0.1).
+    #[arg(long)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// With --tls: the servers' private key (PEM).
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+    /// With --tls: the CA the load generator trusts (PEM).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// SIGINT or SIGTERM to `compare` stops the server it is measuring (and waits for it) before
@@ -119,6 +131,22 @@ pub(crate) fn run(args: CompareArgs) -> socketserver::Result<()> {
         }
     }
     config.pipeline = args.pipeline as usize;
+    if args.tls {
+        #[cfg(feature = "tls")]
+        if let (Some(certificate), Some(private_key), Some(ca)) =
+            (args.tls_cert, args.tls_key, args.tls_ca)
+        {
+            config.tls = Some(socketserver::compare::CompareTls {
+                certificate,
+                private_key,
+                ca,
+            });
+        }
+        #[cfg(not(feature = "tls"))]
+        return Err(Error::Config(
+            "this build has no TLS (built without the `tls` feature)".into(),
+        ));
+    }
     config.max_connections = args.max_connections as usize;
     std::fs::create_dir_all(&args.out)
         .map_err(|error| Error::io(format!("creating {}", args.out.display()), error))?;

@@ -42,10 +42,25 @@ pub(crate) struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Speak TLS to the server (naming it by its IP address, which its certificate must
+    /// carry), trusting the CA in --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// With --tls: the CA to trust (PEM).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls: present this client certificate (PEM; with --tls-key), for mTLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Runs `load`.
 pub(crate) fn run(args: LoadArgs) -> socketserver::Result<()> {
+    #[cfg(feature = "tls")]
+    let tls = connector(&args)?;
     let config = LoadConfig {
         addr: args.addr,
         protocol: args.protocol.into(),
@@ -56,8 +71,16 @@ pub(crate) fn run(args: LoadArgs) -> socketserver::Result<()> {
         warmup: seconds(args.warmup, "--warmup")?,
         message_bytes: args.message_bytes,
         rate: args.rate,
+        #[cfg(feature = "tls")]
+        tls,
         ..LoadConfig::default()
     };
+    #[cfg(not(feature = "tls"))]
+    if args.tls {
+        return Err(socketserver::Error::Config(
+            "this build has no TLS (built without the `tls` feature)".into(),
+        ));
+    }
     let report = socketserver::load::run(&config)?;
     if args.json {
         println!("{}", report.to_json());
@@ -65,4 +88,19 @@ pub(crate) fn run(args: LoadArgs) -> socketserver::Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+/// The TLS client the flags ask for, if any.
+#[cfg(feature = "tls")]
+fn connector(args: &LoadArgs) -> socketserver::Result<Option<socketserver::tls::TlsConnector>> {
+    use socketserver::tls::TlsConnector;
+    let (true, Some(ca)) = (args.tls, &args.tls_ca) else {
+        return Ok(None);
+    };
+    Ok(Some(match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => {
+            TlsConnector::with_client_certificate(ca, certificate, key)?
+        }
+        _ => TlsConnector::trusting(ca)?,
+    }))
 }

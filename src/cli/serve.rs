@@ -37,6 +37,25 @@ enum ProtocolName {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientAuthName {
+    /// A client without a certificate signed by the client CA is refused.
+    Required,
+    /// A client may come without a certificate; one that presents a certificate must present
+    /// a valid one.
+    Optional,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsVersionName {
+    /// TLS 1.2 and 1.3.
+    #[value(name = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[value(name = "1.3")]
+    Tls13,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FsyncName {
     /// A publish is acknowledged once its record is on the disk (group commit).
     Always,
@@ -136,6 +155,28 @@ pub(crate) struct ServeArgs {
     /// pubsub: roll a topic's segment at this many bytes.
     #[arg(long, default_value_t = Config::default().pubsub_segment_bytes)]
     segment_bytes: u64,
+    /// Terminate TLS with this certificate chain (PEM, leaf first), for every protocol and
+    /// model; with --tls-key. SIGHUP reloads the certificate, key, client CA and CRL.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by a CA in this file (PEM): mTLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// With --tls-client-ca: whether a client certificate is required or optional.
+    #[arg(long, value_enum, default_value = "required")]
+    tls_client_auth: ClientAuthName,
+    /// With --tls-client-ca: refuse client certificates revoked by the CRLs in this file (PEM).
+    #[arg(long, requires = "tls_client_ca")]
+    tls_crl: Option<std::path::PathBuf>,
+    /// The oldest TLS version accepted.
+    #[arg(long, value_enum, default_value = "1.2")]
+    tls_min_version: TlsVersionName,
+    /// Cut a TLS client whose handshake has not finished after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    tls_handshake_timeout: f64,
 }
 
 impl ServeArgs {
@@ -182,8 +223,14 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
         pubsub_retention_bytes: args.retention_bytes,
         pubsub_retention: Duration::from_secs(args.retention_secs),
         pubsub_segment_bytes: args.segment_bytes,
+        tls_handshake_timeout: seconds(args.tls_handshake_timeout, "--tls-handshake-timeout")?,
         ..Config::default()
     };
+    if args.tls_cert.is_some() && args.udp {
+        return Err(Error::Config(
+            "TLS is for stream sockets: --tls-cert does not combine with --udp".into(),
+        ));
+    }
     let fans_out = matches!(args.protocol, ProtocolName::Pubsub)
         || (matches!(args.protocol, ProtocolName::Ws) && args.broadcast);
     if fans_out && matches!(args.model, ModelName::Prefork) {
@@ -211,7 +258,10 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
     // A prefork worker serves the socket its supervisor handed over, on one reactor.
     if let Some(inherited) = prefork::inherited(config.clone())? {
         return match inherited {
-            Inherited::Stream(server) => serve_stream(server, &args, Run::Reactor),
+            Inherited::Stream(server) => {
+                let (server, _reload) = with_tls(server, &args)?;
+                serve_stream(server, &args, Run::Reactor)
+            }
             Inherited::Datagram(server) => serve_datagrams(server, Run::Reactor),
         };
     }
@@ -224,9 +274,20 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
         }),
         ModelName::Pool => Run::Blocking(Model::ThreadPool),
     };
+    // The prefork supervisor only hands the socket on: its workers terminate TLS.
+    let tls_here = !matches!(args.model, ModelName::Prefork);
+    let mut reload = None;
+    let mut stream = |server: Server| -> socketserver::Result<Bound> {
+        if !tls_here {
+            return Ok(Bound::Stream(server));
+        }
+        let (server, guard) = with_tls(server, &args)?;
+        reload = guard;
+        Ok(Bound::Stream(server))
+    };
     let bound = match (&args.unix, args.udp) {
-        (Some(path), false) => Bound::Stream(Server::bind_unix_with(path, config)?),
-        (None, false) => Bound::Stream(Server::bind_with(args.addr.as_str(), config)?),
+        (Some(path), false) => stream(Server::bind_unix_with(path, config)?)?,
+        (None, false) => stream(Server::bind_with(args.addr.as_str(), config)?)?,
         (Some(path), true) => Bound::Datagram(DatagramServer::bind_unix_with(path, config)?),
         (None, true) => Bound::Datagram(DatagramServer::bind_with(args.addr.as_str(), config)?),
     };
@@ -268,7 +329,60 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
             log::warn!("metrics listener: {error}");
         }
     }
+    drop(reload);
     served
+}
+
+/// The TLS guard that keeps SIGHUP reloading; nothing without TLS.
+#[cfg(feature = "tls")]
+type Reload = Option<socketserver::tls::ReloadOnSighup>;
+#[cfg(not(feature = "tls"))]
+type Reload = Option<NoReload>;
+/// Stands for the reload guard in a build without TLS.
+#[cfg(not(feature = "tls"))]
+struct NoReload;
+
+/// Terminates TLS on `server` as the flags ask (ALPN `http/1.1` for the HTTP-based
+/// protocols), reloading on SIGHUP while the returned guard lives.
+#[cfg(feature = "tls")]
+fn with_tls(server: Server, args: &ServeArgs) -> socketserver::Result<(Server, Reload)> {
+    use socketserver::tls::{ClientAuth, TlsAcceptor, TlsSettings, TlsVersions};
+    let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok((server, None));
+    };
+    let mut settings = TlsSettings::new(certificate, key).versions(match args.tls_min_version {
+        TlsVersionName::Tls12 => TlsVersions::Tls13And12,
+        TlsVersionName::Tls13 => TlsVersions::Tls13Only,
+    });
+    if let Some(ca) = &args.tls_client_ca {
+        let auth = match args.tls_client_auth {
+            ClientAuthName::Required => ClientAuth::Required,
+            ClientAuthName::Optional => ClientAuth::Optional,
+        };
+        settings = settings.client_ca(ca, auth);
+    }
+    if let Some(crl) = &args.tls_crl {
+        settings = settings.crl(crl);
+    }
+    if matches!(
+        args.protocol,
+        ProtocolName::Http | ProtocolName::Ws | ProtocolName::Pubsub
+    ) {
+        settings = settings.alpn_http1();
+    }
+    let acceptor = TlsAcceptor::new(settings)?;
+    let reload = acceptor.reload_on_sighup()?;
+    Ok((server.tls(acceptor), Some(reload)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(server: Server, args: &ServeArgs) -> socketserver::Result<(Server, Reload)> {
+    if args.tls_cert.is_some() {
+        return Err(Error::Config(
+            "this build has no TLS (built without the `tls` feature)".into(),
+        ));
+    }
+    Ok((server, None))
 }
 
 /// A bound socket of either kind.
@@ -415,7 +529,37 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
     if args.udp {
         worker_args.push("--udp".into());
     }
-    let supervisor = Supervisor::new(processes)?;
+    let paths = [
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+        ("--tls-client-ca", &args.tls_client_ca),
+        ("--tls-crl", &args.tls_crl),
+    ];
+    for (flag, path) in paths {
+        if let Some(path) = path {
+            worker_args.push(format!("{flag}={}", path.display()));
+        }
+    }
+    if args.tls_cert.is_some() {
+        let name = |value: Option<clap::builder::PossibleValue>| {
+            value
+                .map(|value| value.get_name().to_string())
+                .unwrap_or_default()
+        };
+        worker_args.extend([
+            format!(
+                "--tls-client-auth={}",
+                name(args.tls_client_auth.to_possible_value())
+            ),
+            format!(
+                "--tls-min-version={}",
+                name(args.tls_min_version.to_possible_value())
+            ),
+            format!("--tls-handshake-timeout={}", args.tls_handshake_timeout),
+        ]);
+    }
+    // Workers reload their TLS configuration on SIGHUP: the supervisor passes it on.
+    let supervisor = Supervisor::new(processes)?.forward_sighup(args.tls_cert.is_some());
     let command = |_index| {
         let mut command = std::process::Command::new(&program);
         command.args(&worker_args);

@@ -6,7 +6,7 @@
 //! Nothing happens between calls: the connection is served (read, timers, reconnects) only
 //! while the caller is inside [`Blocking::run_until`], which is how scripts and tests want it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,55 @@ use crate::ConnId;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A connected socket, in clear text or under TLS.
+enum ClientStream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::ClientTls>),
+}
+
+impl ClientStream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(socket) => socket,
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(stream) => stream.socket(),
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(socket) => socket.read(buf),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(socket) => socket.write(buf),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(stream) => stream.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 /// Where the connection stands.
 enum Link<P: Protocol> {
     /// Connected: the socket and the protocol's session on it.
     Up {
-        stream: TcpStream,
+        stream: ClientStream,
         session: Box<Session<P>>,
     },
     /// Ended; the protocol asked to be dialled again at `at`.
@@ -40,6 +84,9 @@ pub struct Blocking<P: Protocol> {
     /// Counts connects, so each session has an identity of its own.
     connects: u32,
     read_buffer: Vec<u8>,
+    /// Speak TLS, checking the server's certificate against this name.
+    #[cfg(feature = "tls")]
+    tls: Option<(crate::tls::TlsConnector, String)>,
 }
 
 impl<P: Protocol> Blocking<P> {
@@ -53,6 +100,32 @@ impl<P: Protocol> Blocking<P> {
             link: Link::Moving,
             connects: 0,
             read_buffer: vec![0; READ_CHUNK],
+            #[cfg(feature = "tls")]
+            tls: None,
+        };
+        client.connect(protocol);
+        client
+    }
+
+    /// Like [`Blocking::dial`], over TLS: every connect (reconnects too) runs a handshake,
+    /// within the connect timeout per read, and the server's certificate must carry
+    /// `server_name` and be signed by a CA `connector` trusts. A failed handshake is an end
+    /// like a failed connect.
+    #[cfg(feature = "tls")]
+    pub fn dial_tls(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        protocol: P,
+        connector: crate::tls::TlsConnector,
+        server_name: String,
+    ) -> Blocking<P> {
+        let mut client = Blocking {
+            addr,
+            connect_timeout,
+            link: Link::Moving,
+            connects: 0,
+            read_buffer: vec![0; READ_CHUNK],
+            tls: Some((connector, server_name)),
         };
         client.connect(protocol);
         client
@@ -134,7 +207,7 @@ impl<P: Protocol> Blocking<P> {
                     let wait = wake
                         .saturating_duration_since(now)
                         .max(Duration::from_millis(1));
-                    stream.set_read_timeout(Some(wait))?;
+                    stream.socket().set_read_timeout(Some(wait))?;
                     match stream.read(&mut self.read_buffer) {
                         Ok(0) => {
                             session.set_now(Instant::now());
@@ -175,13 +248,13 @@ impl<P: Protocol> Blocking<P> {
         let Link::Up { stream, session } = &mut self.link else {
             return;
         };
-        if let Err(error) = session.write_output(stream) {
+        if let Err(error) = session.write_output(stream).and_then(|()| stream.flush()) {
             log::debug!("connection to {}: writing: {error}", self.addr);
             return self.end();
         }
         if session.take_drain_wanted() {
             session.drained();
-            if let Err(error) = session.write_output(stream) {
+            if let Err(error) = session.write_output(stream).and_then(|()| stream.flush()) {
                 log::debug!("connection to {}: writing: {error}", self.addr);
                 return self.end();
             }
@@ -198,10 +271,14 @@ impl<P: Protocol> Blocking<P> {
             index: 0,
             gen: self.connects,
         };
-        match TcpStream::connect_timeout(&self.addr, self.connect_timeout) {
+        let connected = TcpStream::connect_timeout(&self.addr, self.connect_timeout);
+        match connected.and_then(|socket| self.secure(socket)) {
             Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                if let Err(error) = stream.set_write_timeout(Some(self.connect_timeout)) {
+                let _ = stream.socket().set_nodelay(true);
+                if let Err(error) = stream
+                    .socket()
+                    .set_write_timeout(Some(self.connect_timeout))
+                {
                     log::debug!("connection to {}: {error}", self.addr);
                 }
                 let session = Session::with_id_and_peer(protocol, id, Some(self.addr));
@@ -219,13 +296,24 @@ impl<P: Protocol> Blocking<P> {
         }
     }
 
+    /// The connected socket as this client speaks on it: under TLS (after the handshake) if
+    /// it was dialled so.
+    fn secure(&self, socket: TcpStream) -> io::Result<ClientStream> {
+        #[cfg(feature = "tls")]
+        if let Some((connector, name)) = &self.tls {
+            let stream = connector.handshake_blocking(socket, name, self.connect_timeout)?;
+            return Ok(ClientStream::Tls(Box::new(stream)));
+        }
+        Ok(ClientStream::Plain(socket))
+    }
+
     /// Closes the socket and tells the protocol, which may ask to be dialled again.
     fn end(&mut self) {
         if !matches!(self.link, Link::Up { .. }) {
             return; // ended already (the protocol closed while handling the end of input)
         }
         if let Link::Up { stream, session } = std::mem::replace(&mut self.link, Link::Moving) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.socket().shutdown(std::net::Shutdown::Both);
             self.finish(*session);
         }
     }

@@ -122,6 +122,7 @@ impl<P: Protocol> Clients<P> {
             on_error: Arc::new(crate::lifecycle::default_error_hook),
             // Dialled connections are not admitted: the cap is for what peers open.
             admission: Admission::local(0),
+            layer: None,
             factory: no_listener::<P> as fn() -> P,
         })?;
         Ok(Clients {

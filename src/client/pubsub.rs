@@ -421,9 +421,9 @@ impl PubSubClient {
             }
         });
         let reconnects = options.backoff.is_some();
-        let protocol = WsClient::new(parsed, &options, handler);
+        let protocol = WsClient::new(parsed.clone(), &options, handler);
         let mut client = PubSubClient {
-            connection: Blocking::dial(addr, options.connect_timeout, protocol),
+            connection: super::ws::dial(&parsed, addr, &options, protocol)?,
             state,
             events,
         };

@@ -55,27 +55,62 @@ const MAX_ANSWER_HEADERS: usize = 32;
 /// what one 64 KiB read carries.
 pub const MAX_QUEUED_MESSAGES: usize = 4096;
 
-/// Where a client connects: parsed from `ws://host:port/path`.
+/// Dials `url` (resolved to `addr`) with `protocol` on this end: over TLS for `wss://`, which
+/// needs [`ClientOptions::tls`].
+pub(crate) fn dial<P: Protocol>(
+    url: &Url,
+    addr: SocketAddr,
+    options: &ClientOptions,
+    protocol: P,
+) -> Result<Blocking<P>> {
+    if !url.secure {
+        return Ok(Blocking::dial(addr, options.connect_timeout, protocol));
+    }
+    #[cfg(feature = "tls")]
+    if let Some(connector) = &options.tls {
+        return Ok(Blocking::dial_tls(
+            addr,
+            options.connect_timeout,
+            protocol,
+            connector.clone(),
+            url.host.clone(),
+        ));
+    }
+    Err(Error::Config(format!(
+        "wss://{}{}: a TLS client needs the CA to trust (ClientOptions::tls)",
+        url.authority, url.path
+    )))
+}
+
+/// Where a client connects: parsed from `ws://host:port/path` or `wss://…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
     /// `host:port` as written, for the `Host` header.
     pub authority: String,
     /// The request target: path and query, `/` at least.
     pub path: String,
+    /// `wss://`: over TLS, the server's certificate checked against `host`.
+    pub secure: bool,
+    /// The host alone (no port, no brackets): the name a TLS server's certificate must carry.
+    pub host: String,
 }
 
 impl Url {
-    /// Parses `ws://host[:port][/path]` (port 80 by default). `wss://` is refused with a clear
-    /// error: this build has no TLS client.
+    /// Parses `ws://host[:port][/path]` (port 80 by default) or `wss://…` (port 443; refused
+    /// by a build without the `tls` feature).
     pub fn parse(url: &str) -> Result<Url> {
         let bad = |why: &str| Error::Config(format!("{url}: {why}"));
-        let rest = if let Some(rest) = url.strip_prefix("ws://") {
-            rest
-        } else if url.starts_with("wss://") {
-            return Err(bad("wss:// needs TLS, which this client does not have yet"));
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("ws://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            if cfg!(not(feature = "tls")) {
+                return Err(bad("wss:// needs TLS: this build has no `tls` feature"));
+            }
+            (rest, true)
         } else {
-            return Err(bad("a WebSocket URL starts with ws://"));
+            return Err(bad("a WebSocket URL starts with ws:// or wss://"));
         };
+        let default_port = if secure { 443 } else { 80 };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, "/"),
@@ -95,8 +130,15 @@ impl Url {
             },
             None => authority.rsplit_once(':').map(|(_, port)| port),
         };
+        let host = match authority.strip_prefix('[') {
+            Some(literal) => literal.split(']').next().unwrap_or_default(),
+            None => authority
+                .rsplit_once(':')
+                .map_or(authority, |(host, _)| host),
+        }
+        .to_string();
         let authority = match port {
-            None => format!("{authority}:80"),
+            None => format!("{authority}:{default_port}"),
             Some(port) if port.parse::<u16>().is_ok() => authority.to_string(),
             Some(_) => return Err(bad("the port is not a number")),
         };
@@ -105,7 +147,12 @@ impl Url {
         } else {
             path.to_string()
         };
-        Ok(Url { authority, path })
+        Ok(Url {
+            authority,
+            path,
+            secure,
+            host,
+        })
     }
 
     /// The first address the host resolves to.
@@ -127,6 +174,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// How to reconnect after an end this side did not ask for; `None`: never.
     pub backoff: Option<Backoff>,
+    /// For `wss://`: which CAs to trust (and a client certificate, for mTLS). A `wss://` URL
+    /// without it is refused.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConnector>,
 }
 
 impl Default for ClientOptions {
@@ -135,6 +186,8 @@ impl Default for ClientOptions {
             websocket: WebSocketOptions::default(),
             connect_timeout: crate::Config::default().connect_timeout,
             backoff: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -473,7 +526,7 @@ impl Client {
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         let protocol = WsClient::new(url.clone(), &options, Queue(inbox.clone()));
         let mut client = Client {
-            connection: Blocking::dial(addr, options.connect_timeout, protocol),
+            connection: dial(&url, addr, &options, protocol)?,
             inbox,
         };
         let deadline = Instant::now() + options.connect_timeout + options.websocket.ping_timeout;
@@ -584,14 +637,26 @@ mod tests {
             ("[::1]:81", "/?x")
         );
         let url = Url::parse("ws://[::1]/").expect("valid");
-        assert_eq!(url.authority, "[::1]:80");
+        assert_eq!(
+            (url.authority.as_str(), url.host.as_str()),
+            ("[::1]:80", "::1")
+        );
+        assert!(!url.secure);
+        #[cfg(feature = "tls")]
+        {
+            let url = Url::parse("wss://example.test/feed").expect("valid");
+            assert_eq!(url.authority, "example.test:443");
+            assert_eq!((url.host.as_str(), url.secure), ("example.test", true));
+            let url = Url::parse("wss://localhost:7443").expect("valid");
+            assert_eq!((url.host.as_str(), url.path.as_str()), ("localhost", "/"));
+        }
         for bad in [
             "http://host/",
             "ws://",
             "ws://host:port/",
             "ws://[::1/",
             "ws://[::1]x/",
-            "wss://host/",
+            "wss://",
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }

@@ -129,6 +129,22 @@ pub struct CompareConfig {
     /// The server's `--max-connections` (default 100,000: no model is capped below what it
     /// can hold).
     pub max_connections: usize,
+    /// Serve and load over TLS: the servers get this certificate and key, the load trusts the
+    /// CA (so the cost of TLS per model is one flag away).
+    #[cfg(feature = "tls")]
+    pub tls: Option<CompareTls>,
+}
+
+/// The files a comparison over TLS needs.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+pub struct CompareTls {
+    /// The servers' certificate chain (PEM); it must name 127.0.0.1.
+    pub certificate: PathBuf,
+    /// Its private key (PEM).
+    pub private_key: PathBuf,
+    /// The CA the load generator trusts (PEM).
+    pub ca: PathBuf,
 }
 
 impl CompareConfig {
@@ -151,6 +167,8 @@ impl CompareConfig {
             server_cpus,
             load_cpus,
             max_connections: 100_000,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -388,11 +406,24 @@ pub fn run(config: &CompareConfig, mut progress: impl FnMut(&Progress<'_>)) -> R
 
 /// One server, one load, one row.
 fn run_one(config: &CompareConfig, model: ModelKind, connections: usize) -> Row {
-    let args = model.serve_args(
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut args = model.serve_args(
         config.protocol_name(),
         config.max_connections,
         config.parallel,
     );
+    #[cfg(feature = "tls")]
+    let connector = match &config.tls {
+        None => None,
+        Some(tls) => {
+            args.push(format!("--tls-cert={}", tls.certificate.display()));
+            args.push(format!("--tls-key={}", tls.private_key.display()));
+            match crate::tls::TlsConnector::trusting(&tls.ca) {
+                Ok(connector) => Some(connector),
+                Err(error) => return Row::failed(model, connections, format!("TLS: {error}")),
+            }
+        }
+    };
     let mut server = match ServerProcess::start(&config.program, &args, &config.server_cpus) {
         Ok(server) => server,
         Err(error) => return Row::failed(model, connections, format!("server: {error}")),
@@ -412,6 +443,8 @@ fn run_one(config: &CompareConfig, model: ModelKind, connections: usize) -> Row 
         warmup: config.warmup,
         message_bytes: config.message_bytes,
         pipeline: config.pipeline,
+        #[cfg(feature = "tls")]
+        tls: connector,
         ..LoadConfig::default()
     };
     let (report, window) = match measure(&server, &load_config, &config.load_cpus) {

@@ -11,6 +11,8 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::net::{Opening, Stream};
+
 use super::answer::Answers;
 use super::{client_socket, Latency, LoadConfig, LoadProtocol, Report};
 use crate::error::{interrupted, would_block, Error, Result};
@@ -21,6 +23,8 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TLS: connected, the handshake not finished.
+    Handshaking,
     /// WebSocket: connected, the upgrade sent, its `101` not yet read.
     Upgrading,
     Ready,
@@ -29,7 +33,7 @@ enum State {
 
 /// One client connection.
 struct Client {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     state: State,
     /// When each request sent and not yet answered was meant to be sent (closed loop: when it
     /// was sent), oldest first; at most `pipeline` of them.
@@ -139,7 +143,7 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                         Interest::READABLE | Interest::WRITABLE,
                     )
                     .map_err(|error| Error::io("registering a connection", error))?;
-                client.stream = Some(stream);
+                client.stream = Some(Stream::Tcp(stream));
                 client.state = State::Connecting;
             }
             Err(error) => {
@@ -190,10 +194,12 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
             }
         }
         if connecting > 0 && now >= connect_deadline {
-            for client in clients
-                .iter_mut()
-                .filter(|c| matches!(c.state, State::Connecting | State::Upgrading))
-            {
+            for client in clients.iter_mut().filter(|c| {
+                matches!(
+                    c.state,
+                    State::Connecting | State::Handshaking | State::Upgrading
+                )
+            }) {
                 run.drop_client(client, &poll, None);
                 run.counts.failed_connects += 1;
                 run.counts.failed(|| "connect: timed out".into());
@@ -232,11 +238,29 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                 State::Connecting
                     if event.is_writable() || event.is_error() || event.is_write_closed() =>
                 {
-                    if let Err(reason) = connected(client) {
-                        connecting -= 1;
-                        run.drop_client(client, &poll, None);
-                        run.counts.failed_connects += 1;
-                        run.counts.failed(|| format!("connect: {reason}"));
+                    match connected(client) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(reason) => {
+                            connecting -= 1;
+                            run.drop_client(client, &poll, None);
+                            run.counts.failed_connects += 1;
+                            run.counts.failed(|| format!("connect: {reason}"));
+                            continue;
+                        }
+                    }
+                    #[cfg(feature = "tls")]
+                    if let Some(connector) = &config.tls {
+                        client.state = State::Handshaking;
+                        if let Err(reason) = start_tls(client, connector, config.addr) {
+                            connecting -= 1;
+                            run.drop_client(client, &poll, None);
+                            run.counts.failed_connects += 1;
+                            run.counts.failed(|| format!("TLS: {reason}"));
+                            continue;
+                        }
+                    }
+                    if client.state == State::Handshaking {
                         continue;
                     }
                     if let Some(upgrade) = &upgrade {
@@ -257,6 +281,33 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                         run.fill(client, index, now, &mut due, &poll);
                     }
                 }
+                State::Handshaking => match handshake(client) {
+                    Ok(Opening::Blocked) => continue,
+                    Ok(Opening::Done) => {
+                        if let Some(upgrade) = &upgrade {
+                            client.state = State::Upgrading;
+                            if let Err(reason) = send_upgrade(client, upgrade) {
+                                connecting -= 1;
+                                run.drop_client(client, &poll, None);
+                                run.counts.failed_connects += 1;
+                                run.counts.failed(|| format!("upgrade: {reason}"));
+                            }
+                            continue;
+                        }
+                        connecting -= 1;
+                        client.state = State::Ready;
+                        run.counts.connected += 1;
+                        if sending {
+                            run.fill(client, index, now, &mut due, &poll);
+                        }
+                    }
+                    Err(reason) => {
+                        connecting -= 1;
+                        run.drop_client(client, &poll, None);
+                        run.counts.failed_connects += 1;
+                        run.counts.failed(|| format!("TLS: {reason}"));
+                    }
+                },
                 State::Upgrading => match read_upgrade(client, &mut scratch) {
                     Ok(None) => continue,
                     Ok(Some(rest)) => {
@@ -278,7 +329,8 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                     }
                 },
                 State::Ready => {
-                    if event.is_writable() && client.unsent > 0 {
+                    let holds = client.stream.as_ref().is_some_and(Stream::holds_output);
+                    if event.is_writable() && (client.unsent > 0 || holds) {
                         run.write(client, &poll);
                     }
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -395,18 +447,38 @@ fn open(addr: SocketAddr, index: usize, connections: usize) -> io::Result<TcpStr
     Ok(TcpStream::from_std(socket.into()))
 }
 
-/// Whether a connect that reported writable succeeded, and if not, why.
-fn connected(client: &Client) -> std::result::Result<(), String> {
+/// Whether a connect that reported writable succeeded (`Ok(false)`: not finished yet), and if
+/// not, why.
+fn connected(client: &Client) -> std::result::Result<bool, String> {
     let Some(stream) = &client.stream else {
         return Err("no socket".into());
     };
-    match stream.take_error() {
-        Ok(None) => stream
-            .peer_addr()
-            .map(drop)
-            .map_err(|error| error.to_string()),
-        Ok(Some(error)) | Err(error) => Err(error.to_string()),
-    }
+    stream.connect_outcome().map_err(|error| error.to_string())
+}
+
+/// Puts the TLS layer over a connected socket and starts the handshake.
+#[cfg(feature = "tls")]
+fn start_tls(
+    client: &mut Client,
+    connector: &crate::tls::TlsConnector,
+    addr: SocketAddr,
+) -> std::result::Result<(), String> {
+    let Some(socket) = client.stream.take() else {
+        return Err("no socket".into());
+    };
+    let stream = connector
+        .connect(socket, &addr.ip().to_string())
+        .map_err(|error| error.to_string())?;
+    client.stream = Some(stream);
+    handshake(client).map(drop)
+}
+
+/// Drives a TLS handshake as far as the socket allows.
+fn handshake(client: &mut Client) -> std::result::Result<Opening, String> {
+    let Some(stream) = client.stream.as_mut() else {
+        return Err("no socket".into());
+    };
+    stream.open().map_err(|error| error.to_string())
 }
 
 /// Writes a WebSocket upgrade request on a socket just connected (a few hundred bytes: the
@@ -532,6 +604,12 @@ impl Run<'_> {
                     self.drop_client(client, poll, Some(&|| format!("write: {error}")));
                     return;
                 }
+            }
+        }
+        // TLS: records the socket did not take wait in the layer for the next writable event.
+        if let Err(error) = stream.flush() {
+            if !would_block(&error) {
+                self.drop_client(client, poll, Some(&|| format!("write: {error}")));
             }
         }
     }

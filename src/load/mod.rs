@@ -176,6 +176,10 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     /// How long to wait at the end for answers still in flight.
     pub drain_timeout: Duration,
+    /// Speak TLS with this client configuration (the server is named by its IP address, which
+    /// its certificate must carry); the handshake counts as part of connecting.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConnector>,
 }
 
 impl Default for LoadConfig {
@@ -192,6 +196,8 @@ impl Default for LoadConfig {
             rate: None,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

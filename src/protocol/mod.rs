@@ -211,6 +211,8 @@ pub struct Context<'a> {
     pub(crate) measured_now: Option<Instant>,
     /// Where the peer's address comes from.
     pub(crate) peer: PeerSource<'a>,
+    /// The peer's verified certificate (mTLS), if it presented one.
+    pub(crate) identity: Option<&'a std::sync::Arc<crate::tls::PeerIdentity>>,
     /// The server's error hook, for panics a protocol catches in code it calls.
     pub(crate) on_error: Option<&'a (dyn Fn(&crate::lifecycle::ErrorReport) + Send + Sync)>,
     /// The loop's mailbox; `None` under drivers that have no loop to wake (the blocking ones).
@@ -250,6 +252,14 @@ impl<'a> Context<'a> {
             PeerSource::Known(addr) => Some(addr),
             PeerSource::Socket(stream) => stream.peer_addr(),
         }
+    }
+
+    /// Who the peer proved to be with a TLS client certificate (verified against the
+    /// configured client CA and CRL): `None` without TLS, without client authentication, or
+    /// for a client that sent no certificate where one was optional. What a handler authorises
+    /// by; see [`PeerIdentity::has_name`](crate::tls::PeerIdentity::has_name).
+    pub fn peer_identity(&self) -> Option<&crate::tls::PeerIdentity> {
+        self.identity.map(|identity| &**identity)
     }
 
     /// Queues `bytes` for sending, after everything written before.

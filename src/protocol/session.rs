@@ -45,6 +45,8 @@ pub struct Session<P: Protocol> {
     stats: Option<std::sync::Arc<crate::metrics::Stats>>,
     /// The peer's address, if the driver knows it.
     peer: Option<std::net::SocketAddr>,
+    /// The peer's verified TLS client certificate, if the driver has one.
+    identity: Option<std::sync::Arc<crate::tls::PeerIdentity>>,
     /// The server's error hook, for panics the protocol catches itself.
     on_error: Option<crate::lifecycle::ErrorHook>,
     /// The protocol was told the connection is over.
@@ -75,7 +77,20 @@ impl<P: Protocol> Session<P> {
 
     /// Opens a connection known to callbacks as `id`, from `peer`.
     pub fn with_id_and_peer(protocol: P, id: ConnId, peer: Option<std::net::SocketAddr>) -> Self {
+        Session::with_identity(protocol, id, peer, None)
+    }
+
+    /// Opens a connection known to callbacks as `id`, from `peer`, who proved to be `identity`
+    /// with a TLS client certificate ([`Context::peer_identity`]): how the blocking drivers
+    /// open a TLS connection, and how a test shows a handler an authenticated peer.
+    pub fn with_identity(
+        protocol: P,
+        id: ConnId,
+        peer: Option<std::net::SocketAddr>,
+        identity: Option<crate::tls::PeerIdentity>,
+    ) -> Self {
         let mut session = Session::unopened(protocol, id, peer);
+        session.identity = identity.map(std::sync::Arc::new);
         session.call(|protocol, ctx| protocol.on_open(ctx));
         session
     }
@@ -96,6 +111,7 @@ impl<P: Protocol> Session<P> {
             jobs_delivered: 0,
             stats: None,
             peer,
+            identity: None,
             on_error: None,
             closed: false,
             finished: Vec::new(),
@@ -340,6 +356,7 @@ impl<P: Protocol> Session<P> {
                 recorder: self.stats.as_deref().map(crate::metrics::Recorder::shared),
                 measured_now: None,
                 peer: self.peer.map_or(PeerSource::Unknown, PeerSource::Known),
+                identity: self.identity.as_ref(),
                 on_error: self.on_error.as_deref(),
                 mailbox: self.mailbox.as_ref(),
             };

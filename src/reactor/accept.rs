@@ -118,6 +118,17 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         if let Err(error) = stream.apply_options(&core.config) {
             log::debug!("{shown}: setting socket options failed: {error}");
         }
+        let stream = match &core.layer {
+            None => stream,
+            Some(layer) => match layer(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("{shown}: setting up the TLS layer failed: {error}");
+                    core.admission.release();
+                    return;
+                }
+            },
+        };
         let now = core.clock.now_tick();
         let protocol = (self.factory)();
         let id = self
@@ -142,6 +153,17 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             core.timers.schedule(now.after(idle), TimerEvent::Idle(id));
         }
         log::debug!("{id:?}: accepted {shown}");
+        if conn.stream.is_opening() {
+            // The protocol hears `on_open` once the handshake is done (`opening_ready`); the
+            // first event for the socket (registered with input waiting, epoll reports it at
+            // once) drives it.
+            conn.flags |= super::connection::flag::OPENING;
+            core.timers.schedule(
+                now.after(core.config.tls_handshake_timeout),
+                TimerEvent::OpenTimeout(id),
+            );
+            return;
+        }
         conn.call(core, |protocol, ctx| protocol.on_open(ctx));
         conn.conclude(core);
     }

@@ -5,7 +5,7 @@
 //! that stops early — on its fairness budget, or paused by backpressure — still knows it has
 //! input waiting, and is driven again without a new edge from the kernel.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use mio::Interest;
@@ -17,51 +17,54 @@ use super::{Core, TimerEvent};
 use crate::error::{interrupted, is_disconnect, would_block};
 use crate::lifecycle::{panic_message, CloseReason, ErrorReport};
 use crate::metrics::{self, Stats};
-use crate::net::Stream;
+use crate::net::{Opening, Stream};
 use crate::protocol::{CloseRequest, Context, Offload, PeerSource, Protocol, TimerRequest, Wishes};
 
-/// Bit flags of a connection's state, kept in one `u16` to keep idle connections small.
+/// Bit flags of a connection's state, kept in one `u32` to keep idle connections small.
 pub(crate) mod flag {
     /// The socket may have input: latched by an event, cleared by `WouldBlock` or a short read.
-    pub const READABLE: u16 = 1 << 0;
+    pub const READABLE: u32 = 1 << 0;
     /// The socket may take output: latched by an event, cleared by `WouldBlock`.
-    pub const WRITABLE: u16 = 1 << 1;
+    pub const WRITABLE: u32 = 1 << 1;
     /// Writable interest is registered with the poll (only while output is pending).
-    pub const WANT_WRITE: u16 = 1 << 2;
+    pub const WANT_WRITE: u32 = 1 << 2;
     /// Pending output crossed the high watermark: input is not fed to the protocol.
-    pub const PAUSED: u16 = 1 << 3;
+    pub const PAUSED: u32 = 1 << 3;
     /// A close was requested; it happens once output is flushed and jobs are answered.
-    pub const CLOSING: u16 = 1 << 4;
+    pub const CLOSING: u32 = 1 << 4;
     /// Closed: waiting for removal at the end of the turn; every event for it is dropped.
-    pub const CLOSED: u16 = 1 << 5;
+    pub const CLOSED: u32 = 1 << 5;
     /// The peer finished sending (read returned 0).
-    pub const EOF: u16 = 1 << 6;
+    pub const EOF: u32 = 1 << 6;
     /// The peer's end-of-stream was signalled by the poll: read to the end, past short reads.
-    pub const PEER_CLOSING: u16 = 1 << 7;
+    pub const PEER_CLOSING: u32 = 1 << 7;
     /// On the ready-again list (stopped on its read budget with input left).
-    pub const READY_AGAIN: u16 = 1 << 8;
+    pub const READY_AGAIN: u32 = 1 << 8;
     /// Answered and write side shut: input is read and discarded until end of stream or the
     /// linger timer, so that unread input cannot turn the close into a reset.
-    pub const LINGERING: u16 = 1 << 9;
+    pub const LINGERING: u32 = 1 << 9;
     /// The protocol asked for no more input until one of its jobs completes.
-    pub const HELD: u16 = 1 << 10;
+    pub const HELD: u32 = 1 << 10;
     /// The protocol timer is a deadline on input ([`Context::set_input_timer`]): it stands
     /// still while reading is paused by backpressure.
     ///
     /// [`Context::set_input_timer`]: crate::protocol::Context::set_input_timer
-    pub const INPUT_TIMER: u16 = 1 << 11;
+    pub const INPUT_TIMER: u32 = 1 << 11;
     /// Reading is paused by backpressure and the input timer does not run: `timer_deadline`
     /// holds the time it had left (see [`Clock::keep_span`](super::timer::Clock::keep_span)),
     /// and the resume arms it again for that long.
-    pub const TIMER_FROZEN: u16 = 1 << 12;
+    pub const TIMER_FROZEN: u32 = 1 << 12;
     /// Pending output reached the high watermark: the protocol is owed an `on_drain` once it
     /// falls to the low watermark.
-    pub const DRAIN_OWED: u16 = 1 << 13;
+    pub const DRAIN_OWED: u32 = 1 << 13;
     /// The protocol bounds its own output: input is fed above the high watermark too.
-    pub const OWN_BACKPRESSURE: u16 = 1 << 14;
+    pub const OWN_BACKPRESSURE: u32 = 1 << 14;
     /// A dialled connection whose connect has not finished: nothing is read, written or fed
     /// until writability says it ended and `SO_ERROR` says how.
-    pub const CONNECTING: u16 = 1 << 15;
+    pub const CONNECTING: u32 = 1 << 15;
+    /// A layer over the socket (TLS) is opening: its handshake is driven, nothing is fed to the
+    /// protocol, and `on_open` waits until it is done.
+    pub const OPENING: u32 = 1 << 16;
 }
 
 /// One accepted or dialled connection. Small on purpose: an idle one holds no buffers.
@@ -86,7 +89,7 @@ pub(crate) struct Connection<P> {
     /// Jobs offloaded and not yet answered.
     pub(crate) jobs_in_flight: u16,
     /// State bits, see [`flag`].
-    pub(crate) flags: u16,
+    pub(crate) flags: u32,
     /// Reason recorded when `CLOSING` was set.
     pub(crate) close_reason: CloseReason,
 }
@@ -110,22 +113,25 @@ impl<P: Protocol> Connection<P> {
     }
 
     #[inline]
-    pub(crate) fn has(&self, bits: u16) -> bool {
+    pub(crate) fn has(&self, bits: u32) -> bool {
         self.flags & bits != 0
     }
 
     #[inline]
-    fn set(&mut self, bits: u16) {
+    fn set(&mut self, bits: u32) {
         self.flags |= bits;
     }
 
     #[inline]
-    fn clear(&mut self, bits: u16) {
+    fn clear(&mut self, bits: u32) {
         self.flags &= !bits;
     }
 
+    /// Output not yet taken by the socket: the buffer's, plus what a layer (TLS) holds,
+    /// counted as one byte since rustls does not say how many.
     fn pending_output(&self) -> usize {
         self.output.as_ref().map_or(0, |output| output.len())
+            + usize::from(self.stream.holds_output())
     }
 
     /// Records the poll's readiness for this connection.
@@ -204,6 +210,31 @@ impl<P: Protocol> Connection<P> {
         log::debug!("{:?}: connected to {:?}", self.id, self.stream.peer_addr());
         self.call(core, |protocol, ctx| protocol.on_open(ctx));
         self.drive(core, chunk);
+    }
+
+    /// An accepted connection's layer (TLS) is opening: drive its handshake with the readiness
+    /// latched; once done, the protocol hears `on_open` and the connection is driven as any
+    /// other (input may already wait in the layer, so reading is tried at once).
+    pub(crate) fn opening_ready(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        match self.stream.open() {
+            Ok(Opening::Done) => {
+                self.clear(flag::OPENING);
+                self.set(flag::READABLE);
+                self.last_active = core.clock.now_tick();
+                log::debug!("{:?}: TLS handshake done", self.id);
+                self.call(core, |protocol, ctx| protocol.on_open(ctx));
+                self.drive(core, chunk);
+            }
+            Ok(Opening::Blocked) => {
+                self.clear(flag::READABLE);
+                self.last_active = core.clock.now_tick();
+                self.conclude(core);
+            }
+            Err(error) => {
+                log::debug!("{:?}: TLS handshake failed: {error}", self.id);
+                self.close(core, CloseReason::TlsHandshake);
+            }
+        }
     }
 
     /// Lingering close: reads and drops input until end of stream (then closes), `WouldBlock`,
@@ -411,6 +442,7 @@ impl<P: Protocol> Connection<P> {
             recorder: Some(metrics::Recorder::own(&core.stats)),
             measured_now: None,
             peer: PeerSource::Socket(&self.stream),
+            identity: self.stream.identity(),
             on_error: Some(&*core.on_error),
             mailbox: Some(&core.mailbox),
         };
@@ -528,6 +560,10 @@ impl<P: Protocol> Connection<P> {
             }
             if core.output.is_empty() {
                 self.last_active = core.clock.now_tick();
+                if self.stream.holds_output() {
+                    // The layer kept what the socket would not take: wait for writability.
+                    self.clear(flag::WRITABLE);
+                }
                 return;
             }
             self.clear(flag::WRITABLE);
@@ -547,9 +583,18 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
-    /// Writes queued output while the socket takes it; frees the buffer once it empties.
+    /// Writes queued output while the socket takes it; frees the buffer once it empties. A
+    /// layer's own held output goes first (the layer sees to that) or, with the buffer empty,
+    /// on its own.
     fn flush(&mut self, core: &mut Core) {
         let Some(output) = self.output.as_mut() else {
+            if self.stream.holds_output() {
+                match self.stream.flush() {
+                    Ok(()) => self.last_active = core.clock.now_tick(),
+                    Err(error) if would_block(&error) => self.clear(flag::WRITABLE),
+                    Err(error) => self.close_on_error(core, &error),
+                }
+            }
             return;
         };
         match write_all_possible(output, &mut self.stream, &core.stats) {
@@ -557,6 +602,9 @@ impl<P: Protocol> Connection<P> {
                 self.last_active = core.clock.now_tick();
                 if output.is_empty() {
                     self.output = None;
+                    if self.stream.holds_output() {
+                        self.clear(flag::WRITABLE);
+                    }
                 } else {
                     self.clear(flag::WRITABLE);
                 }
@@ -648,6 +696,10 @@ impl<P: Protocol> Connection<P> {
         if is_disconnect(error) {
             log::debug!("{:?}: peer went away: {error}", self.id);
             self.close(core, CloseReason::Reset);
+        } else if error.kind() == io::ErrorKind::InvalidData {
+            // The layer (TLS) rejected what the peer sent, and told it so with an alert.
+            log::debug!("{:?}: bad TLS record: {error}", self.id);
+            self.close(core, CloseReason::ProtocolError);
         } else {
             log::warn!("{:?}: I/O error: {error}", self.id);
             self.close(core, CloseReason::IoError);

@@ -86,6 +86,8 @@ pub(crate) enum TimerEvent {
     Linger(ConnId),
     /// A dialled connection's connect has had its time.
     ConnectTimeout(ConnId),
+    /// An accepted connection's layer (the TLS handshake) has had its time to open.
+    OpenTimeout(ConnId),
     /// A dialled connection that ended is due to be dialled again (the key of its entry in
     /// [`Reactor::waiting`]).
     Redial(u64),
@@ -124,6 +126,8 @@ pub(crate) struct Core {
     /// The dialled connections open now (accepted ones are not here): where each was dialled,
     /// and whether its protocol asked to be dialled again once it ends.
     pub(crate) dialled: HashMap<ConnId, Dial>,
+    /// What wraps each accepted socket before its protocol sees it (TLS), if anything.
+    pub(crate) layer: Option<crate::net::Layer>,
 }
 
 /// A single-threaded reactor serving one listener with protocol `P` made by `F`.
@@ -161,6 +165,8 @@ pub(crate) struct Parts<F> {
     pub(crate) verify: Option<VerifyHook>,
     pub(crate) on_error: ErrorHook,
     pub(crate) admission: Admission,
+    /// What wraps each accepted socket (TLS), if anything.
+    pub(crate) layer: Option<crate::net::Layer>,
     pub(crate) factory: F,
 }
 
@@ -178,6 +184,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             verify,
             on_error,
             admission,
+            layer,
             factory,
         } = parts;
         if let Some(listener) = &mut listener {
@@ -208,6 +215,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 admission,
                 draining: false,
                 dialled: HashMap::new(),
+                layer,
             },
             factory,
             completions,
@@ -275,6 +283,8 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 conn.latch(event);
                 if conn.has(flag::CONNECTING) {
                     conn.connect_ready(&mut self.core, &mut self.read_chunk);
+                } else if conn.has(flag::OPENING) {
+                    conn.opening_ready(&mut self.core, &mut self.read_chunk);
                 } else {
                     conn.drive(&mut self.core, &mut self.read_chunk);
                 }
@@ -335,6 +345,15 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                     if let Some(conn) = self.connections.get_mut(id) {
                         if conn.has(flag::CONNECTING) {
                             conn.close(&mut self.core, CloseReason::ConnectTimeout);
+                        }
+                    }
+                }
+                TimerEvent::OpenTimeout(id) => {
+                    if let Some(conn) = self.connections.get_mut(id) {
+                        if conn.has(flag::OPENING) && !conn.has(flag::CLOSED) {
+                            log::debug!("{id:?}: TLS handshake timed out");
+                            conn.stream.opening_timed_out();
+                            conn.close(&mut self.core, CloseReason::TlsHandshake);
                         }
                     }
                 }
@@ -478,6 +497,11 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             if conn.has(flag::CLOSED) {
                 continue;
             }
+            if conn.has(flag::OPENING) {
+                // Not open yet: its protocol has nothing to finish.
+                conn.close(&mut self.core, CloseReason::Shutdown);
+                continue;
+            }
             conn.call(&mut self.core, |protocol, ctx| protocol.on_shutdown(ctx));
             conn.conclude(&mut self.core);
         }
@@ -514,9 +538,10 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
         }
         let connections = &self.connections;
         self.core.timers.retain(|deadline, event| match *event {
-            TimerEvent::Idle(id) | TimerEvent::Linger(id) | TimerEvent::ConnectTimeout(id) => {
-                connections.get(id).is_some()
-            }
+            TimerEvent::Idle(id)
+            | TimerEvent::Linger(id)
+            | TimerEvent::ConnectTimeout(id)
+            | TimerEvent::OpenTimeout(id) => connections.get(id).is_some(),
             TimerEvent::Protocol(id) => connections
                 .get(id)
                 .is_some_and(|conn| conn.timer_entry == Some(deadline)),

@@ -147,6 +147,8 @@ impl DatagramServer {
             listen_addr: self.listen_addr.clone(),
             shutdown: self.shutdown.clone(),
             stats: self.stats.clone(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

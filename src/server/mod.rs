@@ -59,6 +59,9 @@ pub struct Server {
     /// The count of connections held, shared by every loop (and, under prefork, every worker
     /// process) of the server.
     admission: Admission,
+    /// Terminates TLS on every accepted connection.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsAcceptor>,
 }
 
 /// Controls a server from any thread: read its address and counters, ask it to shut down.
@@ -67,6 +70,8 @@ pub struct ServerHandle {
     listen_addr: ListenAddr,
     shutdown: Arc<ShutdownSignal>,
     stats: Arc<StatsSet>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsAcceptor>,
 }
 
 /// A server running on its own thread.
@@ -202,7 +207,31 @@ impl Server {
             verify: None,
             on_error: Arc::new(default_error_hook),
             admission: Admission::local(0),
+            #[cfg(feature = "tls")]
+            tls: None,
         })
+    }
+
+    /// Terminates TLS on every connection this server accepts, with `acceptor`'s certificate,
+    /// client authentication and ALPN: the protocol sees plaintext and hears `on_open` once the
+    /// handshake is done. Every model serves through it.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, acceptor: crate::tls::TlsAcceptor) -> Self {
+        self.stats.watch_tls(acceptor.counters().clone());
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// What wraps each accepted socket: the TLS layer, when one is configured.
+    fn layer(&self) -> Option<net::Layer> {
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = self.tls.clone() {
+            let buffer_limit = self.config.tls_buffer_bytes;
+            return Some(Arc::new(move |socket| {
+                acceptor.accept(socket, buffer_limit)
+            }));
+        }
+        None
     }
 
     /// Counts this server's connections in a table shared with the other workers of a prefork
@@ -285,6 +314,8 @@ impl Server {
             listen_addr: self.listen_addr.clone(),
             shutdown: self.shutdown.clone(),
             stats: self.stats.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
         }
     }
 
@@ -303,6 +334,7 @@ impl Server {
     /// The parts of the loop that runs on this server's own poll and listener.
     fn into_first_reactor<F>(self, pool: Option<Arc<WorkerPool>>, factory: F) -> Parts<F> {
         let notifier = Notifier::new(self.waker.clone());
+        let layer = self.layer();
         Parts {
             admission: self.admission.with_max(self.config.max_connections),
             config: self.config,
@@ -314,6 +346,7 @@ impl Server {
             shutdown: self.shutdown,
             verify: self.verify,
             on_error: self.on_error,
+            layer,
             factory,
         }
     }
@@ -350,7 +383,7 @@ impl Server {
             self.stats.clone(),
             self.shutdown.clone(),
         );
-        let (verify, on_error) = (self.verify.clone(), self.on_error.clone());
+        let (verify, on_error, layer) = (self.verify.clone(), self.on_error.clone(), self.layer());
         // Every loop counts against the one limit of the server.
         let admission = self.admission.clone().with_max(config.max_connections);
         // The first loop takes the signals: it registers them before any other loop can serve
@@ -376,6 +409,7 @@ impl Server {
                 verify: verify.clone(),
                 on_error: on_error.clone(),
                 admission: admission.clone(),
+                layer: layer.clone(),
                 factory: factory.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -412,12 +446,14 @@ impl Server {
         F: FnMut() -> P,
     {
         self.config.validate()?;
+        let layer = self.layer();
         let shared = blocking::Shared::new(self.config, self.first_stats, self.on_error);
         let acceptor = blocking::Acceptor {
             poll: self.poll,
             listener: self.listener,
             shutdown: self.shutdown,
             verify: self.verify,
+            layer,
         };
         match model {
             Model::ThreadPerConnection { block_on_close } => {
@@ -479,6 +515,18 @@ impl ServerHandle {
     /// A copy of the server's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Reloads the TLS certificate, key, client CA and CRL from their files, as SIGHUP does
+    /// (see [`TlsAcceptor::reload`](crate::tls::TlsAcceptor::reload)): new handshakes use
+    /// them, open connections keep theirs, and a broken file is refused with the configuration
+    /// in use kept. An error too for a server without TLS.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self) -> Result<()> {
+        match &self.tls {
+            Some(acceptor) => acceptor.reload(),
+            None => Err(Error::Config("this server has no TLS to reload".into())),
+        }
     }
 
     /// Serves this server's counters as Prometheus text at `GET /metrics` on `addr`, from a

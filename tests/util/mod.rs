@@ -5,6 +5,8 @@
 
 pub mod browser;
 pub mod http;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod ws;
 
 use std::io::{self, Read, Write};
@@ -72,21 +74,34 @@ where
     P: Protocol + Send,
     F: FnMut() -> P + Clone + Send + 'static,
 {
+    spawn_bound(driver, bind_for(driver, config), factory)
+}
+
+/// Binds 127.0.0.1:0 with `config` as `driver` needs (SO_REUSEPORT for `Reactors`).
+pub fn bind_for(driver: Driver, config: Config) -> Server {
+    bind(Config {
+        reuse_port: driver == Driver::Reactors,
+        ..config
+    })
+}
+
+/// Starts `server` (bound by [`bind_for`]) on `driver` (two loops for `Reactors`).
+pub fn spawn_bound<P, F>(driver: Driver, server: Server, factory: F) -> RunningServer
+where
+    P: Protocol + Send,
+    F: FnMut() -> P + Clone + Send + 'static,
+{
     use socketserver::Model;
     match driver {
-        Driver::Reactor => bind(config).spawn(factory),
-        Driver::Reactors => bind(Config {
-            reuse_port: true,
-            ..config
-        })
-        .spawn_reactors(2, factory),
-        Driver::Threads => bind(config).spawn_blocking(
+        Driver::Reactor => server.spawn(factory),
+        Driver::Reactors => server.spawn_reactors(2, factory),
+        Driver::Threads => server.spawn_blocking(
             Model::ThreadPerConnection {
                 block_on_close: false,
             },
             factory,
         ),
-        Driver::Pool => bind(config).spawn_blocking(Model::ThreadPool, factory),
+        Driver::Pool => server.spawn_blocking(Model::ThreadPool, factory),
     }
     .expect("spawn")
 }

@@ -75,6 +75,9 @@ pub struct Request {
     trailers: Vec<Field>,
     /// The body, de-chunked.
     body: Vec<u8>,
+    /// Who the client proved to be with a TLS client certificate, set as the request is
+    /// routed.
+    peer_identity: Option<std::sync::Arc<crate::tls::PeerIdentity>>,
 }
 
 /// Past this capacity a request's body buffer is freed after the request instead of kept for
@@ -107,6 +110,27 @@ impl Request {
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Request {
         self.body = body.into();
         self
+    }
+
+    /// The same request as if from a client that proved to be `identity` with a TLS client
+    /// certificate: for calling handlers that authorise by identity in tests.
+    pub fn with_peer_identity(mut self, identity: crate::tls::PeerIdentity) -> Request {
+        self.peer_identity = Some(std::sync::Arc::new(identity));
+        self
+    }
+
+    /// Who the client proved to be with a TLS client certificate (mTLS); `None` without one.
+    /// What a handler authorises by: see
+    /// [`PeerIdentity::has_name`](crate::tls::PeerIdentity::has_name).
+    pub fn peer_identity(&self) -> Option<&crate::tls::PeerIdentity> {
+        self.peer_identity.as_deref()
+    }
+
+    pub(super) fn set_peer_identity(
+        &mut self,
+        identity: Option<std::sync::Arc<crate::tls::PeerIdentity>>,
+    ) {
+        self.peer_identity = identity;
     }
 
     /// The method, as sent (`GET`, `POST`, …).

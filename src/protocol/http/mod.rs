@@ -279,6 +279,7 @@ impl Requests {
         let started = self.take_started(ctx.now());
         // A request finished after a graceful shutdown began is the connection's last.
         meta.close |= self.shutting_down;
+        self.request.set_peer_identity(ctx.identity.cloned());
         let request = &self.request;
         let answer = match self.router.route_for(request.method(), request.path()) {
             None => Answer::Ready(self.not_routed(request)),

@@ -397,6 +397,12 @@ impl<'ctx> WebSocket<'_, 'ctx> {
         self.ctx.peer_addr()
     }
 
+    /// Who the peer proved to be with a TLS client certificate; see
+    /// [`Context::peer_identity`](crate::protocol::Context::peer_identity).
+    pub fn peer_identity(&self) -> Option<&crate::tls::PeerIdentity> {
+        self.ctx.peer_identity()
+    }
+
     /// This connection's identity.
     pub fn id(&self) -> ConnId {
         self.ctx.id()
