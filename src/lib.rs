@@ -19,7 +19,8 @@
 //!
 //! The protocols ([`protocol`]) are echo, lines, length-prefixed frames, HTTP/1.1 with a router,
 //! and WebSocket ([`protocol::ws`]), entered from HTTP by an upgrade: heartbeats, backpressure
-//! that `send` reports, permessage-deflate. On WebSocket, [`pubsub`] keeps topics with a durable
+//! that `send` reports, permessage-deflate. Any of them can be served over TLS and mTLS
+//! ([`tls`]), under every model. On WebSocket, [`pubsub`] keeps topics with a durable
 //! log per topic: acknowledged publishes survive a crash, and a subscriber that comes back
 //! resumes from its offset with nothing lost or repeated.
 //!
@@ -45,7 +46,8 @@
 //! | [`pubsub`] | topics over WebSocket: the hub thread, the durable log, the wire protocol | the protocols, `config`, `metrics` |
 //! | [`blocking`] | thread per connection, a bounded pool, blocking datagram receivers | protocols, lifecycle, `net`, the reactor's parts, mailboxes |
 //! | [`reactor`] | the event loop and nothing else | the protocol trait, lifecycle, `net`, `worker`, its parts |
-//! | [`net`] | transports: TCP and Unix, stream and datagram, socket options | `config`, the protocols' peer types |
+//! | [`net`] | transports: TCP and Unix, stream and datagram, socket options, the TLS layer over a stream | `config`, [`tls`], the protocols' peer types |
+//! | [`tls`] | TLS and mTLS: rustls driven sans-IO over a socket, the acceptor (reloadable) and connector, the verified [`PeerIdentity`](tls::PeerIdentity) protocols read | `net`, `config`, `metrics` |
 //! | [`protocol`] | sans-IO state machines (echo, line, frame, HTTP, WebSocket), [`Session`](protocol::Session) and the datagram handler, the socket-less cores of every driver | lifecycle, `worker`, the reactor's parts |
 //! | `worker` | the worker pool for offloaded jobs; notices and the mailboxes they go through | lifecycle, the reactor's parts |
 //! | `lifecycle` | what every driver shares: hooks and [`ErrorReport`], signals and the shutdown signal, close reasons | `config`, `metrics`, `reactor::token` |

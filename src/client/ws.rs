@@ -3,7 +3,7 @@
 //! heartbeats, limits and closing handshake as the server's, and reconnects with backoff.
 //!
 //! [`WsClient`] is the sans-IO protocol: it runs on a [`Clients`](super::Clients) loop (many
-//! clients on one thread) or under [`Blocking`](super::Blocking). [`Client`] is the blocking API
+//! clients on one thread) or under [`Blocking`]. [`Client`] is the blocking API
 //! for scripts and tests: connect, send, receive with a timeout, close.
 //!
 //! # The handshake
