@@ -29,6 +29,15 @@ fn router(config: &Config) -> Arc<Router> {
     Arc::new(
         Router::new()
             .get("/", |_| Response::text(200, "Hello, World!"))
+            .get("/big", |_| {
+                Response::text(
+                    200,
+                    util::pattern(BIG, 7)
+                        .iter()
+                        .map(|&b| char::from(b'a' + b % 26))
+                        .collect::<String>(),
+                )
+            })
             .get("/whoami", |request| match request.peer_identity() {
                 Some(identity) => Response::text(
                     200,
@@ -47,6 +56,9 @@ fn router(config: &Config) -> Arc<Router> {
             ),
     )
 }
+
+/// The size of `/big`'s body: far more than a socket's buffers, so the server's writes block.
+const BIG: usize = 4 << 20;
 
 /// An HTTPS server with `settings` on `driver`.
 fn https(driver: Driver, config: Config, settings: TlsSettings) -> RunningServer {
@@ -690,4 +702,106 @@ fn pub_sub_clients_subscribe_and_publish_over_wss() {
     let refused = PubSubClient::connect(&url, ClientOptions::default());
     let error = refused.err().expect("refused").to_string();
     assert!(error.contains("CA to trust"), "{error}");
+}
+
+#[test]
+fn the_load_generator_speaks_tls_and_its_counts_match_the_server() {
+    use socketserver::load::{LoadConfig, LoadProtocol};
+    use socketserver::tls::TlsConnector;
+    let pki = Pki::new();
+    let connector = TlsConnector::trusting(&pki.path("ca.pem")).expect("trust the CA");
+    for protocol in [LoadProtocol::Http, LoadProtocol::Ws] {
+        let server = https(Driver::Reactor, test_config(), pki.settings().alpn_http1());
+        let config = LoadConfig {
+            addr: server.local_addr(),
+            protocol,
+            http_path: if protocol == LoadProtocol::Ws {
+                "/ws"
+            } else {
+                "/"
+            }
+            .into(),
+            connections: 4,
+            duration: Duration::from_millis(400),
+            warmup: Duration::from_millis(100),
+            tls: Some(connector.clone()),
+            ..LoadConfig::default()
+        };
+        let report = socketserver::load::run(&config).expect("load over TLS");
+        assert_eq!(
+            report.connected, 4,
+            "{protocol:?}: {:?}",
+            report.first_failure
+        );
+        assert_eq!(report.errors, 0, "{protocol:?}: {:?}", report.first_failure);
+        assert!(report.answers > 0, "{protocol:?}");
+        assert_eq!(report.answers, report.requests_sent, "{protocol:?}");
+        let stats = server.stats();
+        assert_eq!(tls_stats(&server).handshakes_full, 4, "{protocol:?}");
+        match protocol {
+            LoadProtocol::Http => assert_eq!(stats.requests_2xx, report.answers),
+            _ => assert_eq!(stats.websocket_messages_out, report.answers),
+        }
+        server.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn compare_runs_a_model_over_tls() {
+    let pki = Pki::new();
+    let out = pki.path("compare");
+    let path = |name: &str| pki.path(name).to_str().expect("path").to_string();
+    let (status, stdout, stderr) = util::run_cli(
+        &[
+            "compare",
+            "--quick",
+            "--models",
+            "reactor",
+            "--connections",
+            "4",
+            "--protocol",
+            "http",
+            "--tls",
+            "--tls-cert",
+            &path("server.pem"),
+            "--tls-key",
+            &path("server.key"),
+            "--tls-ca",
+            &path("ca.pem"),
+            "--out",
+            out.to_str().expect("path"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|line| line.starts_with("reactor"))
+        .unwrap_or_else(|| panic!("no reactor row in {stdout}"));
+    assert!(row.trim_end().ends_with("ok"), "{row}");
+}
+
+#[test]
+fn a_large_answer_to_a_slow_reader_arrives_whole_on_every_driver() {
+    let pki = Pki::new();
+    let expected: String = util::pattern(BIG, 7)
+        .iter()
+        .map(|&byte| char::from(b'a' + byte % 26))
+        .collect();
+    for driver in DRIVERS {
+        let server = https(driver, test_config(), pki.settings());
+        // A small receive window: the server's writes block, and records wait in the layer.
+        let socket = util::connect_with_small_window(server.local_addr());
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connection =
+            rustls::ClientConnection::new(pki.client_config(None, BOTH), name).expect("client");
+        let mut client = rustls::StreamOwned::new(connection, socket);
+        for _ in 0..2 {
+            let (status, body) = tls_util::get(&mut client, "/big");
+            assert_eq!(status, 200, "{driver:?}");
+            assert!(body == expected, "{driver:?}: the body differs");
+        }
+        drop(client);
+        server.shutdown().expect("shutdown");
+    }
 }

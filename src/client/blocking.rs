@@ -94,7 +94,13 @@ impl<P: Protocol> Blocking<P> {
     /// failed connect is not an error here: the protocol hears `on_closed` and decides, as it
     /// does for every later end, whether to be dialled again.
     pub fn dial(addr: SocketAddr, connect_timeout: Duration, protocol: P) -> Blocking<P> {
-        let mut client = Blocking {
+        let mut client = Blocking::unconnected(addr, connect_timeout);
+        client.connect(protocol);
+        client
+    }
+
+    fn unconnected(addr: SocketAddr, connect_timeout: Duration) -> Blocking<P> {
+        Blocking {
             addr,
             connect_timeout,
             link: Link::Moving,
@@ -102,9 +108,7 @@ impl<P: Protocol> Blocking<P> {
             read_buffer: vec![0; READ_CHUNK],
             #[cfg(feature = "tls")]
             tls: None,
-        };
-        client.connect(protocol);
-        client
+        }
     }
 
     /// Like [`Blocking::dial`], over TLS: every connect (reconnects too) runs a handshake,
@@ -119,14 +123,8 @@ impl<P: Protocol> Blocking<P> {
         connector: crate::tls::TlsConnector,
         server_name: String,
     ) -> Blocking<P> {
-        let mut client = Blocking {
-            addr,
-            connect_timeout,
-            link: Link::Moving,
-            connects: 0,
-            read_buffer: vec![0; READ_CHUNK],
-            tls: Some((connector, server_name)),
-        };
+        let mut client = Blocking::unconnected(addr, connect_timeout);
+        client.tls = Some((connector, server_name));
         client.connect(protocol);
         client
     }

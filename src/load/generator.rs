@@ -263,43 +263,24 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                     if client.state == State::Handshaking {
                         continue;
                     }
-                    if let Some(upgrade) = &upgrade {
-                        // Still connecting until the upgrade is answered.
-                        client.state = State::Upgrading;
-                        if let Err(reason) = send_upgrade(client, upgrade) {
-                            connecting -= 1;
-                            run.drop_client(client, &poll, None);
-                            run.counts.failed_connects += 1;
-                            run.counts.failed(|| format!("upgrade: {reason}"));
-                        }
-                        continue;
-                    }
-                    connecting -= 1;
-                    client.state = State::Ready;
-                    run.counts.connected += 1;
-                    if sending {
-                        run.fill(client, index, now, &mut due, &poll);
-                    }
+                    let opened = Opened {
+                        index,
+                        now,
+                        sending,
+                        upgrade: upgrade.as_deref(),
+                    };
+                    run.opened(client, opened, &mut connecting, &mut due, &poll);
                 }
                 State::Handshaking => match handshake(client) {
                     Ok(Opening::Blocked) => continue,
                     Ok(Opening::Done) => {
-                        if let Some(upgrade) = &upgrade {
-                            client.state = State::Upgrading;
-                            if let Err(reason) = send_upgrade(client, upgrade) {
-                                connecting -= 1;
-                                run.drop_client(client, &poll, None);
-                                run.counts.failed_connects += 1;
-                                run.counts.failed(|| format!("upgrade: {reason}"));
-                            }
-                            continue;
-                        }
-                        connecting -= 1;
-                        client.state = State::Ready;
-                        run.counts.connected += 1;
-                        if sending {
-                            run.fill(client, index, now, &mut due, &poll);
-                        }
+                        let opened = Opened {
+                            index,
+                            now,
+                            sending,
+                            upgrade: upgrade.as_deref(),
+                        };
+                        run.opened(client, opened, &mut connecting, &mut due, &poll);
                     }
                     Err(reason) => {
                         connecting -= 1;
@@ -548,7 +529,45 @@ struct Run<'a> {
     histogram: Histogram<u64>,
 }
 
+/// What [`Run::opened`] needs to know of the moment a connection opened.
+struct Opened<'a> {
+    index: usize,
+    now: Instant,
+    sending: bool,
+    /// The WebSocket upgrade to send first, if the load is WebSocket.
+    upgrade: Option<&'a [u8]>,
+}
+
 impl Run<'_> {
+    /// A connection is open (connected, and past its TLS handshake if any): it sends the
+    /// WebSocket upgrade and waits for its answer, or is ready and starts sending requests.
+    fn opened(
+        &mut self,
+        client: &mut Client,
+        opened: Opened<'_>,
+        connecting: &mut usize,
+        due: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+        poll: &Poll,
+    ) {
+        if let Some(upgrade) = opened.upgrade {
+            // Still connecting until the upgrade is answered.
+            client.state = State::Upgrading;
+            if let Err(reason) = send_upgrade(client, upgrade) {
+                *connecting -= 1;
+                self.drop_client(client, poll, None);
+                self.counts.failed_connects += 1;
+                self.counts.failed(|| format!("upgrade: {reason}"));
+            }
+            return;
+        }
+        *connecting -= 1;
+        client.state = State::Ready;
+        self.counts.connected += 1;
+        if opened.sending {
+            self.fill(client, opened.index, opened.now, due, poll);
+        }
+    }
+
     /// Sends what this connection may send now, up to `pipeline` requests in flight, in one
     /// write: in closed loop at once; in open loop each at its due time, which may already
     /// have passed (then it leaves now, charged from that time), and the next one not yet due
