@@ -788,8 +788,14 @@ fn a_large_answer_to_a_slow_reader_arrives_whole_on_every_driver() {
         .iter()
         .map(|&byte| char::from(b'a' + byte % 26))
         .collect();
+    // A layer buffer larger than the answer: rustls takes all of it at once, and most of the
+    // records then wait in the layer (not in the connection's output buffer) for the socket.
+    let config = Config {
+        tls_buffer_bytes: 2 * BIG,
+        ..test_config()
+    };
     for driver in DRIVERS {
-        let server = https(driver, test_config(), pki.settings());
+        let server = https(driver, config.clone(), pki.settings());
         // A small receive window: the server's writes block, and records wait in the layer.
         let socket = util::connect_with_small_window(server.local_addr());
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
