@@ -811,3 +811,60 @@ fn a_large_answer_to_a_slow_reader_arrives_whole_on_every_driver() {
         server.shutdown().expect("shutdown");
     }
 }
+
+/// The base64 SHA-256 of a certificate's public key (its SPKI), as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it: that one key is trusted, nothing else.
+fn spki_hash(certificate: &std::path::Path) -> String {
+    use base64::Engine;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(certificate).expect("certificate");
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        parsed.tbs_certificate.subject_pki.raw,
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+#[test]
+#[ignore = "needs chromium and chromedriver"]
+fn chromium_echoes_over_wss_from_a_page_served_over_https() {
+    use util::browser;
+    let pki = Pki::new();
+    let path = |name: &str| pki.path(name).to_str().expect("path").to_string();
+    let example = browser::example("ws_echo");
+    let (mut server, listening) = browser::start_printing(
+        &example,
+        &[
+            "127.0.0.1:0",
+            "--tls-cert",
+            &path("server.pem"),
+            "--tls-key",
+            &path("server.key"),
+        ],
+    );
+    let port = listening
+        .rsplit(':')
+        .next()
+        .expect("the example's port")
+        .to_string();
+    let session = browser::Session::start_with(&[format!(
+        "--ignore-certificate-errors-spki-list={}",
+        spki_hash(&pki.path("server.pem"))
+    )]);
+    let page = &session.browser;
+    page.call(
+        "POST",
+        "/url",
+        serde_json::json!({ "url": format!("https://localhost:{port}/") }),
+    );
+    wait_for("the page's WSS socket to open", || {
+        page.text_of("#status") == "open"
+    });
+    page.type_and_send("hello over WSS");
+    wait_for("the echo", || {
+        page.text_of("#log").matches("hello over WSS").count() == 2
+    });
+    drop(session);
+    let _ = server.kill();
+    let _ = server.wait();
+}

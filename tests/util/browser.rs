@@ -19,10 +19,15 @@ impl Browser {
         } else {
             request.send_string(&body.to_string())
         };
-        let text = response
-            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
-            .into_string()
-            .expect("a WebDriver answer");
+        let text = match response {
+            Ok(response) => response.into_string().expect("a WebDriver answer"),
+            // The driver says why in the body (a navigation refused, an element not found).
+            Err(ureq::Error::Status(code, response)) => panic!(
+                "{method} {path}: status {code}: {}",
+                response.into_string().unwrap_or_default()
+            ),
+            Err(error) => panic!("{method} {path}: {error}"),
+        };
         let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         answer["value"].clone()
     }
@@ -102,6 +107,11 @@ pub struct Session {
 impl Session {
     /// Starts chromedriver and a headless Chromium (its own fresh profile).
     pub fn start() -> Session {
+        Session::start_with(&[])
+    }
+
+    /// Like [`Session::start`], with more Chromium switches.
+    pub fn start_with(switches: &[String]) -> Session {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|free| free.local_addr())
             .expect("a free port")
@@ -125,15 +135,25 @@ impl Session {
             "socketserver-chromium-{}-{port}",
             std::process::id()
         ));
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-quic",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend_from_slice(switches);
         let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
+                "args": args,
             },
         }}});
         let created: serde_json::Value = serde_json::from_str(

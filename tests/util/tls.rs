@@ -91,6 +91,10 @@ impl Pki {
             .push(DnType::CommonName, "localhost");
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // A real validity period: Chromium refuses the handshake with a certificate valid
+        // until rcgen's default of the year 4096.
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
         self.issue(name, params, false);
     }
 
