@@ -264,6 +264,7 @@ impl Supervisor {
         let inherit = Inheritance {
             listener: fd,
             table: &table,
+            ignore_hangup: self.forward_sighup,
         };
         let mut slots = Vec::with_capacity(self.processes);
         for index in 0..self.processes {
@@ -375,6 +376,10 @@ fn lock(pids: &Mutex<Vec<u32>>) -> std::sync::MutexGuard<'_, Vec<u32>> {
 struct Inheritance<'a> {
     listener: RawFd,
     table: &'a SharedTable,
+    /// Start workers with SIGHUP ignored: one that the supervisor passes on while a worker is
+    /// still starting (before it installs its own handler, which replaces the ignoring) must
+    /// not kill it, as SIGHUP's default action would.
+    ignore_hangup: bool,
 }
 
 /// Starts worker `slot` with the inherited descriptors left open across exec and named in its
@@ -387,13 +392,14 @@ fn start_worker(
     // SAFETY: `getpid` has no preconditions.
     let supervisor = unsafe { libc::getpid() };
     let (listener, table) = (inherit.listener, inherit.table.file().as_raw_fd());
+    let ignore_hangup = inherit.ignore_hangup;
     command
         .env(LISTEN_FD_ENV, listener.to_string())
         .env(CONNECTIONS_FD_ENV, table.to_string())
         .env(WORKER_SLOT_ENV, slot.to_string())
         .stdin(Stdio::null());
-    // SAFETY: the closure runs in the child between fork and exec, and calls only fcntl, prctl
-    // and getppid, which are async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs in the child between fork and exec, and calls only fcntl, prctl,
+    // signal and getppid, which are async-signal-safe; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             // Both were opened close-on-exec; keep them open for this one child.
@@ -402,6 +408,10 @@ fn start_worker(
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            // An ignored signal stays ignored across exec (a handled one does not).
+            if ignore_hangup && libc::signal(libc::SIGHUP, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(io::Error::last_os_error());
             }
             #[cfg(target_os = "linux")]
             {

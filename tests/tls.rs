@@ -374,6 +374,8 @@ fn a_reload_serves_the_new_certificate_to_new_connections_while_old_ones_keep_wo
         assert_eq!(server_serial(&after), hex_serial(SERVER_SERIAL + 1));
         let stats = tls_stats(&server);
         assert_eq!((stats.reloads, stats.reload_failures), (1, 1));
+        // The expiry metric follows the certificate in use: 2099-01-01.
+        assert_eq!(stats.certificate_not_after, 4_070_908_800);
         drop((old, new, after));
         server.shutdown().expect("shutdown");
     }
@@ -867,4 +869,73 @@ fn chromium_echoes_over_wss_from_a_page_served_over_https() {
     drop(session);
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[test]
+fn prefork_workers_terminate_tls_and_reload_on_the_sighup_their_supervisor_passes_on() {
+    let pki = Pki::new();
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let cli = util::Cli::start(
+        &[
+            "serve",
+            "--model",
+            "prefork",
+            "--processes",
+            "2",
+            "--protocol",
+            "http",
+            "--tls-cert",
+            cert.to_str().expect("path"),
+            "--tls-key",
+            key.to_str().expect("path"),
+        ],
+        None,
+    );
+    // The workers are running, but may still be starting: a SIGHUP passed on before a worker
+    // installed its handler once killed it (SIGHUP's default action); they start with it
+    // ignored now.
+    let workers = util::wait_for_workers(&cli.child, 2);
+    let mut config = (*pki.client_config(None, BOTH)).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
+    let mut old = tls_util::connect(cli.addr, &config);
+    assert_eq!(tls_util::get(&mut old, "/"), (200, "Hello, World!".into()));
+    pki.server_certificate("server", SERVER_SERIAL + 1);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(cli.child.id() as libc::pid_t, libc::SIGHUP) };
+    // Every worker reloads: several new connections in a row (spread over both workers by
+    // the kernel) all see the new certificate.
+    wait_for("every worker to serve the new certificate", || {
+        (0..8).all(|_| {
+            server_serial(&tls_util::connect(cli.addr, &config)) == hex_serial(SERVER_SERIAL + 1)
+        })
+    });
+    assert_eq!(tls_util::get(&mut old, "/").0, 200, "the old connection");
+    assert_eq!(
+        util::children_of(cli.child.id()),
+        workers,
+        "SIGHUP reloaded the workers; it did not replace them"
+    );
+    drop(old);
+    let (status, stderr) = cli.terminate();
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn a_connection_the_server_closes_ends_with_close_notify_on_every_driver() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let server = https(driver, test_config(), pki.settings());
+        let mut client = tls_util::connect(server.local_addr(), &pki.client_config(None, BOTH));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        // rustls reports an end without close_notify as UnexpectedEof: Ok is the clean end.
+        let mut answer = Vec::new();
+        client
+            .read_to_end(&mut answer)
+            .unwrap_or_else(|error| panic!("{driver:?}: {error}"));
+        assert!(answer.ends_with(b"Hello, World!"), "{driver:?}");
+        server.shutdown().expect("shutdown");
+    }
 }
