@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject;
 use rustls::{AlertDescription, HandshakeKind, ProtocolVersion};
 use socketserver::metrics::TlsFailure;
 use socketserver::protocol::http::{HttpLimits, Response, Router};
@@ -309,8 +310,6 @@ fn mtls_refuses_missing_foreign_revoked_and_expired_certificates_with_the_right_
         server.shutdown().expect("shutdown");
     }
 }
-
-use rustls::pki_types::pem::PemObject;
 
 #[test]
 fn optional_client_auth_admits_anonymous_clients_and_still_verifies_presented_certificates() {

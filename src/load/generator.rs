@@ -234,6 +234,13 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
             let Some(client) = clients.get_mut(index) else {
                 continue;
             };
+            // What the connection does once it is open, if this event opens it.
+            let opened = Opened {
+                index,
+                now,
+                sending,
+                upgrade: upgrade.as_deref(),
+            };
             match client.state {
                 State::Connecting
                     if event.is_writable() || event.is_error() || event.is_write_closed() =>
@@ -263,24 +270,12 @@ pub fn run_observed(config: &LoadConfig, mut observe: impl FnMut(Phase)) -> Resu
                     if client.state == State::Handshaking {
                         continue;
                     }
-                    let opened = Opened {
-                        index,
-                        now,
-                        sending,
-                        upgrade: upgrade.as_deref(),
-                    };
                     run.opened(client, opened, &mut connecting, &mut due, &poll);
                 }
                 State::Handshaking => match handshake(client) {
                     Ok(Opening::Blocked) => continue,
                     Ok(Opening::Done) => {
-                        let opened = Opened {
-                            index,
-                            now,
-                            sending,
-                            upgrade: upgrade.as_deref(),
-                        };
-                        run.opened(client, opened, &mut connecting, &mut due, &poll);
+                        run.opened(client, opened, &mut connecting, &mut due, &poll)
                     }
                     Err(reason) => {
                         connecting -= 1;
