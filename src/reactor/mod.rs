@@ -514,12 +514,24 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             let Some(conn) = self.connections.remove(id) else {
                 continue;
             };
-            metrics::sub(&self.core.stats.active, 1);
             match self.core.dialled.remove(&id) {
-                // Accepted: its place under `max_connections` is free again.
-                None => self.core.admission.release(),
-                Some(dial) => self.ended_dialled(dial, conn.protocol),
+                // Accepted: the socket closes here, and then its place under
+                // `max_connections` is free again.
+                None => {
+                    drop(conn);
+                    self.core.admission.release();
+                }
+                Some(dial) => {
+                    let Connection {
+                        stream, protocol, ..
+                    } = conn;
+                    drop(stream);
+                    self.ended_dialled(dial, protocol);
+                }
             }
+            // Counted once the socket is closed (above), so that a reader
+            // of the gauge who sees a connection gone can rely on its peer having the end.
+            metrics::sub(&self.core.stats.active, 1);
         }
         self.core.graveyard = graveyard;
         self.compact_timers();
