@@ -689,6 +689,59 @@ fn a_subscriber_that_stops_reading_costs_bounded_memory_and_then_gets_every_mess
 }
 
 #[test]
+fn a_publisher_that_does_not_read_its_acks_is_closed_with_4008_and_no_ack_goes_missing() {
+    // A small output limit, so the acknowledgements a publisher leaves unread pass it soon.
+    let config = Config {
+        ws_max_backpressure: 16 * 1024,
+        ..test_config()
+    };
+    let served = serve(Driver::Reactor, config, Storage::Memory);
+    let addr = served.addr();
+    let mut publisher = Client::over(util::connect_with_small_window(addr), addr);
+    // About 6 MB of acknowledgements: more than the server's socket buffer holds.
+    let count = 100_000;
+    for n in 0..count {
+        let publish = json!({"type":"publish","topic":"t","data":"x","id":format!("{n}")});
+        let frame = tungstenite::Message::text(publish.to_string());
+        // Once the server has closed, the rest cannot be sent: that is the point.
+        if publisher.socket.send(frame).is_err() {
+            break;
+        }
+    }
+    // Read what came: acknowledgements in order with none missing, then the close.
+    let mut acked = 0;
+    let close = loop {
+        match publisher.socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let ack: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                assert_eq!(ack["type"], "ack", "{ack}");
+                assert_eq!(
+                    ack["id"],
+                    acked.to_string(),
+                    "an acknowledgement went missing"
+                );
+                acked += 1;
+                if acked == count {
+                    break None;
+                }
+            }
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|frame| frame.code),
+            Ok(_) => {}
+            // Closed without the close frame read (reset after the linger): also an end.
+            Err(_) => break None,
+        }
+    };
+    assert!(
+        acked < count,
+        "every acknowledgement fitted: the test proves nothing"
+    );
+    if let Some(code) = close {
+        assert_eq!(u16::from(code), socketserver::pubsub::CLOSE_SLOW_SUBSCRIBER);
+    }
+    served.stop();
+}
+
+#[test]
 fn serve_refuses_pubsub_under_prefork() {
     let (status, _, stderr) = util::run_cli(
         &[

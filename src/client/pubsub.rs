@@ -36,6 +36,13 @@ use crate::protocol::ws::{Message, WebSocket, WebSocketHandler};
 /// most this many plus what one 64 KiB read carries are held.
 pub const MAX_QUEUED_EVENTS: usize = 4096;
 
+/// Publishes a client has sent and not yet seen acknowledged, at most; later ones wait in the
+/// client, in order, and go as acknowledgements come back. It bounds what a client that
+/// publishes faster than it reads makes the server hold for it (its acknowledgements, about
+/// 80 bytes each), well under the server's WebSocket output limit, so a burst of any length
+/// is acknowledged in full instead of overrunning the connection.
+pub const MAX_IN_FLIGHT_PUBLISHES: usize = 1024;
+
 /// Where a subscription stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Start {
@@ -110,14 +117,57 @@ struct Unacked {
 /// What the handler and the blocking API share.
 struct State {
     subscriptions: BTreeMap<String, Start>,
-    /// In the order they were published, so they are sent again in that order.
+    /// In the order they were published, so they are sent (again) in that order: the first
+    /// `on_wire` of them, up to sequence `sent_through`, are on this connection.
     unacked: BTreeMap<u64, Unacked>,
+    /// Publishes sent on this connection and not yet answered: at most
+    /// [`MAX_IN_FLIGHT_PUBLISHES`].
+    on_wire: usize,
+    /// The highest sequence sent on this connection (0: none yet).
+    sent_through: u64,
     /// Publishes answered and not yet collected: the offset, or the refusal.
     outcomes: HashMap<u64, std::result::Result<u64, String>>,
     /// This client's part of every publish id.
     client_id: String,
     next_sequence: u64,
     connected: bool,
+}
+
+impl State {
+    /// A connection opened: nothing of this client's is on it yet.
+    fn new_connection(&mut self) {
+        self.connected = true;
+        self.on_wire = 0;
+        self.sent_through = 0;
+    }
+
+    /// The publish lines that fit in the window now: the next ones not yet sent on this
+    /// connection, in order, until [`MAX_IN_FLIGHT_PUBLISHES`] are on the wire.
+    fn fill_window(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while self.on_wire < MAX_IN_FLIGHT_PUBLISHES {
+            let Some((&sequence, publish)) = self.unacked.range(self.sent_through + 1..).next()
+            else {
+                break;
+            };
+            lines.push(publish_line(&self.client_id, sequence, publish));
+            self.sent_through = sequence;
+            self.on_wire += 1;
+        }
+        lines
+    }
+
+    /// Publish `sequence` was answered: it leaves the unacknowledged, and the window if it
+    /// was on the wire. False if it was not waiting (answered before, or not this client's).
+    fn answered(&mut self, sequence: u64) -> bool {
+        if self.unacked.remove(&sequence).is_none() {
+            return false;
+        }
+        if sequence <= self.sent_through {
+            self.on_wire = self.on_wire.saturating_sub(1);
+        }
+        true
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +200,8 @@ impl Default for PubSubState {
         PubSubState(Arc::new(Mutex::new(State {
             subscriptions: BTreeMap::new(),
             unacked: BTreeMap::new(),
+            on_wire: 0,
+            sent_through: 0,
             outcomes: HashMap::new(),
             client_id: format!("{:016x}", rand::random::<u64>()),
             next_sequence: 1,
@@ -183,10 +235,12 @@ impl PubSubState {
             topic: topic.to_string(),
             data: data.to_string(),
         };
-        if let (Some(ws), true) = (ws, state.connected) {
-            ws.send_text(&publish_line(&state.client_id, sequence, &unacked));
-        }
         state.unacked.insert(sequence, unacked);
+        if let (Some(ws), true) = (ws, state.connected) {
+            for line in state.fill_window() {
+                ws.send_text(&line);
+            }
+        }
         sequence
     }
 
@@ -195,7 +249,8 @@ impl PubSubState {
         lock(&self.0).outcomes.remove(&sequence)
     }
 
-    /// Publishes sent and not yet acknowledged.
+    /// Publishes not yet acknowledged: on the wire, or waiting for room in the window of
+    /// [`MAX_IN_FLIGHT_PUBLISHES`].
     pub fn unacknowledged(&self) -> usize {
         lock(&self.0).unacked.len()
     }
@@ -303,7 +358,9 @@ impl PubSubHandler {
             "ack" => {
                 let sequence = sequence_of(&state.client_id, incoming.id.as_deref()?)?;
                 let offset = incoming.offset?;
-                state.unacked.remove(&sequence)?;
+                if !state.answered(sequence) {
+                    return None;
+                }
                 state.outcomes.insert(sequence, Ok(offset));
                 Some(Event::Acked { sequence, offset })
             }
@@ -325,7 +382,7 @@ impl PubSubHandler {
                     .as_deref()
                     .and_then(|id| sequence_of(&state.client_id, id));
                 if let Some(sequence) = sequence {
-                    state.unacked.remove(&sequence);
+                    state.answered(sequence);
                     state
                         .outcomes
                         .insert(sequence, Err(format!("{code}: {message}")));
@@ -350,16 +407,14 @@ impl WebSocketHandler for PubSubHandler {
     fn on_open(&mut self, ws: &mut WebSocket<'_, '_>) {
         let lines: Vec<String> = {
             let mut state = lock(&self.state.0);
-            state.connected = true;
-            let subscribes = state
+            state.new_connection();
+            let mut lines: Vec<String> = state
                 .subscriptions
                 .iter()
-                .map(|(topic, start)| subscribe_line(topic, start));
-            let publishes = state
-                .unacked
-                .iter()
-                .map(|(sequence, publish)| publish_line(&state.client_id, *sequence, publish));
-            subscribes.chain(publishes).collect()
+                .map(|(topic, start)| subscribe_line(topic, start))
+                .collect();
+            lines.extend(state.fill_window());
+            lines
         };
         for line in &lines {
             ws.send_text(line);
@@ -367,11 +422,17 @@ impl WebSocketHandler for PubSubHandler {
         (self.sink)(Event::Connected);
     }
 
-    fn on_message(&mut self, message: Message<'_>, _ws: &mut WebSocket<'_, '_>) {
+    fn on_message(&mut self, message: Message<'_>, ws: &mut WebSocket<'_, '_>) {
         let Message::Text(text) = message else {
             return;
         };
-        if let Some(event) = self.incoming(text) {
+        let event = self.incoming(text);
+        // An answer made room in the window: the publishes waiting for it go now.
+        let lines = lock(&self.state.0).fill_window();
+        for line in &lines {
+            ws.send_text(line);
+        }
+        if let Some(event) = event {
             (self.sink)(event);
         }
     }
@@ -612,6 +673,42 @@ mod tests {
             handler.incoming(next),
             Some(Event::Message { offset: 10, .. })
         ));
+    }
+
+    #[test]
+    fn at_most_the_window_of_publishes_is_on_the_wire_and_each_answer_lets_the_next_go() {
+        let state = PubSubState::default();
+        let total = MAX_IN_FLIGHT_PUBLISHES as u64 + 500;
+        for n in 1..=total {
+            state.publish("t", &n.to_string(), None);
+        }
+        let mut state = lock(&state.0);
+        let client_id = state.client_id.clone();
+        let id = |line: &str| -> String {
+            let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            value["id"].as_str().expect("an id").to_string()
+        };
+        let first = state.fill_window();
+        assert_eq!(first.len(), MAX_IN_FLIGHT_PUBLISHES);
+        assert_eq!(id(&first[0]), format!("{client_id}-1"));
+        assert!(state.fill_window().is_empty(), "the window is full");
+        // An answer to one not on the wire yet opens nothing.
+        assert!(state.answered(total));
+        assert!(state.fill_window().is_empty());
+        // An answer to one on the wire lets the next in order go.
+        assert!(state.answered(1));
+        assert!(!state.answered(1), "answered once");
+        let next = state.fill_window();
+        let expected = format!("{client_id}-{}", MAX_IN_FLIGHT_PUBLISHES + 1);
+        assert_eq!(
+            next.iter().map(|line| id(line)).collect::<Vec<_>>(),
+            [expected]
+        );
+        // A new connection sends the oldest unanswered first, again up to the window.
+        state.new_connection();
+        let again = state.fill_window();
+        assert_eq!(again.len(), MAX_IN_FLIGHT_PUBLISHES);
+        assert_eq!(id(&again[0]), format!("{client_id}-2"));
     }
 
     #[test]

@@ -115,9 +115,25 @@ pub(crate) enum Envelope {
     Raw,
 }
 
-/// The close code for a subscriber closed for not reading
-/// ([`Config::pubsub_close_slow_subscribers`]).
+/// The close code for a connection closed for not reading: a subscriber under
+/// [`Config::pubsub_close_slow_subscribers`], or any connection whose replies (its
+/// acknowledgements, refusals, subscription starts and gaps) would otherwise be dropped.
 pub const CLOSE_SLOW_SUBSCRIBER: u16 = 4008;
+
+/// Sends a reply the client is owed: an acknowledgement, a refusal, a subscription's start or
+/// end, a gap. A reply is never dropped. A connection whose output is already over the
+/// WebSocket limit is not reading what it asked for, so it is closed with
+/// [`CLOSE_SLOW_SUBSCRIBER`] instead, and its client learns the outcome from the next
+/// connection: it sends its unacknowledged publishes again (their ids make that safe) and
+/// resumes its subscriptions from their offsets.
+fn reply(ws: &mut WebSocket<'_, '_>, line: &str) {
+    if ws.send_text(line) == SendStatus::Dropped {
+        ws.close(
+            CLOSE_SLOW_SUBSCRIBER,
+            "not reading its replies; send again after reconnecting",
+        );
+    }
+}
 
 /// The topic every connection of a broadcast server publishes and subscribes to.
 const BROADCAST_TOPIC: &str = "broadcast";
@@ -283,7 +299,7 @@ impl Client {
         id: Option<&str>,
     ) {
         if self.shared.envelope == Envelope::Json {
-            ws.send_text(&wire::error(code, message, topic, id));
+            reply(ws, &wire::error(code, message, topic, id));
         }
     }
 
@@ -432,7 +448,7 @@ impl Client {
                         who,
                     });
                 }
-                ws.send_text(&wire::unsubscribed(&topic));
+                reply(ws, &wire::unsubscribed(&topic));
             }
             wire::ClientMessage::Publish { topic, data, id } => {
                 let id = id.as_deref();
@@ -535,14 +551,14 @@ impl Client {
         match delivery {
             Delivery::Replies(lines) => {
                 for line in lines {
-                    ws.send_text(line);
+                    reply(ws, line);
                 }
             }
             Delivery::Refused { topic, line } => {
                 self.subscribes_in_flight = self.subscribes_in_flight.saturating_sub(1);
                 self.subscriptions.retain(|s| s.topic != *topic);
                 if self.shared.envelope == Envelope::Json {
-                    ws.send_text(line);
+                    reply(ws, line);
                 }
             }
             Delivery::Subscribed {
@@ -561,9 +577,10 @@ impl Client {
                 subscription.next = *next;
                 subscription.fetching = next <= last;
                 if self.shared.envelope == Envelope::Json {
-                    ws.send_text(&wire::subscribed(
-                        topic, *epoch, *last, *recovered, *earliest,
-                    ));
+                    reply(
+                        ws,
+                        &wire::subscribed(topic, *epoch, *last, *recovered, *earliest),
+                    );
                 }
             }
             Delivery::Live { topic, messages } => self.on_live(topic, messages, ws),
@@ -581,7 +598,7 @@ impl Client {
                 if let Some((from, to)) = *gap {
                     if subscription.next <= to {
                         if self.shared.envelope == Envelope::Json {
-                            ws.send_text(&wire::gap(topic, subscription.next.max(from), to));
+                            reply(ws, &wire::gap(topic, subscription.next.max(from), to));
                         } else {
                             // A broadcast member has no protocol to be told of a gap in: it
                             // is closed, as a subscriber that fell too far behind.
