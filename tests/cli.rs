@@ -258,3 +258,89 @@ fn sigterm_right_after_another_loop_answers_still_shuts_down_gracefully() {
         }
     }
 }
+
+/// The body of one `GET /metrics` from `addr`.
+fn metrics_body(addr: std::net::SocketAddr) -> String {
+    let mut scraper = connect(addr);
+    scraper
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let answer =
+        String::from_utf8(read_to_end(&mut scraper).expect("the whole answer")).expect("utf-8");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    body.to_string()
+}
+
+/// The value of the sample named exactly `name` (no labels).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn metrics_carry_the_process_figures_under_their_standard_names() {
+    let server = Cli::start(&["serve", "--protocol", "pubsub", "--memory"], Some(512));
+    let before = metrics_body(server.addr);
+    assert_eq!(sample(&before, "process_max_fds"), 512.0, "the limit set");
+    let open = sample(&before, "process_open_fds");
+    assert!((3.0..512.0).contains(&open), "{open} open");
+    assert!(sample(&before, "process_resident_memory_bytes") > 1024.0 * 1024.0);
+    assert!(
+        sample(&before, "process_virtual_memory_bytes")
+            >= sample(&before, "process_resident_memory_bytes")
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    let started = sample(&before, "process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "started at {started}, now {now}"
+    );
+    // Twenty more connections are twenty more descriptors in the server.
+    let held: Vec<_> = (0..20).map(|_| connect(server.addr)).collect();
+    wait_for("the connections counted as descriptors", || {
+        sample(&metrics_body(server.addr), "process_open_fds") >= open + 20.0
+    });
+    let cpu = sample(&metrics_body(server.addr), "process_cpu_seconds_total");
+    assert!((0.0..600.0).contains(&cpu), "{cpu} CPU seconds");
+    drop(held);
+}
+
+#[test]
+#[ignore = "needs promtool (Debian package prometheus)"]
+fn promtool_accepts_the_metrics_of_every_protocol() {
+    for protocol in ["http", "pubsub"] {
+        let mut args = vec!["serve", "--protocol", protocol];
+        if protocol == "pubsub" {
+            args.push("--memory");
+        }
+        let server = Cli::start(&args, None);
+        let body = metrics_body(server.addr);
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        check
+            .stdin
+            .take()
+            .expect("its input")
+            .write_all(body.as_bytes())
+            .expect("the metrics written");
+        let output = check.wait_with_output().expect("promtool ends");
+        assert!(
+            output.status.success(),
+            "{protocol}: promtool says {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

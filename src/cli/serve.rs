@@ -470,6 +470,7 @@ fn serve_pubsub(
             .get("/metrics", move |_| {
                 let mut text = socketserver::metrics::prometheus(&handle.stats());
                 text.push_str(&stats.prometheus());
+                text.push_str(&socketserver::metrics::process_metrics());
                 Response::new(200)
                     .content_type("text/plain; version=0.0.4")
                     .body(text.into_bytes())

@@ -307,12 +307,15 @@ impl Response {
             .body(text_bytes(json.into()))
     }
 
-    /// The server's counters in Prometheus text format (version 0.0.4), as `/metrics` serves
-    /// them; see [`crate::metrics::prometheus`].
+    /// The server's counters in Prometheus text format (version 0.0.4), then the process's
+    /// own, as `/metrics` serves them; see [`crate::metrics::prometheus`] and
+    /// [`crate::metrics::process_metrics`].
     pub fn metrics(stats: &crate::StatsSnapshot) -> Response {
+        let mut text = crate::metrics::prometheus(stats);
+        text.push_str(&crate::metrics::process_metrics());
         Response::new(200)
             .content_type("text/plain; version=0.0.4")
-            .body(crate::metrics::prometheus(stats).into_bytes())
+            .body(text.into_bytes())
     }
 
     /// Sets the `Content-Type`.
