@@ -427,10 +427,22 @@ impl WebSocketHandler for PubSubHandler {
             return;
         };
         let event = self.incoming(text);
-        // An answer made room in the window: the publishes waiting for it go now.
-        let lines = lock(&self.state.0).fill_window();
-        for line in &lines {
-            ws.send_text(line);
+        // An answer to a publish made room in the window: the publishes waiting for it go
+        // now. Other messages (the stream of a subscription) leave the window as it was.
+        if matches!(
+            event,
+            Some(
+                Event::Acked { .. }
+                    | Event::Refused {
+                        sequence: Some(_),
+                        ..
+                    }
+            )
+        ) {
+            let lines = lock(&self.state.0).fill_window();
+            for line in &lines {
+                ws.send_text(line);
+            }
         }
         if let Some(event) = event {
             (self.sink)(event);
