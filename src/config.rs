@@ -214,6 +214,16 @@ pub struct Config {
     /// from its offset when it reconnects) instead of switched to catching up from the log at
     /// its own pace, the default. Default false.
     pub pubsub_close_slow_subscribers: bool,
+    /// Under a Redis backplane, how long one round trip to Redis (or a connection attempt) may
+    /// take before that server counts as down: its publishes are then answered
+    /// `backplane_unavailable` at once and it is tried again with backoff. Default 1 s; range
+    /// 10 ms..=60 s.
+    pub backplane_timeout: Duration,
+    /// On SIGTERM (or [`ServerHandle::drain`](crate::ServerHandle::drain)), how long the server
+    /// goes on serving everything while `/readyz` answers 503, so a load balancer's health
+    /// checks take it out of rotation before it stops accepting. Default 0 (stop accepting at
+    /// once); range 0..=1 h.
+    pub drain_delay: Duration,
 }
 
 impl Default for Config {
@@ -277,6 +287,8 @@ impl Default for Config {
             pubsub_fetch_bytes: 256 * 1024,
             pubsub_delivery_delay: Duration::ZERO,
             pubsub_close_slow_subscribers: false,
+            backplane_timeout: Duration::from_secs(1),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -405,6 +417,13 @@ impl Config {
         )?;
         check(self.linger_timeout <= Duration::from_secs(60), || {
             "linger_timeout is over 60s".into()
+        })?;
+        check(
+            (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.backplane_timeout),
+            || "backplane_timeout is not within 10 ms..=60 s".into(),
+        )?;
+        check(self.drain_delay <= Duration::from_secs(3600), || {
+            "drain_delay is over 1h".into()
         })?;
         check(self.shutdown_timeout <= Duration::from_secs(3600), || {
             "shutdown_timeout is over 1h".into()

@@ -18,6 +18,7 @@ use socketserver::protocol::ws::WebSocketOptions;
 use socketserver::protocol::Http;
 use socketserver::pubsub::{FsyncPolicy, PubSub, Storage};
 use socketserver::{Config, RunningServer};
+use util::pubsub::Client;
 use util::{connect, test_config, wait_for, Cli, Driver, TIMEOUT};
 
 /// A pub/sub server on `driver` and its service.
@@ -91,93 +92,6 @@ fn disk(dir: &Path) -> Storage {
     Storage::Disk {
         dir: dir.to_path_buf(),
         fsync: FsyncPolicy::Always,
-    }
-}
-
-/// A pub/sub client: JSON in, JSON out, every read bounded by [`TIMEOUT`].
-struct Client {
-    socket: tungstenite::WebSocket<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        Client::over(connect(addr), addr)
-    }
-
-    fn over(stream: TcpStream, addr: SocketAddr) -> Client {
-        Client::over_path(stream, addr, "/")
-    }
-
-    fn over_path(stream: TcpStream, addr: SocketAddr, path: &str) -> Client {
-        let (socket, _) =
-            tungstenite::client(format!("ws://{addr}{path}"), stream).expect("the handshake");
-        Client { socket }
-    }
-
-    fn send(&mut self, message: Value) {
-        self.send_text(&message.to_string());
-    }
-
-    fn send_text(&mut self, text: &str) {
-        self.socket
-            .send(tungstenite::Message::text(text))
-            .expect("send");
-    }
-
-    /// The next JSON message from the server.
-    fn next(&mut self) -> Value {
-        loop {
-            match self.socket.read().expect("a message from the server") {
-                tungstenite::Message::Text(text) => {
-                    return serde_json::from_str(text.as_str()).expect("JSON from the server")
-                }
-                tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    /// The next message, which must be of `kind`.
-    fn expect(&mut self, kind: &str) -> Value {
-        let message = self.next();
-        assert_eq!(message["type"], kind, "{message}");
-        message
-    }
-
-    fn subscribe(&mut self, topic: &str, from: Option<Value>) -> Value {
-        let mut message = json!({"type": "subscribe", "topic": topic});
-        if let Some(from) = from {
-            message["from"] = from;
-        }
-        self.send(message);
-        self.expect("subscribed")
-    }
-
-    /// Publishes and waits for the ack; returns the offset.
-    fn publish(&mut self, topic: &str, data: &str, id: Option<&str>) -> u64 {
-        let mut message = json!({"type": "publish", "topic": topic, "data": data});
-        if let Some(id) = id {
-            message["id"] = json!(id);
-        }
-        self.send(message);
-        let ack = self.expect("ack");
-        if let Some(id) = id {
-            assert_eq!(ack["id"], id);
-        }
-        ack["offset"].as_u64().expect("an offset")
-    }
-
-    /// Reads `count` messages of `topic`: (offset, data) each.
-    fn messages(&mut self, count: usize) -> Vec<(u64, String)> {
-        (0..count)
-            .map(|_| {
-                let message = self.expect("message");
-                (
-                    message["offset"].as_u64().expect("offset"),
-                    message["data"].as_str().expect("data").to_string(),
-                )
-            })
-            .collect()
     }
 }
 
@@ -758,7 +672,7 @@ fn serve_refuses_pubsub_under_prefork() {
     );
     assert!(!status.success());
     assert!(
-        stderr.contains("pub/sub does not run under --model prefork"),
+        stderr.contains("under --model prefork only with a --backplane"),
         "{stderr}"
     );
 }

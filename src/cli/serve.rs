@@ -146,6 +146,19 @@ pub(crate) struct ServeArgs {
     /// pubsub: keep a bounded history per topic in memory instead of a log on disk.
     #[arg(long)]
     memory: bool,
+    /// pubsub: keep the topics in Redis, shared with every node given the same list
+    /// (redis://HOST:PORT,...; topics are spread over them by jump hash), so a subscriber
+    /// resumes on any node. Each topic's stream keeps --memory-messages messages.
+    #[arg(long, value_name = "URLS", conflicts_with = "memory")]
+    backplane: Option<String>,
+    /// pubsub --backplane: one Redis round trip may take this many milliseconds before its
+    /// server counts as down (its publishes are then refused at once until it is back).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    backplane_timeout_ms: u64,
+    /// pubsub: messages each topic keeps in memory (--memory) or in its Redis stream
+    /// (--backplane).
+    #[arg(long, default_value_t = Config::default().pubsub_memory_messages)]
+    memory_messages: usize,
     /// pubsub: delete a topic's oldest segments past this many bytes.
     #[arg(long, default_value_t = Config::default().pubsub_retention_bytes)]
     retention_bytes: u64,
@@ -220,6 +233,8 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
             .map_or(Config::default().pool_threads, |n| n as usize),
         reuse_port: matches!(args.model, ModelName::Reactors),
         pubsub_delivery_delay: Duration::from_millis(args.delivery_delay_ms),
+        pubsub_memory_messages: args.memory_messages,
+        backplane_timeout: Duration::from_millis(args.backplane_timeout_ms),
         pubsub_retention_bytes: args.retention_bytes,
         pubsub_retention: Duration::from_secs(args.retention_secs),
         pubsub_segment_bytes: args.segment_bytes,
@@ -233,11 +248,16 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
     }
     let fans_out = matches!(args.protocol, ProtocolName::Pubsub)
         || (matches!(args.protocol, ProtocolName::Ws) && args.broadcast);
-    if fans_out && matches!(args.model, ModelName::Prefork) {
+    if fans_out && matches!(args.model, ModelName::Prefork) && args.backplane.is_none() {
         return Err(Error::Config(
-            "pub/sub does not run under --model prefork: its processes would share no topics \
-             (that takes a backplane); use --model reactors for several cores"
+            "pub/sub runs under --model prefork only with a --backplane: without one its \
+             processes would share no topics; use --model reactors for several cores"
                 .into(),
+        ));
+    }
+    if args.backplane.is_some() && !matches!(args.protocol, ProtocolName::Pubsub) {
+        return Err(Error::Config(
+            "--backplane goes with --protocol pubsub".into(),
         ));
     }
     if args.broadcast && !matches!(args.protocol, ProtocolName::Ws) {
@@ -434,7 +454,12 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
             if args.deflate {
                 options = options.with_deflate(DeflateOptions::default());
             }
-            let storage = if args.memory {
+            let storage = if let Some(list) = &args.backplane {
+                Storage::Redis {
+                    servers: socketserver::pubsub::backplane::parse_urls(list)
+                        .map_err(|why| Error::Config(format!("--backplane: {why}")))?,
+                }
+            } else if args.memory {
                 Storage::Memory
             } else {
                 Storage::Disk {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::backplane::{Backplane, Failure, Heard, Outgoing};
 use super::log::{DiskLog, LogLimits, MemoryLog, Record, Recovery};
 use super::wire;
 use super::{Envelope, FsyncPolicy, Storage};
@@ -136,12 +137,30 @@ pub(crate) enum Delivery {
     Refused { topic: Arc<str>, line: String },
     /// Answers for one connection (acks, errors), in order, as JSON text.
     Replies(Vec<String>),
+    /// Close the connection with this WebSocket code: its subscription cannot go on here
+    /// (its client resumes from its offset, and is told what it missed).
+    Close { code: u16, reason: &'static str },
 }
+
+/// The close code for subscribers of a topic whose log was reset (a Redis server that lost
+/// it): 1012, service restart.
+const CLOSE_RESET: u16 = 1012;
+/// The close code for a subscriber whose history cannot be read now: 1013, try again later.
+const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// A topic's storage.
 enum Store {
     Disk(DiskLog),
     Memory(MemoryLog),
+    /// In Redis, through the backplane: what this node knows of it.
+    Remote {
+        shard: usize,
+        epoch: u64,
+        /// The oldest offset Redis held when last asked.
+        first: u64,
+        /// This node listens to the topic's channel (it has subscribers here).
+        listening: bool,
+    },
 }
 
 impl Store {
@@ -149,6 +168,7 @@ impl Store {
         match self {
             Store::Disk(log) => log.epoch(),
             Store::Memory(log) => log.epoch(),
+            Store::Remote { epoch, .. } => *epoch,
         }
     }
 
@@ -156,6 +176,8 @@ impl Store {
         match self {
             Store::Disk(log) => log.last_offset(),
             Store::Memory(log) => log.last_offset(),
+            // Offsets are given out by Redis; nothing is appended here.
+            Store::Remote { .. } => 0,
         }
     }
 
@@ -163,6 +185,7 @@ impl Store {
         match self {
             Store::Disk(log) => log.first_offset(),
             Store::Memory(log) => log.first_offset(),
+            Store::Remote { first, .. } => *first,
         }
     }
 
@@ -170,6 +193,7 @@ impl Store {
         match self {
             Store::Disk(log) => log.bytes(),
             Store::Memory(log) => log.bytes(),
+            Store::Remote { .. } => 0,
         }
     }
 }
@@ -222,6 +246,15 @@ pub struct PubSubStats {
     pub(crate) resumes_recovered: AtomicU64,
     pub(crate) resumes_lost: AtomicU64,
     pub(crate) storage_errors: AtomicU64,
+    pub(crate) backplane_shards: AtomicU64,
+    pub(crate) backplane_shards_down: AtomicU64,
+    pub(crate) backplane_connects: AtomicU64,
+    pub(crate) backplane_listener_connects: AtomicU64,
+    pub(crate) backplane_errors: AtomicU64,
+    pub(crate) backplane_publishes: AtomicU64,
+    pub(crate) backplane_received: AtomicU64,
+    pub(crate) backplane_reads: AtomicU64,
+    pub(crate) backplane_roundtrip: Histogram,
 }
 
 impl PubSubStats {
@@ -254,6 +287,12 @@ impl PubSubStats {
     /// fsync calls made.
     pub fn fsyncs(&self) -> u64 {
         Self::get(&self.fsyncs)
+    }
+
+    /// False while a Redis server of the backplane cannot be reached (always true without a
+    /// backplane): what `/readyz` reports.
+    pub fn backplane_ready(&self) -> bool {
+        Self::get(&self.backplane_shards_down) == 0
     }
 
     /// The counters in Prometheus text format, names prefixed `socketserver_pubsub_`.
@@ -344,6 +383,54 @@ impl PubSubStats {
             "Log writes or syncs that failed.",
             &[("", &self.storage_errors)],
         );
+        metric(
+            "backplane_servers",
+            "gauge",
+            "Redis servers of the backplane (0 without one), and those down now.",
+            &[
+                ("{state=\"configured\"}", &self.backplane_shards),
+                ("{state=\"down\"}", &self.backplane_shards_down),
+            ],
+        );
+        metric(
+            "backplane_connects_total",
+            "counter",
+            "Connections made to the backplane's Redis servers, by use.",
+            &[
+                ("{use=\"commands\"}", &self.backplane_connects),
+                ("{use=\"listener\"}", &self.backplane_listener_connects),
+            ],
+        );
+        metric(
+            "backplane_errors_total",
+            "counter",
+            "Backplane calls that failed (the connection is made again if it was lost).",
+            &[("", &self.backplane_errors)],
+        );
+        metric(
+            "backplane_publishes_total",
+            "counter",
+            "Publishes sent to Redis.",
+            &[("", &self.backplane_publishes)],
+        );
+        metric(
+            "backplane_received_total",
+            "counter",
+            "Messages heard on the topics' Redis channels.",
+            &[("", &self.backplane_received)],
+        );
+        metric(
+            "backplane_reads_total",
+            "counter",
+            "Reads of a topic's Redis stream (history, and filling what a channel missed).",
+            &[("", &self.backplane_reads)],
+        );
+        metrics::histogram(
+            &mut out,
+            "pubsub_backplane_roundtrip_seconds",
+            "Time one round trip to Redis took (a pass's pipeline of publishes counts once).",
+            &self.backplane_roundtrip.snapshot(),
+        );
         metrics::histogram(
             &mut out,
             "pubsub_fsync_duration_seconds",
@@ -365,6 +452,7 @@ pub(crate) struct HubLimits {
     pub(crate) memory_bytes: usize,
     pub(crate) fetch_bytes: usize,
     pub(crate) delivery_delay: Duration,
+    pub(crate) backplane_timeout: Duration,
 }
 
 impl HubLimits {
@@ -384,6 +472,7 @@ impl HubLimits {
             memory_bytes: config.pubsub_memory_bytes,
             fetch_bytes: config.pubsub_fetch_bytes,
             delivery_delay: config.pubsub_delivery_delay,
+            backplane_timeout: config.backplane_timeout,
         }
     }
 }
@@ -416,6 +505,21 @@ pub(crate) struct Hub {
     recoveries: Vec<(Arc<str>, Recovery)>,
     /// Topics holding messages back for the delivery delay, oldest first.
     holding: VecDeque<Arc<str>>,
+    /// The Redis servers, under [`Storage::Redis`].
+    backplane: Option<Backplane>,
+    /// This pass's publishes to Redis topics, in order.
+    outgoing: Vec<Pending>,
+}
+
+/// A publish to a Redis topic, waiting for its pass's pipeline.
+struct Pending {
+    topic: Arc<str>,
+    shard: usize,
+    data: Box<[u8]>,
+    binary: bool,
+    id: Option<Box<str>>,
+    who: Option<Address>,
+    timestamp_ms: u64,
 }
 
 /// What [`start`] hands back: the two channels' senders, the thread, what recovery did.
@@ -444,6 +548,26 @@ pub(crate) fn start(
 ) -> std::io::Result<Started> {
     let (publishes, publish_queue) = crossbeam_channel::bounded(queue);
     let (control, control_queue) = crossbeam_channel::unbounded();
+    // What the listeners hear: bounded, so a hub that falls behind slows them down (and
+    // Redis' output limit for subscribers cuts one that falls too far; it then reconnects and
+    // the hub fills from the stream) instead of queueing without bound here.
+    let (heard_sender, heard_queue) = crossbeam_channel::bounded(queue);
+    let backplane = match &storage {
+        Storage::Redis { servers } => {
+            let mut backplane = Backplane::start(
+                servers,
+                limits.backplane_timeout,
+                limits.memory_messages,
+                limits.dedupe_window,
+                stats.clone(),
+                &heard_sender,
+            )?;
+            backplane.reconnect_due();
+            Some(backplane)
+        }
+        _ => None,
+    };
+    drop(heard_sender);
     let mut hub = Hub {
         storage,
         envelope,
@@ -458,12 +582,21 @@ pub(crate) fn start(
         last_retention: Instant::now(),
         recoveries: Vec::new(),
         holding: VecDeque::new(),
+        backplane,
+        outgoing: Vec::new(),
     };
     hub.open_existing_topics()?;
     let recoveries = std::mem::take(&mut hub.recoveries);
     let thread = std::thread::Builder::new()
         .name("socketserver-pubsub".into())
-        .spawn(move || hub.run(&control_queue, &publish_queue))?;
+        .spawn(move || {
+            hub.run(&control_queue, &publish_queue, &heard_queue);
+            // The listeners may be waiting to hand something over: stop taking first.
+            drop(heard_queue);
+            if let Some(mut backplane) = hub.backplane.take() {
+                backplane.stop();
+            }
+        })?;
     Ok(Started {
         publishes,
         control,
@@ -501,12 +634,18 @@ impl Hub {
         Ok(())
     }
 
-    fn run(&mut self, control: &Receiver<Command>, publishes: &Receiver<Command>) {
+    fn run(
+        &mut self,
+        control: &Receiver<Command>,
+        publishes: &Receiver<Command>,
+        heard: &Receiver<Heard>,
+    ) {
         let mut pass = Vec::with_capacity(1024);
         let mut stopping = false;
         while !stopping {
             let wait = self.next_wait();
             crossbeam_channel::select! {
+                recv(heard) -> news => if let Ok(news) = news { self.hear(news) },
                 recv(control) -> command => match command {
                     Ok(command) => pass.push(command),
                     Err(_) => stopping = true,
@@ -530,13 +669,21 @@ impl Hub {
                     Err(_) => break,
                 }
             }
+            for _ in 0..PASS_COMMANDS {
+                match heard.try_recv() {
+                    Ok(news) => self.hear(news),
+                    Err(_) => break,
+                }
+            }
             for command in pass.drain(..) {
                 match command {
                     Command::Stop => stopping = true,
                     command => self.handle(command),
                 }
             }
+            self.send_to_redis();
             self.commit();
+            self.reconnect_backplane();
             self.release_held(stopping);
             self.tick();
         }
@@ -569,6 +716,9 @@ impl Hub {
     /// retention.
     fn next_wait(&self) -> Duration {
         let mut wait = RETENTION_EVERY.saturating_sub(self.last_retention.elapsed());
+        if let Some(at) = self.backplane.as_ref().and_then(Backplane::next_retry) {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         if let Some(since) = self
             .holding
             .front()
@@ -666,6 +816,7 @@ impl Hub {
                 u64::try_from(self.limits.dedupe_window.as_millis()).unwrap_or(u64::MAX),
             );
             let mut recent = Vec::new();
+            let mut remote_last = None;
             let store = match &self.storage {
                 Storage::Disk { dir, .. } => {
                     let path: PathBuf = dir.join("topics").join(&**name);
@@ -703,11 +854,25 @@ impl Hub {
                     self.limits.memory_messages,
                     self.limits.memory_bytes,
                 )),
+                Storage::Redis { .. } => {
+                    let Some(backplane) = self.backplane.as_mut() else {
+                        return Err(("storage", "the backplane is not running".into()));
+                    };
+                    let shard = backplane.shard_of(name);
+                    let meta = backplane.meta(shard, name).map_err(refusal)?;
+                    remote_last = Some(meta.last);
+                    Store::Remote {
+                        shard,
+                        epoch: meta.epoch,
+                        first: meta.first,
+                        listening: false,
+                    }
+                }
             };
             for (id, offset, at_ms) in recent {
                 self.remember(name, id, offset, at_ms);
             }
-            let durable = store.last_offset();
+            let durable = remote_last.unwrap_or_else(|| store.last_offset());
             metrics::shared_add(&self.stats.topics, 1);
             self.topics.insert(
                 name.clone(),
@@ -735,7 +900,9 @@ impl Hub {
             Command::Subscribe { topic, from, who } => self.subscribe(topic, from, who),
             Command::Unsubscribe { topic, who } => self.unsubscribe(&topic, &who),
             Command::Fetch { topic, from, who } => {
-                if let Some(found) = self.topics.get(&topic) {
+                if let Some(delivery) = self.read_remote_history(&topic, from) {
+                    who.send(delivery);
+                } else if let Some(found) = self.topics.get(&topic) {
                     let delivery = read_history(
                         found,
                         from,
@@ -768,15 +935,26 @@ impl Hub {
         let stats = self.stats.clone();
         let fetch_bytes = self.limits.fetch_bytes;
         let envelope = self.envelope;
-        let topic = match self.topic(&name) {
-            Ok(topic) => topic,
-            Err((code, message)) => {
-                who.send(Delivery::Refused {
-                    topic: name.clone(),
-                    line: wire::error(code, &message, Some(&name), None),
-                });
-                return;
+        let refuse = |who: &Address, (code, message): (&str, String)| {
+            who.send(Delivery::Refused {
+                topic: name.clone(),
+                line: wire::error(code, &message, Some(&name), None),
+            });
+        };
+        let created = !self.topics.contains_key(&name);
+        if let Err(refused) = self.topic(&name) {
+            return refuse(&who, refused);
+        }
+        // A Redis topic this node does not listen to yet may have moved on since it was last
+        // asked: its state is read again before the subscription begins.
+        if !created && self.remote_listening(&name) == Some(false) {
+            if let Err(refused) = self.refresh(&name) {
+                return refuse(&who, refused);
             }
+        }
+        let remote = self.remote_listening(&name).is_some();
+        let Some(topic) = self.topics.get_mut(&name) else {
+            return;
         };
         let epoch = topic.store.epoch();
         let earliest = topic.store.first_offset();
@@ -810,8 +988,23 @@ impl Hub {
             recovered,
             next,
         });
-        if next <= last {
+        if let Store::Remote {
+            shard, listening, ..
+        } = &mut topic.store
+        {
+            if !*listening {
+                *listening = true;
+                if let Some(backplane) = &self.backplane {
+                    backplane.listen(*shard, &name);
+                }
+            }
+        }
+        if next <= last && !remote {
             who.send(read_history(topic, next, fetch_bytes, envelope, &stats));
+        } else if next <= last {
+            if let Some(history) = self.read_remote_history(&name, next) {
+                who.send(history);
+            }
         }
         if added {
             metrics::shared_add(&stats.subscriptions, 1);
@@ -845,6 +1038,19 @@ impl Hub {
         topic
             .loops
             .retain(|subscribers| !subscribers.conns.is_empty());
+        if topic.loops.is_empty() {
+            if let Store::Remote {
+                shard, listening, ..
+            } = &mut topic.store
+            {
+                if *listening {
+                    *listening = false;
+                    if let Some(backplane) = &self.backplane {
+                        backplane.unlisten(*shard, name);
+                    }
+                }
+            }
+        }
     }
 
     fn publish(
@@ -870,6 +1076,9 @@ impl Hub {
                 )]));
             }
         };
+        if self.backplane.is_some() {
+            return self.publish_remote(name, data, binary, id, who);
+        }
         if let Some(id) = &id {
             if let Some(&offset) = self.seen.get(&(name.clone(), id.clone())) {
                 // A repeat: acknowledged with the first one's offset once that is durable.
@@ -922,6 +1131,8 @@ impl Hub {
         let offset = match &mut topic.store {
             Store::Disk(log) => log.append(record),
             Store::Memory(log) => log.append(record),
+            // Redis topics take `publish_remote`: the hub appends nothing of theirs.
+            Store::Remote { .. } => return,
         };
         metrics::shared_add(&stats.frames_prepared, 1);
         topic.pending.push(Published { offset, frame });
@@ -938,12 +1149,329 @@ impl Hub {
         }
     }
 
+    /// For a Redis topic, whether this node listens to its channel; `None` for a topic stored
+    /// here (or not open).
+    fn remote_listening(&self, name: &Arc<str>) -> Option<bool> {
+        match self.topics.get(name)?.store {
+            Store::Remote { listening, .. } => Some(listening),
+            _ => None,
+        }
+    }
+
+    /// Reads a Redis topic's state again: a new epoch resets it, and what was stored since this
+    /// node last heard is read from the stream and handed to its subscribers in order.
+    fn refresh(&mut self, name: &Arc<str>) -> Result<(), (&'static str, String)> {
+        let Some(Topic {
+            store: Store::Remote { shard, .. },
+            ..
+        }) = self.topics.get(name)
+        else {
+            return Ok(());
+        };
+        let shard = *shard;
+        let Some(backplane) = self.backplane.as_mut() else {
+            return Ok(());
+        };
+        let meta = backplane.meta(shard, name).map_err(refusal)?;
+        let Some(topic) = self.topics.get_mut(name) else {
+            return Ok(());
+        };
+        if let Store::Remote { epoch, first, .. } = &mut topic.store {
+            *first = meta.first;
+            if *epoch != meta.epoch {
+                *epoch = meta.epoch;
+                reset(topic, meta.last);
+                return Ok(());
+            }
+        }
+        if meta.last > topic.durable {
+            self.fill(name, meta.last);
+        }
+        Ok(())
+    }
+
+    /// Reads a Redis topic's messages after what was handed on up to `to`, and queues them
+    /// for its subscribers in order; false if Redis could not be read (they stay unread until
+    /// the next message or reconnection brings this node back here).
+    fn fill(&mut self, name: &Arc<str>, to: u64) -> bool {
+        let Some(topic) = self.topics.get(name) else {
+            return false;
+        };
+        let (Store::Remote { shard, epoch, .. }, from) = (&topic.store, topic.durable + 1) else {
+            return false;
+        };
+        let (shard, epoch) = (*shard, *epoch);
+        let Some(backplane) = self.backplane.as_mut() else {
+            return false;
+        };
+        let mut records = Vec::new();
+        let mut start = from;
+        while start <= to {
+            match backplane.read(shard, name, start, to, self.limits.fetch_bytes) {
+                Ok(read) if read.is_empty() => break,
+                Ok(read) => {
+                    start = read.last().map_or(to + 1, |record| record.offset + 1);
+                    records.extend(read);
+                }
+                Err(_) => return false,
+            }
+        }
+        let envelope = self.envelope;
+        let Some(topic) = self.topics.get_mut(name) else {
+            return false;
+        };
+        for record in records {
+            let frame = prepare(
+                envelope,
+                name,
+                epoch,
+                record.offset,
+                &record.data,
+                record.binary,
+            );
+            topic.pending.push(Published {
+                offset: record.offset,
+                frame,
+            });
+        }
+        // Offsets Redis no longer held are passed over: a subscriber that needed them is told
+        // of the gap when it asks for them.
+        topic.durable = to;
+        if !self.touched.contains(name) {
+            self.touched.push(name.clone());
+        }
+        true
+    }
+
+    /// A subscriber's history from a Redis topic's stream; `None` if it is not one. A read
+    /// that fails closes the subscriber with 1013 (it resumes from its offset later) rather
+    /// than tell it of a gap that is not there.
+    fn read_remote_history(&mut self, name: &Arc<str>, from: u64) -> Option<Delivery> {
+        let topic = self.topics.get(name)?;
+        let Store::Remote { shard, epoch, .. } = topic.store else {
+            return None;
+        };
+        let durable = topic.durable;
+        let backplane = self.backplane.as_mut()?;
+        metrics::shared_add(&self.stats.history_reads, 1);
+        let records = match backplane.read(shard, name, from, durable, self.limits.fetch_bytes) {
+            Ok(records) => records,
+            Err(_) => {
+                return Some(Delivery::Close {
+                    code: CLOSE_TRY_AGAIN,
+                    reason: "the topic's history cannot be read now; resume later",
+                })
+            }
+        };
+        let held_from = records.first().map_or(durable + 1, |record| record.offset);
+        let gap = (from < held_from).then(|| (from, held_from - 1));
+        let reached = records.last().map_or(from.saturating_sub(1), |r| r.offset);
+        let envelope = self.envelope;
+        let messages: Vec<Published> = records
+            .into_iter()
+            .map(|record| Published {
+                offset: record.offset,
+                frame: prepare(
+                    envelope,
+                    name,
+                    epoch,
+                    record.offset,
+                    &record.data,
+                    record.binary,
+                ),
+            })
+            .collect();
+        Some(Delivery::History {
+            topic: name.clone(),
+            more: reached < durable && !messages.is_empty(),
+            messages,
+            gap,
+        })
+    }
+
+    /// Queues a publish for Redis, or refuses it at once if its server is down.
+    fn publish_remote(
+        &mut self,
+        name: Arc<str>,
+        data: Box<[u8]>,
+        binary: bool,
+        id: Option<Box<str>>,
+        who: Option<Address>,
+    ) {
+        let refuse =
+            |stats: &PubSubStats, who: &Option<Address>, (code, message): (&str, String)| {
+                metrics::shared_add(&stats.refused, 1);
+                if let Some(who) = who {
+                    who.send(Delivery::Replies(vec![wire::error(
+                        code,
+                        &message,
+                        Some(&name),
+                        id.as_deref(),
+                    )]));
+                }
+            };
+        let shard = match self.topic(&name) {
+            Ok(Topic {
+                store: Store::Remote { shard, .. },
+                ..
+            }) => *shard,
+            Ok(_) => return,
+            Err(refused) => return refuse(&self.stats, &who, refused),
+        };
+        if !self.backplane.as_ref().is_some_and(|b| b.is_up(shard)) {
+            return refuse(&self.stats, &who, refusal(Failure::Unavailable));
+        }
+        self.outgoing.push(Pending {
+            topic: name.clone(),
+            shard,
+            data,
+            binary,
+            id,
+            who,
+            timestamp_ms: now_ms(),
+        });
+    }
+
+    /// Sends this pass's publishes to Redis, one pipeline per server, and answers their
+    /// publishers: acknowledged once Redis has them, an error if it could not be reached
+    /// (their ids make sending them again safe). Delivery comes back through the channels.
+    fn send_to_redis(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let Some(backplane) = self.backplane.as_mut() else {
+            return;
+        };
+        let outgoing = std::mem::take(&mut self.outgoing);
+        let mut replies: HashMap<(u64, ConnId), (Address, Vec<String>)> = HashMap::new();
+        let mut shards: Vec<usize> = outgoing.iter().map(|pending| pending.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            let batch: Vec<&Pending> = outgoing.iter().filter(|p| p.shard == shard).collect();
+            let publishes: Vec<Outgoing<'_>> = batch
+                .iter()
+                .map(|pending| Outgoing {
+                    topic: &pending.topic,
+                    data: &pending.data,
+                    binary: pending.binary,
+                    id: pending.id.as_deref(),
+                    timestamp_ms: pending.timestamp_ms,
+                })
+                .collect();
+            let outcome = backplane.publish(shard, &publishes);
+            for (at, pending) in batch.iter().enumerate() {
+                let line = match &outcome {
+                    Ok(stored) => {
+                        let stored = stored[at];
+                        let counter = if stored.duplicate {
+                            &self.stats.duplicates
+                        } else {
+                            &self.stats.published
+                        };
+                        metrics::shared_add(counter, 1);
+                        metrics::shared_add(&self.stats.acknowledged, 1);
+                        wire::ack(pending.id.as_deref(), &pending.topic, stored.offset)
+                    }
+                    Err(failure) => {
+                        metrics::shared_add(&self.stats.refused, 1);
+                        let (code, message) = refusal(failure.clone());
+                        wire::error(code, &message, Some(&pending.topic), pending.id.as_deref())
+                    }
+                };
+                if let Some(who) = &pending.who {
+                    replies
+                        .entry(who.key())
+                        .or_insert_with(|| (who.clone(), Vec::new()))
+                        .1
+                        .push(line);
+                }
+            }
+        }
+        for (_, (who, lines)) in replies {
+            who.send(Delivery::Replies(lines));
+        }
+    }
+
+    /// What a listener heard: a message is handed on in offset order (what was missed before
+    /// it is read from the stream first); a channel listened to again is filled from the
+    /// stream.
+    fn hear(&mut self, news: Heard) {
+        match news {
+            Heard::Listening { topic } => {
+                if self.remote_listening(&topic) == Some(true) {
+                    let _ = self.refresh(&topic);
+                }
+            }
+            Heard::Message {
+                topic: name,
+                epoch,
+                offset,
+                binary,
+                data,
+            } => {
+                if self.remote_listening(&name) != Some(true) {
+                    return;
+                }
+                let Some(topic) = self.topics.get_mut(&name) else {
+                    return;
+                };
+                if topic.store.epoch() != epoch {
+                    // Redis lost the topic and a node made it again: learn the new state.
+                    let _ = self.refresh(&name);
+                    return;
+                }
+                if offset <= topic.durable {
+                    return; // already handed on (filled from the stream)
+                }
+                if offset > topic.durable + 1 && !self.fill(&name, offset - 1) {
+                    return;
+                }
+                let Some(topic) = self.topics.get_mut(&name) else {
+                    return;
+                };
+                let frame = prepare(self.envelope, &name, epoch, offset, &data, binary);
+                topic.pending.push(Published { offset, frame });
+                topic.durable = offset;
+                if !self.touched.contains(&name) {
+                    self.touched.push(name);
+                }
+            }
+        }
+    }
+
+    /// Tries the Redis servers that are down and due; for one that came back, every topic of
+    /// it with subscribers here is filled with what was stored meanwhile.
+    fn reconnect_backplane(&mut self) {
+        let Some(backplane) = self.backplane.as_mut() else {
+            return;
+        };
+        if backplane.next_retry().is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        let back = backplane.reconnect_due();
+        if back.is_empty() {
+            return;
+        }
+        let names: Vec<Arc<str>> = self
+            .topics
+            .values()
+            .filter(|topic| {
+                matches!(topic.store, Store::Remote { shard, listening: true, .. } if back.contains(&shard))
+            })
+            .map(|topic| topic.name.clone())
+            .collect();
+        for name in names {
+            let _ = self.refresh(&name);
+        }
+    }
+
     /// Makes this pass's appends durable (as the policy has it), then acknowledges them and
     /// hands them to their subscribers.
     fn commit(&mut self) {
         let fsync = match self.storage {
             Storage::Disk { fsync, .. } => Some(fsync),
-            Storage::Memory => None,
+            Storage::Memory | Storage::Redis { .. } => None,
         };
         let mut replies: HashMap<(u64, ConnId), (Address, Vec<String>)> = HashMap::new();
         for name in self.touched.drain(..) {
@@ -953,6 +1481,9 @@ impl Hub {
             let appended = topic.pending.len() as u64;
             let stored = match &mut topic.store {
                 Store::Memory(_) => true,
+                // What came from Redis is stored there already, and was acknowledged when
+                // Redis answered its publisher.
+                Store::Remote { .. } => true,
                 Store::Disk(log) => match log.write() {
                     Ok(()) => {
                         topic.unsynced = true;
@@ -988,7 +1519,9 @@ impl Hub {
                 }
                 continue;
             }
-            metrics::shared_add(&self.stats.published, appended);
+            if !matches!(topic.store, Store::Remote { .. }) {
+                metrics::shared_add(&self.stats.published, appended);
+            }
             if let Some(last) = topic.pending.last() {
                 topic.durable = last.offset;
             }
@@ -1020,6 +1553,42 @@ impl Hub {
         for (_, (who, lines)) in replies {
             who.send(Delivery::Replies(lines));
         }
+    }
+}
+
+/// A Redis topic came back with another epoch (Redis lost it): its subscribers here are closed
+/// with 1012, and resume from their offsets elsewhere or here, where they are told the epoch
+/// changed (`recovered: false`) rather than shown a new message under an old offset.
+fn reset(topic: &mut Topic, last: u64) {
+    log::warn!(
+        "topic {}: its log in Redis has a new epoch; its subscribers here are closed to resume",
+        topic.name
+    );
+    topic.pending.clear();
+    topic.durable = last;
+    let close: Notice = Arc::new(Delivery::Close {
+        code: CLOSE_RESET,
+        reason: "the topic's log was reset; resume to learn what was lost",
+    });
+    for subscribers in &mut topic.loops {
+        let shared = subscribers
+            .shared
+            .get_or_insert_with(|| subscribers.conns.as_slice().into())
+            .clone();
+        subscribers
+            .mailbox
+            .send(Recipients::Many(shared), close.clone());
+    }
+}
+
+/// A backplane failure as the error code and message its client is told.
+fn refusal(failure: Failure) -> (&'static str, String) {
+    match failure {
+        Failure::Unavailable => (
+            "backplane_unavailable",
+            "the Redis server holding this topic cannot be reached now; try again".into(),
+        ),
+        Failure::Protocol(message) => ("backplane", message),
     }
 }
 
@@ -1145,6 +1714,8 @@ fn read_history(
             log.read(start, topic.durable, max_bytes, &mut records);
             Ok(())
         }
+        // Read by `read_remote_history`, which can reach Redis.
+        Store::Remote { .. } => Ok(()),
     };
     if let Err(error) = read {
         // Told to the subscriber as a gap, never passed over in silence.

@@ -57,9 +57,11 @@
 //! itself, waiting for each as a blocking server's broadcaster does (a subscriber that takes
 //! nothing for [`Config::ws_ping_timeout`] is cut), which is what `compare --protocol pubsub`
 //! puts side by side. A prefork server's processes would share no hub, so `serve` refuses that
-//! combination. A [`Session`](crate::protocol::Session) in a test has no mailbox: its client is
+//! combination unless the topics live in Redis ([`Storage::Redis`], the [`backplane`]): then
+//! each process, like each node of a cluster, has its own hub and they share the topics. A [`Session`](crate::protocol::Session) in a test has no mailbox: its client is
 //! told `unavailable`.
 
+pub mod backplane;
 mod hub;
 pub mod log;
 pub mod wire;
@@ -104,6 +106,15 @@ pub enum Storage {
     /// A bounded history per topic in memory ([`Config::pubsub_memory_messages`] and
     /// [`Config::pubsub_memory_bytes`]), lost at a restart.
     Memory,
+    /// In Redis, shared by every node pointed at the same servers ([`backplane`]): a stream
+    /// per topic, offsets and epochs given out by Redis, so a subscriber resumes on any node.
+    /// Topics are spread over the servers by jump hash. A publish is acknowledged once Redis
+    /// has it: as durable as Redis is made (`appendonly yes` with `appendfsync always` for a
+    /// crash of the machine to lose none).
+    Redis {
+        /// `redis://HOST:PORT` of each server, in an order every node must share.
+        servers: Vec<String>,
+    },
 }
 
 /// How messages are framed for subscribers.
@@ -584,6 +595,7 @@ impl Client {
                 }
             }
             Delivery::Live { topic, messages } => self.on_live(topic, messages, ws),
+            Delivery::Close { code, reason } => ws.close(*code, reason),
             Delivery::History {
                 topic,
                 messages,

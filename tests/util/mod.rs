@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod http;
+pub mod pubsub;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod ws;
