@@ -10,7 +10,7 @@
 use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use signal_hook_mio::v1_0::Signals;
@@ -83,10 +83,19 @@ pub(crate) fn shutdown_signalled(signals: &mut Option<Signals>) -> bool {
 
 /// A shutdown request that reaches every event loop of a server: a flag, and the wakers of all
 /// its loops. Triggered by a [`ServerHandle`](crate::ServerHandle) or by a signal in one loop.
+///
+/// It may be preceded by a drain: for [`Config::drain_delay`] the server serves on but says it
+/// is not ready ([`ShutdownSignal::is_ready`], what `/readyz` answers), so that load balancers
+/// stop sending it clients before it stops accepting.
 #[derive(Debug)]
 pub struct ShutdownSignal {
     requested: AtomicBool,
+    draining: AtomicBool,
+    drain_delay: Duration,
     wakers: Mutex<Vec<Arc<mio::Waker>>>,
+    /// Wakes a drain's timer early when shutdown is requested meanwhile.
+    drain_lock: Mutex<()>,
+    drain_over: Condvar,
 }
 
 impl ShutdownSignal {
@@ -94,8 +103,56 @@ impl ShutdownSignal {
     pub(crate) fn new(waker: Arc<mio::Waker>) -> Self {
         ShutdownSignal {
             requested: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            drain_delay: Duration::ZERO,
             wakers: Mutex::new(vec![waker]),
+            drain_lock: Mutex::new(()),
+            drain_over: Condvar::new(),
         }
+    }
+
+    /// This signal, draining for `delay` before a shutdown that a signal starts.
+    pub(crate) fn with_drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// Starts the drain: not ready from now, and shutdown once the drain delay has passed.
+    /// Shuts down at once (and returns true) when there is no delay, or when a drain had
+    /// already begun: a second SIGTERM does not wait.
+    pub fn drain(self: &Arc<Self>) -> bool {
+        let delay = self.drain_delay;
+        if delay.is_zero() || self.draining.swap(true, Ordering::AcqRel) || self.is_requested() {
+            self.trigger();
+            return true;
+        }
+        log::info!(
+            "draining: /readyz answers 503 for {delay:?} while serving on, then shutting down"
+        );
+        let signal = self.clone();
+        let timer = std::thread::Builder::new()
+            .name("socketserver-drain".into())
+            .spawn(move || {
+                let guard = signal
+                    .drain_lock
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _ = signal
+                    .drain_over
+                    .wait_timeout_while(guard, delay, |_| !signal.is_requested());
+                signal.trigger();
+            });
+        if timer.is_err() {
+            // No thread for the timer: shutting down now is better than never.
+            self.trigger();
+            return true;
+        }
+        false
+    }
+
+    /// False once a drain or a shutdown has begun: what a health check (`/readyz`) reports.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.is_requested()
     }
 
     /// Adds the waker of another loop of the same server.
@@ -106,6 +163,14 @@ impl ShutdownSignal {
     /// Requests shutdown and wakes every loop; idempotent.
     pub fn trigger(&self) {
         self.requested.store(true, Ordering::Release);
+        {
+            // Under the lock, so a drain's timer cannot miss it between its look and its wait.
+            let _guard = self
+                .drain_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.drain_over.notify_all();
+        }
         for waker in self.wakers().iter() {
             if let Err(error) = waker.wake() {
                 log::warn!("could not wake a loop for shutdown: {error}");

@@ -508,3 +508,35 @@ fn what_a_node_did_not_hear_is_read_from_the_stream_in_order() {
     assert!(killed >= 1, "node B's listener was cut");
     assert_eq!(subscriber.messages(1), vec![(5, "missed-5".to_string())]);
 }
+
+#[test]
+fn readyz_reports_degraded_while_the_backplane_cannot_reach_redis() {
+    let nobody = format!("redis://127.0.0.1:{}", free_port());
+    let server = util::Cli::start(
+        &[
+            "serve",
+            "--protocol",
+            "pubsub",
+            "--backplane",
+            &nobody,
+            "--backplane-timeout-ms",
+            "200",
+        ],
+        None,
+    );
+    let agent = ureq::AgentBuilder::new().timeout(TIMEOUT).build();
+    let readyz = agent.get(&format!("http://{}/readyz", server.addr)).call();
+    match readyz {
+        Err(ureq::Error::Status(503, response)) => {
+            let body = response.into_string().expect("a body");
+            assert!(body.starts_with("degraded"), "{body}");
+        }
+        other => panic!("expected 503 degraded, got {other:?}"),
+    }
+    let livez = agent.get(&format!("http://{}/livez", server.addr)).call();
+    assert_eq!(livez.map(|response| response.status()).ok(), Some(200));
+    // A publish is answered, with the reason, not left waiting.
+    let mut publisher = Client::connect(server.addr);
+    publisher.send(json!({"type": "publish", "topic": "t", "data": "x"}));
+    assert_eq!(publisher.expect("error")["code"], "backplane_unavailable");
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use socketserver::protocol::{Context, Echo, Protocol};
 use socketserver::Config;
+use util::pubsub;
 use util::*;
 
 #[test]
@@ -98,4 +99,93 @@ fn twenty_servers_started_and_shut_down_at_once_all_exit() {
         let server = start(|| Echo);
         server.shutdown().expect("clean shutdown");
     }
+}
+
+/// The status `GET path` gets from `addr`, or `None` if nobody accepts the connection.
+fn status_of(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    let agent = ureq::AgentBuilder::new().timeout(TIMEOUT).build();
+    match agent.get(&format!("http://{addr}{path}")).call() {
+        Ok(response) => Some(response.status()),
+        Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(ureq::Error::Transport(_)) => None,
+    }
+}
+
+#[test]
+fn sigterm_with_a_drain_delay_turns_readyz_to_503_while_serving_then_closes_websockets_with_1001() {
+    let server = Cli::start(
+        &[
+            "serve",
+            "--protocol",
+            "pubsub",
+            "--memory",
+            "--drain-delay",
+            "1.5",
+        ],
+        None,
+    );
+    let addr = server.addr;
+    assert_eq!(status_of(addr, "/livez"), Some(200));
+    assert_eq!(status_of(addr, "/readyz"), Some(200));
+    let mut subscriber = pubsub::Client::connect(addr);
+    subscriber.subscribe("news", None);
+    let mut publisher = pubsub::Client::connect(addr);
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    wait_for("/readyz to answer 503", || {
+        status_of(addr, "/readyz") == Some(503)
+    });
+    // Still serving: new connections are accepted, live ones go on working.
+    assert_eq!(
+        status_of(addr, "/livez"),
+        Some(200),
+        "the listener is still open"
+    );
+    let offset = publisher.publish("news", "during the drain", None);
+    assert_eq!(
+        subscriber.messages(1),
+        vec![(offset, "during the drain".to_string())]
+    );
+    let mut late = pubsub::Client::connect(addr);
+    late.subscribe("news", None);
+
+    // Then the WebSockets are told the server is going away, and it exits.
+    let code = loop {
+        match subscriber.socket.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(error) => panic!("no close frame: {error}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(status_of(addr, "/livez"), None, "the listener is closed");
+}
+
+#[test]
+fn a_drain_is_not_ready_at_once_and_a_second_request_shuts_down_without_waiting() {
+    let config = Config {
+        drain_delay: Duration::from_secs(3600),
+        ..test_config()
+    };
+    let server = start_with(config, || Echo);
+    let addr = server.local_addr();
+    let handle = server.handle();
+    assert!(handle.is_ready());
+    handle.drain();
+    assert!(
+        !handle.is_ready(),
+        "not ready from the moment the drain begins"
+    );
+    // An hour of drain: still accepting and serving.
+    let mut stream = connect(addr);
+    assert_eq!(round_trip(&mut stream, b"still here"), b"still here");
+    handle.drain();
+    wait_for("the listener to close", || {
+        std::net::TcpStream::connect(addr).is_err()
+    });
+    drop(stream);
+    server.shutdown().expect("clean shutdown");
 }

@@ -99,7 +99,7 @@ impl<F> DatagramDriver<F> {
                 }
             }
             if shutdown_signalled(&mut signals) {
-                shutdown.trigger();
+                shutdown.drain();
             }
         }
         stop(&socket, &stopping);

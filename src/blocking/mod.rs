@@ -149,7 +149,7 @@ impl Acceptor {
             if self.shutdown.is_requested() {
                 return Ok(());
             }
-            if shutdown_signalled(&mut signals) {
+            if shutdown_signalled(&mut signals) && self.shutdown.drain() {
                 return Ok(());
             }
             if paused_until.is_some_and(|until| Instant::now() < until) {

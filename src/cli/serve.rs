@@ -117,6 +117,11 @@ pub(crate) struct ServeArgs {
     /// Largest WebSocket message, in bytes (after inflating it).
     #[arg(long, default_value_t = Config::default().ws_max_message_bytes)]
     max_message_bytes: usize,
+    /// On SIGTERM, serve on for this many seconds while GET /readyz answers 503 (so a load
+    /// balancer's health checks take this server out of rotation), then stop accepting, close
+    /// WebSockets with 1001, finish in-flight work and exit. A second SIGTERM skips the wait.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    drain_delay: f64,
     /// Ping a WebSocket quiet this many seconds (0: no pings).
     #[arg(long, default_value_t = 25.0)]
     ping_interval: f64,
@@ -239,6 +244,7 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
         pubsub_retention: Duration::from_secs(args.retention_secs),
         pubsub_segment_bytes: args.segment_bytes,
         tls_handshake_timeout: seconds(args.tls_handshake_timeout, "--tls-handshake-timeout")?,
+        drain_delay: seconds(args.drain_delay, "--drain-delay")?,
         ..Config::default()
     };
     if args.tls_cert.is_some() && args.udp {
@@ -423,11 +429,15 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
         ProtocolName::Http => {
             let limits = HttpLimits::from_config(server.config());
             let handle = server.handle();
-            let router = Arc::new(
+            let router = Arc::new(with_health(
                 Router::new()
                     .get("/", |_| Response::text(200, "Hello, World!"))
-                    .get("/metrics", move |_| Response::metrics(&handle.stats())),
-            );
+                    .get("/metrics", {
+                        let handle = handle.clone();
+                        move |_| Response::metrics(&handle.stats())
+                    }),
+                move || readiness(handle.is_ready(), true),
+            ));
             run_stream(server, run, move || Http::new(router.clone(), limits))
         }
         ProtocolName::Ws => {
@@ -441,11 +451,15 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
                 let pubsub = PubSub::start_broadcast(server.config())?;
                 return serve_pubsub(server, run, pubsub, options, limits);
             }
-            let router = Arc::new(
+            let router = Arc::new(with_health(
                 Router::new()
-                    .get("/metrics", move |_| Response::metrics(&handle.stats()))
+                    .get("/metrics", {
+                        let handle = handle.clone();
+                        move |_| Response::metrics(&handle.stats())
+                    })
                     .websocket("/*", WebSocketRoute::new(options, |_| ws::Echo)),
-            );
+                move || readiness(handle.is_ready(), true),
+            ));
             run_stream(server, run, move || Http::new(router.clone(), limits))
         }
         ProtocolName::Pubsub => {
@@ -490,7 +504,11 @@ fn serve_pubsub(
 ) -> socketserver::Result<()> {
     let handle = server.handle();
     let stats = pubsub.stats();
-    let router = Arc::new(
+    let ready = {
+        let (handle, stats) = (handle.clone(), stats.clone());
+        move || readiness(handle.is_ready(), stats.backplane_ready())
+    };
+    let router = Arc::new(with_health(
         Router::new()
             .get("/metrics", move |_| {
                 let mut text = socketserver::metrics::prometheus(&handle.stats());
@@ -501,10 +519,30 @@ fn serve_pubsub(
                     .body(text.into_bytes())
             })
             .websocket("/*", pubsub.route(options)),
-    );
+        ready,
+    ));
     let served = run_stream(server, run, move || Http::new(router.clone(), limits));
     pubsub.shutdown();
     served
+}
+
+/// What `/readyz` answers: 200 `ready`; 503 `draining` once a drain or shutdown began; 503
+/// `degraded` while the backplane cannot reach a Redis server (this node can neither store
+/// nor fetch its topics, so the balancer should send clients to another).
+fn readiness(serving: bool, backplane_up: bool) -> Response {
+    match (serving, backplane_up) {
+        (false, _) => Response::text(503, "draining\n"),
+        (true, false) => Response::text(503, "degraded: the backplane is unreachable\n"),
+        (true, true) => Response::text(200, "ready\n"),
+    }
+}
+
+/// `router` with the health checks a load balancer or an orchestrator asks for: `GET /livez`
+/// (200 while the process serves at all) and `GET /readyz` (what `ready` answers).
+fn with_health(router: Router, ready: impl Fn() -> Response + Send + Sync + 'static) -> Router {
+    router
+        .get("/livez", |_| Response::text(200, "live\n"))
+        .get("/readyz", move |_| ready())
 }
 
 fn run_stream<P, F>(server: Server, run: Run, factory: F) -> socketserver::Result<()>
@@ -552,6 +590,15 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
     if args.deflate {
         worker_args.push("--deflate".into());
     }
+    worker_args.push(format!("--drain-delay={}", args.drain_delay));
+    if let Some(backplane) = &args.backplane {
+        worker_args.extend([
+            format!("--backplane={backplane}"),
+            format!("--backplane-timeout-ms={}", args.backplane_timeout_ms),
+            format!("--memory-messages={}", args.memory_messages),
+            format!("--delivery-delay-ms={}", args.delivery_delay_ms),
+        ]);
+    }
     if args.udp {
         worker_args.push("--udp".into());
     }
@@ -585,7 +632,12 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
         ]);
     }
     // Workers reload their TLS configuration on SIGHUP: the supervisor passes it on.
-    let supervisor = Supervisor::new(processes)?.forward_sighup(args.tls_cert.is_some());
+    // The workers drain before they shut down: the supervisor waits for both.
+    let supervisor = Supervisor::new(processes)?
+        .forward_sighup(args.tls_cert.is_some())
+        .shutdown_timeout(
+            Config::default().shutdown_timeout + seconds(args.drain_delay, "--drain-delay")?,
+        );
     let command = |_index| {
         let mut command = std::process::Command::new(&program);
         command.args(&worker_args);

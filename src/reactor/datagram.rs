@@ -113,7 +113,9 @@ impl<F> DatagramLoop<F> {
                         readable |= event.is_readable() || event.is_error();
                         writable |= event.is_writable() || event.is_error();
                     }
-                    SIGNALS if shutdown_signalled(&mut signals) => shutdown.trigger(),
+                    SIGNALS if shutdown_signalled(&mut signals) => {
+                        shutdown.drain();
+                    }
                     // The waker (or a spurious signal wake-up) only ends the poll, so that the
                     // shutdown flag below is looked at.
                     _ => {}

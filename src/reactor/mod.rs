@@ -463,9 +463,9 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
     }
 
     fn on_signals(&mut self) {
-        if shutdown_signalled(&mut self.signals) {
-            // Tell the server's other loops too; this one starts at once.
-            self.shutdown.trigger();
+        // A drain first serves on, not ready, for the drain delay; then (or at once without
+        // one) the shutdown reaches the server's other loops too, and this one starts now.
+        if shutdown_signalled(&mut self.signals) && self.shutdown.drain() {
             self.begin_shutdown();
         }
     }

@@ -79,12 +79,13 @@ impl DatagramServer {
             .listen_addr()
             .map_err(|error| Error::io("reading the bound address", error))?;
         let (poll, waker) = poll_with_waker()?;
+        let drain_delay = config.drain_delay;
         Ok(DatagramServer {
             config,
             socket,
             listen_addr,
             poll,
-            shutdown: Arc::new(ShutdownSignal::new(waker)),
+            shutdown: Arc::new(ShutdownSignal::new(waker).with_drain_delay(drain_delay)),
             stats: Arc::new(StatsSet::default()),
             verify: None,
             on_error: Arc::new(default_error_hook),

@@ -194,13 +194,14 @@ impl Server {
             .listen_addr()
             .map_err(|error| Error::io("reading the bound address", error))?;
         let (poll, waker) = poll_with_waker()?;
+        let drain_delay = config.drain_delay;
         let stats = Arc::new(StatsSet::default());
         Ok(Server {
             config,
             listener,
             listen_addr,
             poll,
-            shutdown: Arc::new(ShutdownSignal::new(waker.clone())),
+            shutdown: Arc::new(ShutdownSignal::new(waker.clone()).with_drain_delay(drain_delay)),
             waker,
             first_stats: stats.add_part(),
             stats,
@@ -512,6 +513,18 @@ impl ServerHandle {
         self.shutdown.trigger();
     }
 
+    /// Starts a drain, as SIGTERM does: [`ServerHandle::is_ready`] turns false at once, the
+    /// server goes on serving everything for [`Config::drain_delay`], then shuts down as
+    /// [`ServerHandle::shutdown`] does (at once without a delay, or if a drain had begun).
+    pub fn drain(&self) {
+        self.shutdown.drain();
+    }
+
+    /// True until a drain or a shutdown begins: what `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.shutdown.is_ready()
+    }
+
     /// A copy of the server's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
@@ -529,7 +542,8 @@ impl ServerHandle {
         }
     }
 
-    /// Serves this server's counters as Prometheus text at `GET /metrics` on `addr`, from a
+    /// Serves this server's counters as Prometheus text at `GET /metrics` on `addr`, with
+    /// `GET /livez` (200) and `GET /readyz` (200, or 503 once a drain or shutdown began), from a
     /// reactor of its own on a new thread: the way to scrape a server whose protocol is not
     /// HTTP. At most [`METRICS_MAX_CONNECTIONS`] scrapers are served at once (more are
     /// refused); the listener's own traffic is not counted in this server's counters. Stop it
@@ -544,8 +558,19 @@ impl ServerHandle {
         };
         let limits = HttpLimits::from_config(&config);
         let handle = self.clone();
-        let router =
-            Arc::new(Router::new().get("/metrics", move |_| Response::metrics(&handle.stats())));
+        let ready = handle.clone();
+        let router = Arc::new(
+            Router::new()
+                .get("/metrics", move |_| Response::metrics(&handle.stats()))
+                .get("/livez", |_| Response::text(200, "live\n"))
+                .get("/readyz", move |_| {
+                    if ready.is_ready() {
+                        Response::text(200, "ready\n")
+                    } else {
+                        Response::text(503, "draining\n")
+                    }
+                }),
+        );
         Server::bind_with(addr, config)?.spawn(move || Http::new(router.clone(), limits))
     }
 }
