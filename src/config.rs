@@ -224,6 +224,18 @@ pub struct Config {
     /// checks take it out of rotation before it stops accepting. Default 0 (stop accepting at
     /// once); range 0..=1 h.
     pub drain_delay: Duration,
+    /// Peers (load balancers) whose connections start with a PROXY protocol header, version 1
+    /// or 2, naming the real client: from them the header is required, read before TLS, and
+    /// the client's address is what the verify hook, [`Context::peer_addr`] and the logs see.
+    /// Nobody else's header is believed (it reaches the protocol as data). A `LOCAL` header
+    /// (a health check) keeps the balancer's own address. Reactor drivers only. Default empty.
+    ///
+    /// [`Context::peer_addr`]: crate::protocol::Context::peer_addr
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// How long a trusted peer may take to send its whole PROXY header (plus, under TLS, the
+    /// handshake's own timeout after it); past it the connection is closed. Default 5 s; range
+    /// 10 ms..=60 s.
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -289,6 +301,8 @@ impl Default for Config {
             pubsub_close_slow_subscribers: false,
             backplane_timeout: Duration::from_secs(1),
             drain_delay: Duration::ZERO,
+            proxy_protocol_from: Vec::new(),
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -422,6 +436,14 @@ impl Config {
             (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.backplane_timeout),
             || "backplane_timeout is not within 10 ms..=60 s".into(),
         )?;
+        check(
+            (Duration::from_millis(10)..=Duration::from_secs(60))
+                .contains(&self.proxy_header_timeout),
+            || "proxy_header_timeout is not within 10 ms..=60 s".into(),
+        )?;
+        check(self.proxy_protocol_from.len() <= 1024, || {
+            "proxy_protocol_from names more than 1,024 ranges".into()
+        })?;
         check(self.drain_delay <= Duration::from_secs(3600), || {
             "drain_delay is over 1h".into()
         })?;

@@ -318,6 +318,55 @@ impl Stream {
 }
 
 impl Stream {
+    /// The socket's descriptor, below any layer.
+    fn raw_socket_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+            Stream::Unix(stream) => stream.as_raw_fd(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => stream.socket().raw_socket_fd(),
+        }
+    }
+
+    /// Copies the socket's waiting input into `buf` without taking it, below any layer: how a
+    /// PROXY protocol header, which comes before TLS, is looked at. 0 means end of stream.
+    pub(crate) fn peek_below_layer(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, a live exclusive slice.
+        let read = unsafe {
+            libc::recv(
+                self.raw_socket_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK,
+            )
+        };
+        usize::try_from(read).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Takes `len` bytes of input already seen by [`Stream::peek_below_layer`], below any
+    /// layer, so that the layer (or the protocol) starts right after them.
+    pub(crate) fn consume_below_layer(&self, len: usize) -> io::Result<()> {
+        let mut scratch = [0u8; 512];
+        let mut left = len;
+        while left > 0 {
+            let take = left.min(scratch.len());
+            // SAFETY: as above, into `scratch`, at most `take` bytes.
+            let read =
+                unsafe { libc::recv(self.raw_socket_fd(), scratch.as_mut_ptr().cast(), take, 0) };
+            match usize::try_from(read) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(read) => left -= read,
+                Err(_) => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The peer's address (TCP only; Unix peers are local processes without one).
     pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
         match self {

@@ -117,6 +117,14 @@ pub(crate) struct ServeArgs {
     /// Largest WebSocket message, in bytes (after inflating it).
     #[arg(long, default_value_t = Config::default().ws_max_message_bytes)]
     max_message_bytes: usize,
+    /// Load balancers (CIDR ranges, comma-separated) whose connections start with a PROXY
+    /// protocol header (v1 or v2) naming the real client; from them the header is required.
+    /// Reactor models only.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// How long a trusted balancer may take to send its PROXY header, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    proxy_header_timeout: f64,
     /// On SIGTERM, serve on for this many seconds while GET /readyz answers 503 (so a load
     /// balancer's health checks take this server out of rotation), then stop accepting, close
     /// WebSockets with 1001, finish in-flight work and exit. A second SIGTERM skips the wait.
@@ -245,6 +253,8 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
         pubsub_segment_bytes: args.segment_bytes,
         tls_handshake_timeout: seconds(args.tls_handshake_timeout, "--tls-handshake-timeout")?,
         drain_delay: seconds(args.drain_delay, "--drain-delay")?,
+        proxy_protocol_from: args.proxy_protocol_from.clone(),
+        proxy_header_timeout: seconds(args.proxy_header_timeout, "--proxy-header-timeout")?,
         ..Config::default()
     };
     if args.tls_cert.is_some() && args.udp {
@@ -591,6 +601,18 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
         worker_args.push("--deflate".into());
     }
     worker_args.push(format!("--drain-delay={}", args.drain_delay));
+    if !args.proxy_protocol_from.is_empty() {
+        let ranges: Vec<String> = args
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        worker_args.push(format!("--proxy-protocol-from={}", ranges.join(",")));
+        worker_args.push(format!(
+            "--proxy-header-timeout={}",
+            args.proxy_header_timeout
+        ));
+    }
     if let Some(backplane) = &args.backplane {
         worker_args.extend([
             format!("--backplane={backplane}"),

@@ -41,6 +41,7 @@ mod echo;
 mod frame;
 pub mod http;
 mod line;
+pub mod proxy;
 mod session;
 pub mod ws;
 

@@ -97,8 +97,17 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
     fn admit(&mut self, stream: Stream, peer: Option<SocketAddr>) {
         let shown = peer.map_or_else(|| "unix peer".to_string(), |peer| peer.to_string());
         let core = &mut self.core;
+        // A trusted balancer names its client in a PROXY header: that client is verified once
+        // the header is read.
+        let from_balancer = peer.is_some_and(|peer| {
+            let ip = peer.ip().to_canonical();
+            core.config
+                .proxy_protocol_from
+                .iter()
+                .any(|range| range.contains(&ip))
+        });
         // Unix peers have no address to verify: the socket file's permissions guard them.
-        if let (Some(verify), Some(peer)) = (&core.verify, peer) {
+        if let (Some(verify), Some(peer), false) = (&core.verify, peer, from_balancer) {
             if !verify(peer) {
                 metrics::add(&core.stats.refused_by_verify, 1);
                 log::debug!("refused {peer}: rejected by the verify hook");
@@ -153,6 +162,17 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             core.timers.schedule(now.after(idle), TimerEvent::Idle(id));
         }
         log::debug!("{id:?}: accepted {shown}");
+        if from_balancer {
+            // The header first, then any handshake, within both their timeouts.
+            conn.flags |= super::connection::flag::OPENING | super::connection::flag::PROXY_HEADER;
+            let mut timeout = core.config.proxy_header_timeout;
+            if conn.stream.is_opening() {
+                timeout += core.config.tls_handshake_timeout;
+            }
+            core.timers
+                .schedule(now.after(timeout), TimerEvent::OpenTimeout(id));
+            return;
+        }
         if conn.stream.is_opening() {
             // The protocol hears `on_open` once the handshake is done (`opening_ready`); the
             // first event for the socket (registered with input waiting, epoll reports it at

@@ -65,6 +65,19 @@ pub(crate) mod flag {
     /// A layer over the socket (TLS) is opening: its handshake is driven, nothing is fed to the
     /// protocol, and `on_open` waits until it is done.
     pub const OPENING: u32 = 1 << 16;
+    /// From a trusted balancer, and its PROXY protocol header has not been read yet (set with
+    /// `OPENING`): the header comes first, then any layer's handshake, then `on_open`.
+    pub const PROXY_HEADER: u32 = 1 << 17;
+}
+
+/// Where reading a PROXY header got to.
+enum ProxyStep {
+    /// Read and taken off the socket.
+    Done,
+    /// Only part of it is there.
+    Wait,
+    /// Closed: the header was bad, the peer left, or the verify hook refused the client.
+    Closed,
 }
 
 /// One accepted or dialled connection. Small on purpose: an idle one holds no buffers.
@@ -216,6 +229,24 @@ impl<P: Protocol> Connection<P> {
     /// latched; once done, the protocol hears `on_open` and the connection is driven as any
     /// other (input may already wait in the layer, so reading is tried at once).
     pub(crate) fn opening_ready(&mut self, core: &mut Core, chunk: &mut [u8]) {
+        if self.has(flag::PROXY_HEADER) {
+            match self.read_proxy_header(core) {
+                ProxyStep::Done => {}
+                ProxyStep::Wait => {
+                    self.clear(flag::READABLE);
+                    return self.conclude(core);
+                }
+                ProxyStep::Closed => return,
+            }
+        }
+        if !self.stream.is_opening() {
+            // No layer to open (or it had nothing to do): the protocol starts now.
+            self.clear(flag::OPENING);
+            self.set(flag::READABLE);
+            self.last_active = core.clock.now_tick();
+            self.call(core, |protocol, ctx| protocol.on_open(ctx));
+            return self.drive(core, chunk);
+        }
         match self.stream.open() {
             Ok(Opening::Done) => {
                 self.clear(flag::OPENING);
@@ -235,6 +266,58 @@ impl<P: Protocol> Connection<P> {
                 self.close(core, CloseReason::TlsHandshake);
             }
         }
+    }
+
+    /// Looks for a whole PROXY header at the start of the input (below TLS), takes exactly it
+    /// off the socket, and keeps the client's address it names; the verify hook is asked about
+    /// that address, as it is about a direct peer's at accept.
+    fn read_proxy_header(&mut self, core: &mut Core) -> ProxyStep {
+        use crate::protocol::proxy::{self, Parsed};
+        let mut peeked = [0u8; proxy::MAX_HEADER_BYTES];
+        let seen = match self.stream.peek_below_layer(&mut peeked) {
+            Ok(0) => {
+                self.close(core, CloseReason::PeerClosed);
+                return ProxyStep::Closed;
+            }
+            Ok(seen) => seen,
+            Err(error) if would_block(&error) || interrupted(&error) => return ProxyStep::Wait,
+            Err(error) => {
+                log::debug!("{:?}: reading the PROXY header: {error}", self.id);
+                self.close(core, CloseReason::IoError);
+                return ProxyStep::Closed;
+            }
+        };
+        let (length, header) = match proxy::parse(&peeked[..seen]) {
+            Parsed::Done { length, header } => (length, header),
+            Parsed::Incomplete => return ProxyStep::Wait,
+            Parsed::Invalid(why) => {
+                log::debug!("{:?}: closed: {why}", self.id);
+                self.close(core, CloseReason::ProtocolError);
+                return ProxyStep::Closed;
+            }
+        };
+        if let Err(error) = self.stream.consume_below_layer(length) {
+            log::debug!("{:?}: taking the PROXY header: {error}", self.id);
+            self.close(core, CloseReason::IoError);
+            return ProxyStep::Closed;
+        }
+        self.clear(flag::PROXY_HEADER);
+        if let Some(client) = header.source() {
+            if let Some(verify) = &core.verify {
+                if !verify(client) {
+                    metrics::add(&core.stats.refused_by_verify, 1);
+                    log::debug!(
+                        "{:?}: refused {client}: rejected by the verify hook",
+                        self.id
+                    );
+                    self.close(core, CloseReason::Protocol);
+                    return ProxyStep::Closed;
+                }
+            }
+            log::debug!("{:?}: PROXY header: the client is {client}", self.id);
+            core.proxied_peers.insert(self.id, client);
+        }
+        ProxyStep::Done
     }
 
     /// Lingering close: reads and drops input until end of stream (then closes), `WouldBlock`,
@@ -441,7 +524,10 @@ impl<P: Protocol> Connection<P> {
             offload,
             recorder: Some(metrics::Recorder::own(&core.stats)),
             measured_now: None,
-            peer: PeerSource::Socket(&self.stream),
+            peer: match core.proxied_peers.get(&self.id) {
+                Some(&client) => PeerSource::Known(client),
+                None => PeerSource::Socket(&self.stream),
+            },
             identity: self.stream.identity(),
             on_error: Some(&*core.on_error),
             mailbox: Some(&core.mailbox),
@@ -462,7 +548,11 @@ impl<P: Protocol> Connection<P> {
                 core.output.clear();
                 let report = ErrorReport {
                     conn: Some(self.id),
-                    peer: self.stream.peer_addr(),
+                    peer: core
+                        .proxied_peers
+                        .get(&self.id)
+                        .copied()
+                        .or_else(|| self.stream.peer_addr()),
                     message: panic_message(payload.as_ref()),
                 };
                 (core.on_error)(&report);

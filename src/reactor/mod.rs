@@ -128,6 +128,9 @@ pub(crate) struct Core {
     pub(crate) dialled: HashMap<ConnId, Dial>,
     /// What wraps each accepted socket before its protocol sees it (TLS), if anything.
     pub(crate) layer: Option<crate::net::Layer>,
+    /// The clients' addresses named by the PROXY headers of connections from trusted
+    /// balancers, by connection (kept here, not in every connection: few servers use it).
+    pub(crate) proxied_peers: HashMap<ConnId, std::net::SocketAddr>,
 }
 
 /// A single-threaded reactor serving one listener with protocol `P` made by `F`.
@@ -216,6 +219,7 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 draining: false,
                 dialled: HashMap::new(),
                 layer,
+                proxied_peers: HashMap::new(),
             },
             factory,
             completions,
@@ -350,7 +354,10 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
                 }
                 TimerEvent::OpenTimeout(id) => {
                     if let Some(conn) = self.connections.get_mut(id) {
-                        if conn.has(flag::OPENING) && !conn.has(flag::CLOSED) {
+                        if conn.has(flag::PROXY_HEADER) && !conn.has(flag::CLOSED) {
+                            log::debug!("{id:?}: no whole PROXY header in time");
+                            conn.close(&mut self.core, CloseReason::ProtocolError);
+                        } else if conn.has(flag::OPENING) && !conn.has(flag::CLOSED) {
                             log::debug!("{id:?}: TLS handshake timed out");
                             conn.stream.opening_timed_out();
                             conn.close(&mut self.core, CloseReason::TlsHandshake);
@@ -514,6 +521,9 @@ impl<P: Protocol, F: FnMut() -> P> Reactor<P, F> {
             let Some(conn) = self.connections.remove(id) else {
                 continue;
             };
+            if !self.core.proxied_peers.is_empty() {
+                self.core.proxied_peers.remove(&id);
+            }
             match self.core.dialled.remove(&id) {
                 // Accepted: the socket closes here, and then its place under
                 // `max_connections` is free again.

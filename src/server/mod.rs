@@ -447,6 +447,13 @@ impl Server {
         F: FnMut() -> P,
     {
         self.config.validate()?;
+        if !self.config.proxy_protocol_from.is_empty() {
+            return Err(Error::Config(
+                "the PROXY protocol is read by the event-loop models (reactor, reactors); the \
+                 blocking models do not read it"
+                    .into(),
+            ));
+        }
         let layer = self.layer();
         let shared = blocking::Shared::new(self.config, self.first_stats, self.on_error);
         let acceptor = blocking::Acceptor {
