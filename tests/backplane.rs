@@ -9,9 +9,7 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,113 +20,8 @@ use socketserver::protocol::Http;
 use socketserver::pubsub::{PubSub, Storage};
 use socketserver::{Config, RunningServer};
 use util::pubsub::Client;
+use util::redis::{free_port, Redis};
 use util::{test_config, wait_for, Driver, TIMEOUT};
-
-/// A `redis-server` of this test's own, on a loopback port, with its data in a fresh
-/// directory (append-only file on, so a restart keeps the topics).
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    fn start(name: &str) -> Redis {
-        let dir = std::env::temp_dir().join(format!(
-            "socketserver-backplane-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("redis data directory");
-        let port = free_port();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir,
-        };
-        redis.run();
-        redis
-    }
-
-    /// Starts the server (again) on its port and waits until it answers.
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (install Debian's redis-server)");
-        self.child = Some(child);
-        let addr = self.addr();
-        wait_for("redis-server to answer PING", || ping(addr));
-    }
-
-    /// Kills the server (SIGKILL) and waits for it to be gone.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// The keys this server holds (`KEYS *`, fine for a test's few).
-    fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url()).expect("url");
-        let mut connection = client
-            .get_connection_with_timeout(TIMEOUT)
-            .expect("connect to redis");
-        redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut connection)
-            .expect("KEYS")
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A port nobody listens on now (the kernel's pick, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// True if a Redis server answers PING at `addr`.
-fn ping(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
-}
 
 /// One node: a pub/sub server in this process whose topics live in `servers`.
 struct Node {

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod http;
 pub mod pubsub;
+pub mod redis;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod ws;
