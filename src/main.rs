@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         .init();
     cli::raise_descriptor_limit();
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Load(args) => cli::load::run(args),
         Command::Compare(args) => cli::compare::run(args),
         Command::Subscribe(args) => cli::client::subscribe(args),

@@ -778,3 +778,65 @@ fn blocking_drivers_serve_keep_alive_pipelines_and_offloaded_routes_and_count_th
         server.shutdown().expect("clean shutdown");
     }
 }
+
+/// The answer body of one request sent as `raw` (written whole, after `prefix`).
+fn body_of(addr: SocketAddr, prefix: &[u8], raw: &str) -> String {
+    let mut stream = connect(addr);
+    stream.write_all(prefix).expect("write");
+    stream.write_all(raw.as_bytes()).expect("write");
+    let mut buffer = Vec::new();
+    let answer = read_answer(&mut stream, &mut buffer, false);
+    String::from_utf8(answer.body).expect("text")
+}
+
+#[test]
+fn forwarding_headers_name_the_client_only_from_trusted_proxies() {
+    let who = |request: &Request| {
+        let text = format!(
+            "peer={} client={}",
+            request
+                .peer_addr()
+                .map_or("-".into(), |peer| peer.ip().to_string()),
+            request.client_ip().map_or("-".into(), |ip| ip.to_string())
+        );
+        Response::new(200).body(text.into_bytes())
+    };
+    let forwarded = "GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n";
+    let trusting = serve(
+        test_config(),
+        Router::new()
+            .get("/", who)
+            .trust_forwarded_from(["127.0.0.0/8".parse().unwrap()]),
+    );
+    assert_eq!(
+        body_of(trusting.local_addr(), b"", forwarded),
+        "peer=127.0.0.1 client=203.0.113.9"
+    );
+    let wary = serve(
+        test_config(),
+        Router::new()
+            .get("/", who)
+            .trust_forwarded_from(["10.0.0.0/8".parse().unwrap()]),
+    );
+    assert_eq!(
+        body_of(wary.local_addr(), b"", forwarded),
+        "peer=127.0.0.1 client=127.0.0.1",
+        "a header from an untrusted peer is not believed"
+    );
+    // Behind a balancer that sends the PROXY protocol, the peer is the client it names.
+    let proxied = serve(
+        Config {
+            proxy_protocol_from: vec!["127.0.0.0/8".parse().unwrap()],
+            ..test_config()
+        },
+        Router::new().get("/", who),
+    );
+    assert_eq!(
+        body_of(
+            proxied.local_addr(),
+            b"PROXY TCP4 198.51.100.4 10.0.0.1 4000 80\r\n",
+            &get("/")
+        ),
+        "peer=198.51.100.4 client=198.51.100.4"
+    );
+}

@@ -30,7 +30,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Run a server until SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Put a server under load for a bounded time and report throughput and latency.
     Load(load::LoadArgs),
     /// Run every concurrency model under the same load and compare them: a table,

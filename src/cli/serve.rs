@@ -122,6 +122,10 @@ pub(crate) struct ServeArgs {
     /// Reactor models only.
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// HTTP proxies (CIDR ranges, comma-separated) whose Forwarded / X-Forwarded-For headers
+    /// are believed for the client's address (nginx in front, say); nobody else's are.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    forwarded_from: Vec<ipnet::IpNet>,
     /// How long a trusted balancer may take to send its PROXY header, in seconds.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     proxy_header_timeout: f64,
@@ -446,6 +450,7 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
                         let handle = handle.clone();
                         move |_| Response::metrics(&handle.stats())
                     }),
+                &args.forwarded_from,
                 move || readiness(handle.is_ready(), true),
             ));
             run_stream(server, run, move || Http::new(router.clone(), limits))
@@ -459,7 +464,7 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
             let handle = server.handle();
             if args.broadcast {
                 let pubsub = PubSub::start_broadcast(server.config())?;
-                return serve_pubsub(server, run, pubsub, options, limits);
+                return serve_pubsub(server, run, pubsub, options, limits, &args.forwarded_from);
             }
             let router = Arc::new(with_health(
                 Router::new()
@@ -468,6 +473,7 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
                         move |_| Response::metrics(&handle.stats())
                     })
                     .websocket("/*", WebSocketRoute::new(options, |_| ws::Echo)),
+                &args.forwarded_from,
                 move || readiness(handle.is_ready(), true),
             ));
             run_stream(server, run, move || Http::new(router.clone(), limits))
@@ -498,7 +504,7 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
                 }
             };
             let pubsub = PubSub::start(server.config(), storage)?;
-            serve_pubsub(server, run, pubsub, options, limits)
+            serve_pubsub(server, run, pubsub, options, limits, &args.forwarded_from)
         }
     }
 }
@@ -511,6 +517,7 @@ fn serve_pubsub(
     pubsub: PubSub,
     options: WebSocketOptions,
     limits: HttpLimits,
+    forwarders: &[ipnet::IpNet],
 ) -> socketserver::Result<()> {
     let handle = server.handle();
     let stats = pubsub.stats();
@@ -529,6 +536,7 @@ fn serve_pubsub(
                     .body(text.into_bytes())
             })
             .websocket("/*", pubsub.route(options)),
+        forwarders,
         ready,
     ));
     let served = run_stream(server, run, move || Http::new(router.clone(), limits));
@@ -548,9 +556,15 @@ fn readiness(serving: bool, backplane_up: bool) -> Response {
 }
 
 /// `router` with the health checks a load balancer or an orchestrator asks for: `GET /livez`
-/// (200 while the process serves at all) and `GET /readyz` (what `ready` answers).
-fn with_health(router: Router, ready: impl Fn() -> Response + Send + Sync + 'static) -> Router {
+/// (200 while the process serves at all) and `GET /readyz` (what `ready` answers), believing
+/// the forwarding headers of `forwarders`.
+fn with_health(
+    router: Router,
+    forwarders: &[ipnet::IpNet],
+    ready: impl Fn() -> Response + Send + Sync + 'static,
+) -> Router {
     router
+        .trust_forwarded_from(forwarders.iter().copied())
         .get("/livez", |_| Response::text(200, "live\n"))
         .get("/readyz", move |_| ready())
 }
@@ -601,6 +615,14 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
         worker_args.push("--deflate".into());
     }
     worker_args.push(format!("--drain-delay={}", args.drain_delay));
+    if !args.forwarded_from.is_empty() {
+        let ranges: Vec<String> = args
+            .forwarded_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        worker_args.push(format!("--forwarded-from={}", ranges.join(",")));
+    }
     if !args.proxy_protocol_from.is_empty() {
         let ranges: Vec<String> = args
             .proxy_protocol_from

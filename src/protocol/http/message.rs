@@ -78,6 +78,10 @@ pub struct Request {
     /// Who the client proved to be with a TLS client certificate, set as the request is
     /// routed.
     peer_identity: Option<std::sync::Arc<crate::tls::PeerIdentity>>,
+    /// The connection's peer (after any PROXY header), set as the request is routed.
+    peer: Option<std::net::SocketAddr>,
+    /// The client behind trusted HTTP proxies, when it differs from the peer.
+    forwarded_client: Option<std::net::IpAddr>,
 }
 
 /// Past this capacity a request's body buffer is freed after the request instead of kept for
@@ -131,6 +135,36 @@ impl Request {
         identity: Option<std::sync::Arc<crate::tls::PeerIdentity>>,
     ) {
         self.peer_identity = identity;
+    }
+
+    /// The same request as if from `peer`: for calling handlers directly in tests.
+    pub fn with_peer_addr(mut self, peer: std::net::SocketAddr) -> Request {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// The address of the connection's peer: the client itself, or the proxy it came through
+    /// (a PROXY protocol header from a trusted balancer already named the client here).
+    /// `None` for a Unix-domain peer or where the driver does not know it.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.peer
+    }
+
+    /// The client's address: what `Forwarded` or `X-Forwarded-For` says when the peer is a
+    /// proxy the router trusts ([`Router::trust_forwarded_from`](super::Router::trust_forwarded_from)),
+    /// walked back past every trusted proxy; otherwise the peer's own.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.forwarded_client
+            .or_else(|| self.peer.map(|peer| peer.ip()))
+    }
+
+    pub(super) fn set_peer(
+        &mut self,
+        peer: Option<std::net::SocketAddr>,
+        forwarded_client: Option<std::net::IpAddr>,
+    ) {
+        self.peer = peer;
+        self.forwarded_client = forwarded_client;
     }
 
     /// The method, as sent (`GET`, `POST`, …).

@@ -44,6 +44,7 @@
 //! [`Config::http_keep_alive_timeout`]: crate::Config::http_keep_alive_timeout
 
 mod body;
+mod forwarded;
 mod message;
 mod router;
 
@@ -197,6 +198,8 @@ struct Requests {
     scanned: usize,
     queue: VecDeque<Slot>,
     next_tag: u64,
+    /// The connection's peer, once asked.
+    peer: Option<Option<std::net::SocketAddr>>,
     timer: Timer,
     /// Bytes of an unfinished request are held.
     partial: bool,
@@ -225,6 +228,7 @@ impl Requests {
             scanned: 0,
             queue: VecDeque::new(),
             next_tag: 0,
+            peer: None,
             timer: Timer::None,
             partial: false,
             request_started: None,
@@ -280,6 +284,17 @@ impl Requests {
         // A request finished after a graceful shutdown began is the connection's last.
         meta.close |= self.shutting_down;
         self.request.set_peer_identity(ctx.identity.cloned());
+        // Asked of the socket once per connection, not per request.
+        let peer = *self.peer.get_or_insert_with(|| ctx.peer_addr());
+        let forwarded = match peer {
+            Some(peer) if !self.router.forwarders().is_empty() => {
+                let client =
+                    forwarded::client_ip(&self.request, peer.ip(), self.router.forwarders());
+                (client != peer.ip()).then_some(client)
+            }
+            _ => None,
+        };
+        self.request.set_peer(peer, forwarded);
         let request = &self.request;
         let answer = match self.router.route_for(request.method(), request.path()) {
             None => Answer::Ready(self.not_routed(request)),

@@ -59,6 +59,8 @@ pub struct Router {
     routes: Vec<Arc<Route>>,
     /// WebSocket routes, by path: an upgrade request addressed to one becomes a WebSocket.
     websockets: Vec<(String, bool, Arc<WebSocketRoute>)>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers are believed.
+    forwarders: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for Router {
@@ -85,6 +87,22 @@ impl Router {
     /// A router with no routes (every request gets 404).
     pub fn new() -> Router {
         Router::default()
+    }
+
+    /// Believes the `Forwarded` and `X-Forwarded-For` headers of requests whose peer is in
+    /// `ranges` (the HTTP proxies in front of this server, nginx say), for
+    /// [`Request::client_ip`]. Nobody else's are: a client can write any header.
+    pub fn trust_forwarded_from(
+        mut self,
+        ranges: impl IntoIterator<Item = ipnet::IpNet>,
+    ) -> Router {
+        self.forwarders = ranges.into_iter().collect();
+        self
+    }
+
+    /// The proxies trusted for forwarding headers.
+    pub(crate) fn forwarders(&self) -> &[ipnet::IpNet] {
+        &self.forwarders
     }
 
     /// Routes `GET` (and `HEAD`) requests for `path` to `handler`, on the event loop.
