@@ -433,3 +433,39 @@ fn readyz_reports_degraded_while_the_backplane_cannot_reach_redis() {
     publisher.send(json!({"type": "publish", "topic": "t", "data": "x"}));
     assert_eq!(publisher.expect("error")["code"], "backplane_unavailable");
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn prefork_workers_share_their_topics_through_the_backplane() {
+    let redis = Redis::start("prefork");
+    let server = util::Cli::start(
+        &[
+            "serve",
+            "--protocol",
+            "pubsub",
+            "--model",
+            "prefork",
+            "--processes",
+            "2",
+            "--backplane",
+            &redis.url(),
+        ],
+        None,
+    );
+    util::wait_for_workers(&server.child, 2);
+    // Connections land on either worker: whichever each lands on, all see one topic.
+    let mut subscribers: Vec<Client> = (0..6).map(|_| Client::connect(server.addr)).collect();
+    for subscriber in &mut subscribers {
+        subscribed(subscriber, "shared", None);
+    }
+    let mut publishers: Vec<Client> = (0..4).map(|_| Client::connect(server.addr)).collect();
+    let mut offsets = Vec::new();
+    for (n, publisher) in publishers.iter_mut().enumerate() {
+        offsets.push(publisher.publish("shared", &format!("from {n}"), None));
+    }
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    let expected: Vec<(u64, String)> = (0..4).map(|n| (n + 1, format!("from {n}"))).collect();
+    for subscriber in &mut subscribers {
+        assert_eq!(subscriber.messages(4), expected);
+    }
+}

@@ -30,6 +30,10 @@ fn router(config: &Config) -> Arc<Router> {
     Arc::new(
         Router::new()
             .get("/", |_| Response::text(200, "Hello, World!"))
+            .get("/peer", |request| {
+                let peer = request.peer_addr().map(|peer| peer.to_string());
+                Response::text(200, peer.unwrap_or_default())
+            })
             .get("/big", |_| {
                 Response::text(
                     200,
@@ -936,5 +940,42 @@ fn a_connection_the_server_closes_ends_with_close_notify_on_every_driver() {
             .unwrap_or_else(|error| panic!("{driver:?}: {error}"));
         assert!(answer.ends_with(b"Hello, World!"), "{driver:?}");
         server.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn a_proxy_protocol_header_comes_before_the_tls_handshake_and_names_the_client() {
+    let pki = Pki::new();
+    for driver in [Driver::Reactor, Driver::Reactors] {
+        let config = Config {
+            proxy_protocol_from: vec!["127.0.0.0/8".parse().expect("a range")],
+            ..test_config()
+        };
+        let server = https(driver, config, pki.settings());
+        let mut socket = util::connect(server.local_addr());
+        let header = socketserver::protocol::proxy::v2_header(
+            "203.0.113.50:6000".parse().expect("an address"),
+            server.local_addr(),
+        );
+        socket.write_all(&header).expect("the PROXY header");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connection =
+            rustls::ClientConnection::new(pki.client_config(None, BOTH), name).expect("client");
+        let mut client = rustls::StreamOwned::new(connection, socket);
+        while client.conn.is_handshaking() {
+            client
+                .conn
+                .complete_io(&mut client.sock)
+                .expect("the handshake after the header");
+        }
+        assert_eq!(
+            tls_util::get(&mut client, "/peer"),
+            (200, "203.0.113.50:6000".to_string()),
+            "{driver:?}"
+        );
+        // Without the header, the trusted peer's handshake is not taken for one.
+        let refused = tls_util::try_connect(server.local_addr(), &pki.client_config(None, BOTH));
+        assert!(refused.is_err());
+        server.shutdown().expect("clean shutdown");
     }
 }
