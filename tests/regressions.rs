@@ -278,3 +278,17 @@ fn connection_churn_leaves_no_timer_entries_behind() {
     );
     server.shutdown().expect("clean shutdown");
 }
+
+/// The pub/sub hub once waited on a channel with no sender when it had no backplane: a
+/// disconnected channel is always ready, so it spun on a core while idle.
+#[test]
+fn an_idle_pubsub_hub_without_a_backplane_does_not_spin() {
+    let server = Cli::start(&["serve", "--protocol", "pubsub", "--memory"], None);
+    let before = server.cpu_time();
+    std::thread::sleep(Duration::from_secs(1)); // the observation window itself
+    let spent = server.cpu_time() - before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "{spent:?} of CPU in 1 s while idle"
+    );
+}

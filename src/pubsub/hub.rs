@@ -590,9 +590,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("socketserver-pubsub".into())
         .spawn(move || {
-            hub.run(&control_queue, &publish_queue, &heard_queue);
-            // The listeners may be waiting to hand something over: stop taking first.
-            drop(heard_queue);
+            hub.run(&control_queue, &publish_queue, heard_queue);
             if let Some(mut backplane) = hub.backplane.take() {
                 backplane.stop();
             }
@@ -638,14 +636,24 @@ impl Hub {
         &mut self,
         control: &Receiver<Command>,
         publishes: &Receiver<Command>,
-        heard: &Receiver<Heard>,
+        heard: Receiver<Heard>,
     ) {
+        // Without a backplane nobody sends on `heard`, and a channel with no sender is always
+        // ready (disconnected): it is replaced by one that never is, or the hub would spin.
+        let mut heard = if self.backplane.is_some() {
+            heard
+        } else {
+            crossbeam_channel::never()
+        };
         let mut pass = Vec::with_capacity(1024);
         let mut stopping = false;
         while !stopping {
             let wait = self.next_wait();
             crossbeam_channel::select! {
-                recv(heard) -> news => if let Ok(news) = news { self.hear(news) },
+                recv(heard) -> news => match news {
+                    Ok(news) => self.hear(news),
+                    Err(_) => heard = crossbeam_channel::never(),
+                },
                 recv(control) -> command => match command {
                     Ok(command) => pass.push(command),
                     Err(_) => stopping = true,
@@ -688,6 +696,9 @@ impl Hub {
             self.tick();
         }
         self.sync_all();
+        // The listeners may be waiting to hand something over: stop taking before they are
+        // stopped and waited for.
+        drop(heard);
         log::debug!("pub/sub hub stopped");
     }
 
