@@ -218,6 +218,14 @@ impl Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master then stops its workers, which a killed master
+        // would leave running. Bounded: killed if it takes longer.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + TIMEOUT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
