@@ -103,7 +103,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let redis_port = free_port();
-    processes.add(
+    let redis_pid = processes.add(
         Command::new("taskset")
             .args([
                 "-c",
@@ -125,11 +125,11 @@ fn main() {
     });
 
     println!("## Publishes acknowledged per second (32 connections, 5 s)\n");
-    println!("| configuration | acks/s | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|");
+    println!("| configuration | acks/s | p50 ms | p99 ms | node CPU µs/ack | Redis CPU µs/ack |");
+    println!("|---|---:|---:|---:|---:|---:|");
     let memory = node(&processes, &["--memory"], None);
     for _ in 0..2 {
-        report_load("one node, embedded log in memory", memory.1);
+        report_load("one node, embedded log in memory", memory, None);
     }
     processes.kill(memory.0);
     let disk_dir = dir.join("disk");
@@ -144,13 +144,13 @@ fn main() {
         None,
     );
     for _ in 0..2 {
-        report_load("one node, embedded log on disk, fsync always", disk.1);
+        report_load("one node, embedded log on disk, fsync always", disk, None);
     }
     processes.kill(disk.0);
     let a = node(&processes, &["--backplane", &redis], None);
     let b = node(&processes, &["--backplane", &redis], None);
     for _ in 0..2 {
-        report_load("node A of two, Redis backplane", a.1);
+        report_load("node A of two, Redis backplane", a, Some(redis_pid));
     }
 
     println!("\n## Delivery latency, 2,000 messages at 500/s\n");
@@ -286,8 +286,27 @@ fn ready(addr: SocketAddr) -> bool {
         && answer.starts_with("HTTP/1.1 200")
 }
 
-/// Runs the load generator's pub/sub load against `addr` and prints a row.
-fn report_load(name: &str, addr: SocketAddr) {
+/// CPU time (user and system) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |at: usize| fields.get(at).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// Runs the load generator's pub/sub load against `node` and prints a row, with the CPU the
+/// node (and Redis, if given) spent per acknowledged publish.
+fn report_load(name: &str, node: (u32, SocketAddr), redis: Option<u32>) {
+    let (pid, addr) = node;
+    let node_before = cpu_seconds(pid);
+    let redis_before = redis.map(cpu_seconds);
     let output = Command::new(BINARY)
         .args(["load", "--protocol", "pubsub", "--connections", "32"])
         .args(["--duration", "5", "--warmup", "1", "--json", "--addr"])
@@ -302,11 +321,19 @@ fn report_load(name: &str, addr: SocketAddr) {
         }
     };
     let latency = |key: &str| report["latency"][key].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    // Over the whole run, warm-up included: every answer the generator received.
+    let answers = report["answers"].as_f64().unwrap_or(f64::NAN);
+    let per_ack = |before: f64, after: f64| (after - before) * 1e6 / answers;
+    let redis_per_ack = match (redis, redis_before) {
+        (Some(redis), Some(before)) => format!("{:.1}", per_ack(before, cpu_seconds(redis))),
+        _ => "–".into(),
+    };
     println!(
-        "| {name} | {:.0} | {:.2} | {:.2} |",
+        "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {redis_per_ack} |",
         report["rate"].as_f64().unwrap_or(f64::NAN),
         latency("p50_us"),
         latency("p99_us"),
+        per_ack(node_before, cpu_seconds(pid)),
     );
 }
 
