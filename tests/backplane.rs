@@ -469,3 +469,55 @@ fn prefork_workers_share_their_topics_through_the_backplane() {
         assert_eq!(subscriber.messages(4), expected);
     }
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_clients_publish_waits_out_a_redis_outage_and_is_stored_once() {
+    use socketserver::client::pubsub::{Event, PubSubClient};
+    use socketserver::client::ws::ClientOptions;
+    let mut redis = Redis::start("client-outage");
+    let servers = vec![redis.url()];
+    let node = Node::start(&servers);
+    let mut subscriber = node.client();
+    subscribed(&mut subscriber, "kept", None);
+    redis.kill();
+    let url = format!("ws://{}/", node.addr());
+    let mut publisher = PubSubClient::connect(&url, ClientOptions::default()).expect("connect");
+    let sequence = publisher.start_publish("kept", "through the outage");
+    // Refused for now, and reported, but not given up.
+    loop {
+        match publisher.next_event(TIMEOUT).expect("an event") {
+            Some(Event::Refused {
+                sequence: Some(refused),
+                code,
+                ..
+            }) => {
+                assert_eq!(
+                    (refused, code.as_str()),
+                    (sequence, "backplane_unavailable")
+                );
+                break;
+            }
+            Some(Event::Connected) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        publisher.state().unacknowledged(),
+        1,
+        "still waiting to be stored"
+    );
+    redis.run();
+    let offset = publisher
+        .wait_published(sequence, TIMEOUT * 2)
+        .expect("not refused for good")
+        .expect("acknowledged once Redis is back");
+    assert_eq!(offset, 1);
+    assert_eq!(
+        subscriber.messages(1),
+        vec![(1, "through the outage".to_string())]
+    );
+    // Sent again and again during the outage, stored once: the next offset is 2.
+    let mut other = node.client();
+    assert_eq!(other.publish("kept", "next", None), 2);
+}

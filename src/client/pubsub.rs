@@ -14,6 +14,13 @@
 //! reconnect, and the server's dedupe window (rebuilt from the log after a restart) makes the
 //! second copy answer with the first one's offset instead of storing it again.
 //!
+//! A refusal that says "not now" (`overloaded`, `unavailable`, `backplane_unavailable`: a full
+//! queue, a server stopping, a Redis server out of reach) is not an outcome: the publish stays
+//! unacknowledged and the subscription wanted. Both are sent again on the next connection,
+//! and [`PubSubClient`] also sends them again on the same one after a delay (250 ms, doubling
+//! to 5 s while the refusals go on), so a publish waits out an outage instead of failing.
+//! The refusal is still reported, as [`Event::Refused`].
+//!
 //! [`PubSubHandler`] is the sans-IO part (a [`WebSocketHandler`] for [`WsClient`]), for
 //! [`Clients`](super::Clients) loops; [`PubSubClient`] is the blocking API the CLI's
 //! `subscribe` and `publish` use.
@@ -42,6 +49,14 @@ pub const MAX_QUEUED_EVENTS: usize = 4096;
 /// 80 bytes each), well under the server's WebSocket output limit, so a burst of any length
 /// is acknowledged in full instead of overrunning the connection.
 pub const MAX_IN_FLIGHT_PUBLISHES: usize = 1024;
+
+/// Error codes that mean "try again later": the publish or subscription is kept and sent again.
+pub const TRANSIENT_REFUSALS: [&str; 3] = ["overloaded", "unavailable", "backplane_unavailable"];
+
+/// The first delay before sending again what was refused for now; it doubles while refusals
+/// go on, up to [`RETRY_MAX`], and starts over at an acknowledgement.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where a subscription stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +146,12 @@ struct State {
     client_id: String,
     next_sequence: u64,
     connected: bool,
+    /// Publishes refused for now on this connection, to send again at `retry_at`.
+    retry_publishes: Vec<u64>,
+    /// Subscriptions refused for now on this connection, the same.
+    retry_subscriptions: Vec<String>,
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
 }
 
 impl State {
@@ -139,6 +160,40 @@ impl State {
         self.connected = true;
         self.on_wire = 0;
         self.sent_through = 0;
+        // Everything unacknowledged and wanted goes again on a new connection anyway.
+        self.retry_publishes.clear();
+        self.retry_subscriptions.clear();
+        self.retry_at = None;
+    }
+
+    /// Something was refused for now: it is sent again after the current delay, which grows.
+    fn retry_later(&mut self) {
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.retry_delay);
+            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// The lines due to be sent again now (publishes refused for now, still unacknowledged,
+    /// and subscriptions still wanted), if their time has come.
+    fn due_retries(&mut self, now: Instant) -> Vec<String> {
+        if self.retry_at.is_none_or(|at| at > now) {
+            return Vec::new();
+        }
+        self.retry_at = None;
+        let mut lines = Vec::new();
+        for topic in std::mem::take(&mut self.retry_subscriptions) {
+            if let Some(start) = self.subscriptions.get(&topic) {
+                lines.push(subscribe_line(&topic, start));
+            }
+        }
+        for sequence in std::mem::take(&mut self.retry_publishes) {
+            if let Some(publish) = self.unacked.get(&sequence) {
+                lines.push(publish_line(&self.client_id, sequence, publish));
+                self.on_wire += 1;
+            }
+        }
+        lines
     }
 
     /// The publish lines that fit in the window now: the next ones not yet sent on this
@@ -206,6 +261,10 @@ impl Default for PubSubState {
             client_id: format!("{:016x}", rand::random::<u64>()),
             next_sequence: 1,
             connected: false,
+            retry_publishes: Vec::new(),
+            retry_subscriptions: Vec::new(),
+            retry_at: None,
+            retry_delay: RETRY_FIRST,
         })))
     }
 }
@@ -361,6 +420,7 @@ impl PubSubHandler {
                 if !state.answered(sequence) {
                     return None;
                 }
+                state.retry_delay = RETRY_FIRST;
                 state.outcomes.insert(sequence, Ok(offset));
                 Some(Event::Acked { sequence, offset })
             }
@@ -381,11 +441,33 @@ impl PubSubHandler {
                     .id
                     .as_deref()
                     .and_then(|id| sequence_of(&state.client_id, id));
-                if let Some(sequence) = sequence {
-                    state.answered(sequence);
-                    state
-                        .outcomes
-                        .insert(sequence, Err(format!("{code}: {message}")));
+                let transient = TRANSIENT_REFUSALS.contains(&code.as_str());
+                match sequence {
+                    // Kept, off the wire, to go again.
+                    Some(sequence)
+                        if transient
+                            && state.unacked.contains_key(&sequence)
+                            && sequence <= state.sent_through =>
+                    {
+                        state.on_wire = state.on_wire.saturating_sub(1);
+                        state.retry_publishes.push(sequence);
+                        state.retry_later();
+                    }
+                    // Refused for now, but not waiting here (answered before): nothing to keep.
+                    Some(_) if transient => {}
+                    Some(sequence) => {
+                        state.answered(sequence);
+                        state
+                            .outcomes
+                            .insert(sequence, Err(format!("{code}: {message}")));
+                    }
+                    None if transient && state.subscriptions.contains_key(&topic) => {
+                        if !state.retry_subscriptions.contains(&topic) {
+                            state.retry_subscriptions.push(topic.clone());
+                        }
+                        state.retry_later();
+                    }
+                    None => {}
                 }
                 Some(Event::Refused {
                     sequence,
@@ -548,7 +630,7 @@ impl PubSubClient {
         let state = self.state.clone();
         let deadline = Instant::now() + timeout;
         let events = self.events.clone();
-        let waited = self.connection.run_until(deadline, |_| {
+        let waited = self.run_until(deadline, || {
             lock(&state.0).outcomes.contains_key(&sequence)
                 || lock(&events).len() >= MAX_QUEUED_EVENTS
         });
@@ -596,9 +678,7 @@ impl PubSubClient {
         }
         let events = self.events.clone();
         let deadline = Instant::now() + timeout;
-        let waited = self
-            .connection
-            .run_until(deadline, |_| !lock(&events).is_empty());
+        let waited = self.run_until(deadline, || !lock(&events).is_empty());
         if let Some(event) = lock(&self.events).pop_front() {
             return Ok(Some(event));
         }
@@ -611,12 +691,42 @@ impl PubSubClient {
     /// sooner if [`MAX_QUEUED_EVENTS`] wait to be taken.
     pub fn serve_for(&mut self, duration: Duration) -> Result<()> {
         let events = self.events.clone();
-        self.connection
-            .run_until(Instant::now() + duration, |_| {
-                lock(&events).len() >= MAX_QUEUED_EVENTS
-            })
-            .map(|_| ())
-            .map_err(|error| Error::io("serving", error))
+        self.run_until(Instant::now() + duration, || {
+            lock(&events).len() >= MAX_QUEUED_EVENTS
+        })
+        .map(|_| ())
+        .map_err(|error| Error::io("serving", error))
+    }
+
+    /// Serves the connection until `done` or `deadline`, sending again, when due, what was
+    /// refused for now.
+    fn run_until(
+        &mut self,
+        deadline: Instant,
+        mut done: impl FnMut() -> bool,
+    ) -> std::io::Result<bool> {
+        loop {
+            let retry_at = lock(&self.state.0).retry_at;
+            let until = retry_at.map_or(deadline, |at| at.min(deadline));
+            if self.connection.run_until(until, |_| done())? {
+                return Ok(true);
+            }
+            let lines = lock(&self.state.0).due_retries(Instant::now());
+            if !lines.is_empty() {
+                // Not connected: dropped here, since a new connection sends everything
+                // unacknowledged and every subscription anyway.
+                self.connection.with_protocol(|protocol, ctx| {
+                    protocol.act(ctx, |ws| {
+                        for line in &lines {
+                            ws.send_text(line);
+                        }
+                    })
+                });
+            }
+            if Instant::now() >= deadline {
+                return Ok(done());
+            }
+        }
     }
 
     /// The shared state (connected, publishes waiting).
