@@ -252,8 +252,45 @@ struct Seen {
     reconnects: usize,
 }
 
-/// `count` subscribers of `topic` through `url`, each on its own thread, until `done` and they
-/// hold every offset up to `last` (or a deadline passes).
+/// Subscribers on threads of their own, until told the last offset published and they hold it
+/// (or a deadline passes).
+struct Crowd {
+    threads: Vec<std::thread::JoinHandle<Seen>>,
+    done: Arc<AtomicBool>,
+    last: Arc<AtomicU64>,
+}
+
+impl Crowd {
+    /// `count` subscribers of `topic` through `url`, from the first offset; returns once all
+    /// are subscribed.
+    fn subscribe(url: &str, topic: &str, count: usize) -> Crowd {
+        let (done, last) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let threads = subscribers(url, topic, count, &done, &last);
+        Crowd {
+            threads,
+            done,
+            last,
+        }
+    }
+
+    /// Tells them what was `acknowledged`, waits for them, checks each saw exactly that, and
+    /// returns how many reconnected on the way.
+    fn finish(self, acknowledged: &BTreeSet<u64>) -> usize {
+        self.last
+            .store(*acknowledged.last().expect("some"), Ordering::SeqCst);
+        self.done.store(true, Ordering::SeqCst);
+        let seen: Vec<Seen> = self
+            .threads
+            .into_iter()
+            .map(|thread| thread.join().expect("subscriber"))
+            .collect();
+        check(seen, acknowledged)
+    }
+}
+
 fn subscribers(
     url: &str,
     topic: &str,
@@ -353,11 +390,7 @@ fn through_haproxy_kill_9_of_a_node_loses_no_acknowledged_message_and_everyone_r
         Node::start(ports[1], &redis.url(), true),
     ]));
     let haproxy = Balancer::haproxy(ports);
-    let (done, last) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let crowd = subscribers(&haproxy.url(), "prices", 40, &done, &last);
+    let crowd = Crowd::subscribe(&haproxy.url(), "prices", 40);
     {
         let nodes = nodes.lock().expect("nodes");
         wait_for("both nodes to hold subscribers", || {
@@ -368,13 +401,7 @@ fn through_haproxy_kill_9_of_a_node_loses_no_acknowledged_message_and_everyone_r
     let acknowledged = publish(&haproxy.url(), "prices", 300, 100, move || {
         killed.lock().expect("nodes")[0].kill_9();
     });
-    last.store(*acknowledged.last().expect("some"), Ordering::SeqCst);
-    done.store(true, Ordering::SeqCst);
-    let seen: Vec<Seen> = crowd
-        .into_iter()
-        .map(|thread| thread.join().expect("subscriber"))
-        .collect();
-    let moved = check(seen, &acknowledged);
+    let moved = crowd.finish(&acknowledged);
     assert!(
         moved >= 10,
         "the subscribers of the killed node moved ({moved})"
@@ -391,11 +418,7 @@ fn a_rolling_restart_behind_haproxy_under_publishing_shows_no_error_and_no_gap()
         Node::start(ports[1], &redis.url(), true),
     ]));
     let haproxy = Balancer::haproxy(ports);
-    let (done, last) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let crowd = subscribers(&haproxy.url(), "deploys", 20, &done, &last);
+    let crowd = Crowd::subscribe(&haproxy.url(), "deploys", 20);
     let restarting = nodes.clone();
     let front = haproxy.front;
     let restarter = std::thread::spawn(move || {
@@ -446,13 +469,7 @@ fn a_rolling_restart_behind_haproxy_under_publishing_shows_no_error_and_no_gap()
     }
     restarter.join().expect("restarts");
     acknowledged.extend(publish(&haproxy.url(), "deploys", 25, 0, || {}));
-    last.store(*acknowledged.last().expect("some"), Ordering::SeqCst);
-    done.store(true, Ordering::SeqCst);
-    let seen: Vec<Seen> = crowd
-        .into_iter()
-        .map(|thread| thread.join().expect("subscriber"))
-        .collect();
-    let moved = check(seen, &acknowledged);
+    let moved = crowd.finish(&acknowledged);
     assert!(
         moved >= 1,
         "some subscribers were moved by the restarts ({moved})"
@@ -470,17 +487,7 @@ fn through_nginx_pubsub_spans_both_nodes_and_health_checks_pass() {
     ];
     let nginx = Balancer::nginx(ports);
     assert_eq!(nginx.status("/livez"), Some(200));
-    let (done, last) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let crowd = subscribers(&nginx.url(), "chat", 10, &done, &last);
+    let crowd = Crowd::subscribe(&nginx.url(), "chat", 10);
     let acknowledged = publish(&nginx.url(), "chat", 50, 0, || {});
-    last.store(*acknowledged.last().expect("some"), Ordering::SeqCst);
-    done.store(true, Ordering::SeqCst);
-    let seen: Vec<Seen> = crowd
-        .into_iter()
-        .map(|thread| thread.join().expect("subscriber"))
-        .collect();
-    check(seen, &acknowledged);
+    crowd.finish(&acknowledged);
 }
