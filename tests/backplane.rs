@@ -521,3 +521,35 @@ fn a_clients_publish_waits_out_a_redis_outage_and_is_stored_once() {
     let mut other = node.client();
     assert_eq!(other.publish("kept", "next", None), 2);
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn more_missed_than_one_fill_reads_is_caught_up_in_steps_in_order() {
+    let redis = Redis::start("long-fill");
+    let node = Node::start(&[redis.url()]);
+    let mut subscriber = node.client();
+    subscribed(&mut subscriber, "bulk", None);
+    // 96 messages of 60 KiB (5.6 MiB) stored while the node heard nothing: more than one
+    // fill (4 MiB) takes.
+    let sizes: Vec<String> = (0..96)
+        .map(|n| format!("{n:03}{}", "x".repeat(60 * 1024)))
+        .collect();
+    for data in &sizes {
+        store_unannounced(&redis, "bulk", data);
+    }
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut connection = client
+        .get_connection_with_timeout(TIMEOUT)
+        .expect("connect to redis");
+    let _: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query(&mut connection)
+        .expect("CLIENT KILL");
+    let got = subscriber.messages(96);
+    let offsets: Vec<u64> = got.iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(offsets, (1..=96).collect::<Vec<u64>>());
+    assert!(got
+        .iter()
+        .zip(&sizes)
+        .all(|((_, data), expected)| data == expected));
+}

@@ -401,6 +401,11 @@ impl Backplane {
         let shard = &mut self.shards[at];
         if shard.connection.take().is_some() {
             log::warn!("backplane {}: {error}; reconnecting", shard.url);
+            // The listener's connection to the same server may be as dead without knowing it
+            // (a restart behind a partition sends no reset): it reconnects too.
+            if let Some(writer) = &shard.listener.state().writer {
+                let _ = writer.shutdown(Shutdown::Both);
+            }
             metrics::shared_add(&self.stats.backplane_errors, 1);
             metrics::shared_add(&self.stats.backplane_shards_down, 1);
             shard.retry.disconnected(Instant::now());
@@ -749,6 +754,14 @@ fn listen_once(
         .ok_or_else(|| io::Error::other(format!("{host} has no address")))?;
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_nodelay(true)?;
+    // A listener only reads: keepalive probes are how it learns of a server that vanished
+    // without a reset while nothing was published.
+    socket2::SockRef::from(&stream).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(2))
+            .with_retries(3),
+    )?;
     let mut parser = redis::Parser::new();
     let settings = info.redis_settings();
     if let Some(password) = settings.password() {

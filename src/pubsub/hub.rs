@@ -39,6 +39,9 @@ use crate::reactor::token::ConnId;
 
 /// Commands taken in one pass at most (the rest wait for the next pass).
 const PASS_COMMANDS: usize = 8192;
+/// Payload read from Redis at most by one fill of a topic (what its channel missed); the rest
+/// is read in the next passes, so a long outage is caught up in bounded steps.
+const FILL_BYTES: usize = 4 << 20;
 /// How often retention is enforced.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 
@@ -509,6 +512,8 @@ pub(crate) struct Hub {
     backplane: Option<Backplane>,
     /// This pass's publishes to Redis topics, in order.
     outgoing: Vec<Pending>,
+    /// Redis topics with more to read than one fill takes: read on in the next pass.
+    refill: Vec<Arc<str>>,
 }
 
 /// A publish to a Redis topic, waiting for its pass's pipeline.
@@ -584,6 +589,7 @@ pub(crate) fn start(
         holding: VecDeque::new(),
         backplane,
         outgoing: Vec::new(),
+        refill: Vec::new(),
     };
     hub.open_existing_topics()?;
     let recoveries = std::mem::take(&mut hub.recoveries);
@@ -689,6 +695,9 @@ impl Hub {
                     command => self.handle(command),
                 }
             }
+            for name in std::mem::take(&mut self.refill) {
+                let _ = self.refresh(&name);
+            }
             self.send_to_redis();
             self.commit();
             self.reconnect_backplane();
@@ -726,6 +735,9 @@ impl Hub {
     /// How long the hub may sleep: until held messages are due, the next interval sync, or
     /// retention.
     fn next_wait(&self) -> Duration {
+        if !self.refill.is_empty() {
+            return Duration::ZERO;
+        }
         let mut wait = RETENTION_EVERY.saturating_sub(self.last_retention.elapsed());
         if let Some(at) = self.backplane.as_ref().and_then(Backplane::next_retry) {
             wait = wait.min(at.saturating_duration_since(Instant::now()));
@@ -1202,12 +1214,20 @@ impl Hub {
     }
 
     /// Reads a Redis topic's messages after what was handed on up to `to`, and queues them
-    /// for its subscribers in order; false if Redis could not be read (they stay unread until
-    /// the next message or reconnection brings this node back here).
+    /// for its subscribers in order; true once handed on up to `to`. False if Redis could not
+    /// be read (they stay unread until the next message or reconnection brings this node back
+    /// here), or if there was more than one fill reads ([`FILL_BYTES`]): the topic then reads
+    /// on in the next pass.
     fn fill(&mut self, name: &Arc<str>, to: u64) -> bool {
-        let Some(topic) = self.topics.get(name) else {
+        let Some(topic) = self.topics.get_mut(name) else {
             return false;
         };
+        if topic.loops.is_empty() {
+            // Nobody here to hand them to.
+            topic.durable = topic.durable.max(to);
+            return true;
+        }
+        let topic = &*topic;
         let (Store::Remote { shard, epoch, .. }, from) = (&topic.store, topic.durable + 1) else {
             return false;
         };
@@ -1217,11 +1237,18 @@ impl Hub {
         };
         let mut records = Vec::new();
         let mut start = from;
+        let mut bytes = 0;
+        let mut complete = true;
         while start <= to {
+            if bytes >= FILL_BYTES {
+                complete = false;
+                break;
+            }
             match backplane.read(shard, name, start, to, self.limits.fetch_bytes) {
                 Ok(read) if read.is_empty() => break,
                 Ok(read) => {
                     start = read.last().map_or(to + 1, |record| record.offset + 1);
+                    bytes += read.iter().map(|record| record.data.len()).sum::<usize>();
                     records.extend(read);
                 }
                 Err(_) => return false,
@@ -1247,11 +1274,14 @@ impl Hub {
         }
         // Offsets Redis no longer held are passed over: a subscriber that needed them is told
         // of the gap when it asks for them.
-        topic.durable = to;
+        topic.durable = if complete { to } else { start - 1 };
+        if !complete && !self.refill.contains(name) {
+            self.refill.push(name.clone());
+        }
         if !self.touched.contains(name) {
             self.touched.push(name.clone());
         }
-        true
+        complete
     }
 
     /// A subscriber's history from a Redis topic's stream; `None` if it is not one. A read
