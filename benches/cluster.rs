@@ -353,7 +353,7 @@ fn websocket_as(addr: SocketAddr, proxied: bool) -> tungstenite::WebSocket<TcpSt
     let mut stream = TcpStream::connect(addr).expect("connect");
     if proxied {
         let client = stream.local_addr().expect("local address");
-        let header = socketserver::protocol::proxy::v2_header(client, addr);
+        let header = socketserver::net::proxy::v2_header(client, addr);
         stream.write_all(&header).expect("the PROXY header");
     }
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");

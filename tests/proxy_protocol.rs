@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use socketserver::protocol::proxy::v2_header;
+use socketserver::net::proxy::v2_header;
 use socketserver::protocol::{Context, Protocol};
 use socketserver::Config;
 use util::{connect, is_closed_by_server, read_line, spawn_bound, Driver};

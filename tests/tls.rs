@@ -953,7 +953,7 @@ fn a_proxy_protocol_header_comes_before_the_tls_handshake_and_names_the_client()
         };
         let server = https(driver, config, pki.settings());
         let mut socket = util::connect(server.local_addr());
-        let header = socketserver::protocol::proxy::v2_header(
+        let header = socketserver::net::proxy::v2_header(
             "203.0.113.50:6000".parse().expect("an address"),
             server.local_addr(),
         );

@@ -41,7 +41,6 @@ mod echo;
 mod frame;
 pub mod http;
 mod line;
-pub mod proxy;
 mod session;
 pub mod ws;
 

@@ -46,7 +46,6 @@ use redis::{ConnectionAddr, IntoConnectionInfo, Value};
 
 use super::hub::PubSubStats;
 use super::log::Record;
-use crate::client::{Backoff, Retry};
 use crate::metrics;
 
 /// What every key and channel of the backplane starts with.
@@ -146,7 +145,7 @@ struct Shard {
     url: String,
     client: redis::Client,
     connection: Option<redis::Connection>,
-    retry: Retry,
+    retry: Reconnect,
     /// When to try connecting again after a failure.
     retry_at: Option<Instant>,
     listener: Arc<Listener>,
@@ -300,7 +299,7 @@ impl Backplane {
                 url: url.clone(),
                 client,
                 connection: None,
-                retry: Retry::new(backoff()),
+                retry: Reconnect::default(),
                 retry_at: None,
                 listener,
                 listener_thread: Some(thread),
@@ -367,23 +366,19 @@ impl Backplane {
                 });
         match opened {
             Ok(connection) => {
-                if shard.retry.attempts() > 0 || shard.retry_at.is_some() {
+                if shard.retry.failures > 0 || shard.retry_at.is_some() {
                     log::info!("backplane {}: connected", shard.url);
                 }
                 shard.connection = Some(connection);
-                shard.retry.reset();
-                shard.retry.connected(Instant::now());
+                shard.retry.connected();
                 shard.retry_at = None;
                 metrics::shared_add(&self.stats.backplane_connects, 1);
                 metrics::shared_sub(&self.stats.backplane_shards_down, 1);
                 true
             }
             Err(error) => {
-                let delay = shard
-                    .retry
-                    .next_delay(rand::random::<f64>())
-                    .unwrap_or(Duration::from_secs(5));
-                if shard.retry.attempts() <= 1 {
+                let delay = shard.retry.next_delay();
+                if shard.retry.failures <= 1 {
                     log::warn!(
                         "backplane {}: cannot connect ({error}); trying again with backoff",
                         shard.url
@@ -408,11 +403,7 @@ impl Backplane {
             }
             metrics::shared_add(&self.stats.backplane_errors, 1);
             metrics::shared_add(&self.stats.backplane_shards_down, 1);
-            shard.retry.disconnected(Instant::now());
-            let delay = shard
-                .retry
-                .next_delay(rand::random::<f64>())
-                .unwrap_or(Duration::from_secs(5));
+            let delay = shard.retry.next_delay();
             shard.retry_at = Some(Instant::now() + delay);
         }
     }
@@ -648,10 +639,42 @@ impl Drop for Backplane {
     }
 }
 
-/// Reconnects of a Redis connection: from 50 ms doubling to 2 s, with full jitter, forever.
-fn backoff() -> Backoff {
-    Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2))
-        .with_min_uptime(Duration::from_secs(5))
+/// When to try a Redis connection again: full jitter under a ceiling that doubles from 50 ms
+/// to 2 s with each failure in a row, forever; a connection that stayed up 5 s starts it over.
+/// (The client's `Backoff` is a general form of the same; the pub/sub room does not reach up
+/// to the client's.)
+#[derive(Debug, Default)]
+struct Reconnect {
+    /// Failures in a row.
+    failures: u32,
+    /// When the connection now up came up.
+    up_since: Option<Instant>,
+}
+
+impl Reconnect {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+    const HEALTHY: Duration = Duration::from_secs(5);
+
+    fn connected(&mut self) {
+        self.up_since = Some(Instant::now());
+    }
+
+    /// A connection, or an attempt at one, ended: how long to wait before the next attempt.
+    fn next_delay(&mut self) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= Self::HEALTHY)
+        {
+            self.failures = 0;
+        }
+        let ceiling = Self::FIRST
+            .saturating_mul(1 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
 }
 
 /// A stream entry `[id, [field, value, ...]]` as a record.
@@ -711,7 +734,7 @@ fn listen(
     stats: &PubSubStats,
     timeout: Duration,
 ) {
-    let mut retry = Retry::new(backoff());
+    let mut retry = Reconnect::default();
     while !listener.stopping.load(Ordering::SeqCst) {
         let outcome = listen_once(info, listener, heard, stats, timeout, &mut retry);
         listener.state().writer = None;
@@ -719,14 +742,11 @@ fn listen(
             return; // stopping, or the hub is gone
         }
         if let Err(error) = outcome {
-            if retry.attempts() == 0 {
+            if retry.failures == 0 {
                 log::warn!("backplane listener: {error}; reconnecting");
             }
         }
-        retry.disconnected(Instant::now());
-        let delay = retry
-            .next_delay(rand::random::<f64>())
-            .unwrap_or(Duration::from_secs(2));
+        let delay = retry.next_delay();
         // Waits the delay out, or less if told to stop.
         let state = listener.state();
         let _ = listener
@@ -743,7 +763,7 @@ fn listen_once(
     heard: &Sender<Heard>,
     stats: &PubSubStats,
     timeout: Duration,
-    retry: &mut Retry,
+    retry: &mut Reconnect,
 ) -> io::Result<()> {
     let ConnectionAddr::Tcp(host, port) = info.addr() else {
         return Err(io::Error::other("not a TCP address"));
@@ -791,7 +811,7 @@ fn listen_once(
     if listener.stopping.load(Ordering::SeqCst) {
         return Ok(());
     }
-    retry.connected(Instant::now());
+    retry.connected();
     metrics::shared_add(&stats.backplane_listener_connects, 1);
     loop {
         let value = parser
@@ -893,6 +913,32 @@ mod tests {
         );
         assert_eq!(&*record.data, b"payload");
         assert!(parse_entry(&Value::BulkString(b"0-9".to_vec())).is_none());
+    }
+
+    #[test]
+    fn reconnect_delays_grow_to_their_cap_and_start_over_after_a_healthy_connection() {
+        let mut retry = Reconnect::default();
+        let ceilings: Vec<Duration> = (0..8)
+            .map(|_| {
+                let delay = retry.next_delay();
+                let ceiling = Reconnect::FIRST
+                    .saturating_mul(1 << (retry.failures - 1))
+                    .min(Reconnect::MAX);
+                assert!(delay <= ceiling, "{delay:?} over {ceiling:?}");
+                ceiling
+            })
+            .collect();
+        assert_eq!(ceilings[0], Duration::from_millis(50));
+        assert_eq!(ceilings[5], Duration::from_millis(1600));
+        assert_eq!(ceilings[7], Reconnect::MAX);
+        // A connection that just came up and failed at once does not start over.
+        retry.connected();
+        retry.next_delay();
+        assert_eq!(retry.failures, 9);
+        // One that stayed up long enough does.
+        retry.up_since = Some(Instant::now() - Reconnect::HEALTHY);
+        retry.next_delay();
+        assert_eq!(retry.failures, 1);
     }
 
     #[test]

@@ -272,7 +272,7 @@ impl<P: Protocol> Connection<P> {
     /// off the socket, and keeps the client's address it names; the verify hook is asked about
     /// that address, as it is about a direct peer's at accept.
     fn read_proxy_header(&mut self, core: &mut Core) -> ProxyStep {
-        use crate::protocol::proxy::{self, Parsed};
+        use crate::net::proxy::{self, Parsed};
         let mut peeked = [0u8; proxy::MAX_HEADER_BYTES];
         let seen = match self.stream.peek_below_layer(&mut peeked) {
             Ok(0) => {

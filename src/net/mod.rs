@@ -1,7 +1,10 @@
 //! Transports: TCP and Unix-domain stream sockets behind one `Listener` and one `Stream`, UDP
 //! and Unix-domain datagram sockets behind one `DatagramSocket`, so the reactor and the
 //! blocking drivers never name a transport; and binding (SO_REUSEADDR, SO_REUSEPORT, the listen
-//! backlog, stale Unix socket files), plus per-connection options.
+//! backlog, stale Unix socket files), plus per-connection options; and the PROXY protocol
+//! header a load balancer sends before anything else on a connection ([`proxy`]).
+
+pub mod proxy;
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
