@@ -414,8 +414,23 @@ fn readyz_reports_degraded_while_the_backplane_cannot_reach_redis() {
             &nobody,
             "--backplane-timeout-ms",
             "200",
+            "--agent-addr",
+            "127.0.0.1:0",
         ],
         None,
+    );
+    let agent: SocketAddr = server
+        .next_line()
+        .trim()
+        .strip_prefix("agent check at ")
+        .expect("the agent check's address")
+        .parse()
+        .expect("an address");
+    let mut check = util::connect(agent);
+    let said = util::read_to_end(&mut check).expect("the agent's answer");
+    assert_eq!(
+        said, b"drain\n",
+        "HAProxy's agent sends it no new clients either"
     );
     let agent = ureq::AgentBuilder::new().timeout(TIMEOUT).build();
     let readyz = agent.get(&format!("http://{}/readyz", server.addr)).call();

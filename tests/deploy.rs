@@ -31,6 +31,8 @@ use util::{wait_for, TIMEOUT};
 struct Node {
     child: Option<Child>,
     port: u16,
+    /// Where it answers HAProxy's agent check (behind HAProxy only).
+    agent_port: u16,
     redis_url: String,
     /// Behind HAProxy, which sends PROXY headers; nginx's http proxy sends none.
     behind_haproxy: bool,
@@ -41,6 +43,7 @@ impl Node {
         let mut node = Node {
             child: None,
             port,
+            agent_port: free_port(),
             redis_url: redis_url.to_string(),
             behind_haproxy,
         };
@@ -61,8 +64,14 @@ impl Node {
             "--addr",
             &addr,
         ];
+        let agent = format!("127.0.0.1:{}", self.agent_port);
         if self.behind_haproxy {
-            args.extend(["--proxy-protocol-from", "127.0.0.0/8"]);
+            args.extend([
+                "--proxy-protocol-from",
+                "127.0.0.0/8",
+                "--agent-addr",
+                &agent,
+            ]);
         }
         let (child, listening) = util::Cli::spawn(&args, None);
         assert_eq!(listening, addr);
@@ -144,8 +153,10 @@ struct Balancer {
 }
 
 impl Balancer {
-    fn haproxy(nodes: [u16; 2]) -> Balancer {
-        Balancer::run("haproxy", "haproxy.cfg", nodes, |config| {
+    fn haproxy(nodes: &[Node; 2]) -> Balancer {
+        let ports = [nodes[0].port, nodes[1].port];
+        let agents = [nodes[0].agent_port, nodes[1].agent_port];
+        Balancer::run("haproxy", "haproxy.cfg", ports, agents, |config| {
             let mut command = Command::new("haproxy");
             command.arg("-db").arg("-f").arg(config);
             command
@@ -153,7 +164,7 @@ impl Balancer {
     }
 
     fn nginx(nodes: [u16; 2]) -> Balancer {
-        Balancer::run("nginx", "nginx.conf", nodes, |config| {
+        Balancer::run("nginx", "nginx.conf", nodes, [0, 0], |config| {
             let dir = config.parent().expect("a directory").to_path_buf();
             let mut command = Command::new("nginx");
             command.arg("-p").arg(dir).arg("-c").arg(config);
@@ -165,6 +176,7 @@ impl Balancer {
         name: &str,
         file: &str,
         nodes: [u16; 2],
+        agents: [u16; 2],
         command: impl Fn(&std::path::Path) -> Command,
     ) -> Balancer {
         let dir = std::env::temp_dir().join(format!(
@@ -187,7 +199,9 @@ impl Balancer {
         let config = original
             .replace("127.0.0.1:8080", &front.to_string())
             .replace("127.0.0.1:9001", &format!("127.0.0.1:{}", nodes[0]))
-            .replace("127.0.0.1:9002", &format!("127.0.0.1:{}", nodes[1]));
+            .replace("127.0.0.1:9002", &format!("127.0.0.1:{}", nodes[1]))
+            .replace("agent-port 9101", &format!("agent-port {}", agents[0]))
+            .replace("agent-port 9102", &format!("agent-port {}", agents[1]));
         let path = dir.join(file);
         std::fs::write(&path, config).expect("write the configuration");
         let child = command(&path)
@@ -389,7 +403,7 @@ fn through_haproxy_kill_9_of_a_node_loses_no_acknowledged_message_and_everyone_r
         Node::start(ports[0], &redis.url(), true),
         Node::start(ports[1], &redis.url(), true),
     ]));
-    let haproxy = Balancer::haproxy(ports);
+    let haproxy = Balancer::haproxy(&nodes.lock().expect("nodes"));
     let crowd = Crowd::subscribe(&haproxy.url(), "prices", 40);
     {
         let nodes = nodes.lock().expect("nodes");
@@ -417,7 +431,7 @@ fn a_rolling_restart_behind_haproxy_under_publishing_shows_no_error_and_no_gap()
         Node::start(ports[0], &redis.url(), true),
         Node::start(ports[1], &redis.url(), true),
     ]));
-    let haproxy = Balancer::haproxy(ports);
+    let haproxy = Balancer::haproxy(&nodes.lock().expect("nodes"));
     let crowd = Crowd::subscribe(&haproxy.url(), "deploys", 20);
     let restarting = nodes.clone();
     let front = haproxy.front;

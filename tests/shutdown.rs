@@ -111,6 +111,12 @@ fn status_of(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
     }
 }
 
+/// What HAProxy's agent check is told at `agent`: one line, then the close.
+fn agent_says(agent: std::net::SocketAddr) -> String {
+    let mut stream = connect(agent);
+    String::from_utf8(read_to_end(&mut stream).expect("the answer")).expect("text")
+}
+
 #[test]
 fn sigterm_with_a_drain_delay_turns_readyz_to_503_while_serving_then_closes_websockets_with_1001() {
     let server = Cli::start(
@@ -121,12 +127,22 @@ fn sigterm_with_a_drain_delay_turns_readyz_to_503_while_serving_then_closes_webs
             "--memory",
             "--drain-delay",
             "1.5",
+            "--agent-addr",
+            "127.0.0.1:0",
         ],
         None,
     );
     let addr = server.addr;
+    let agent: std::net::SocketAddr = server
+        .next_line()
+        .trim()
+        .strip_prefix("agent check at ")
+        .expect("the agent check's address")
+        .parse()
+        .expect("an address");
     assert_eq!(status_of(addr, "/livez"), Some(200));
     assert_eq!(status_of(addr, "/readyz"), Some(200));
+    assert_eq!(agent_says(agent), "up ready\n");
     let mut subscriber = pubsub::Client::connect(addr);
     subscriber.subscribe("news", None);
     let mut publisher = pubsub::Client::connect(addr);
@@ -136,6 +152,11 @@ fn sigterm_with_a_drain_delay_turns_readyz_to_503_while_serving_then_closes_webs
     wait_for("/readyz to answer 503", || {
         status_of(addr, "/readyz") == Some(503)
     });
+    assert_eq!(
+        agent_says(agent),
+        "drain\n",
+        "HAProxy's agent is told to drain too"
+    );
     // Still serving: new connections are accepted, live ones go on working.
     assert_eq!(
         status_of(addr, "/livez"),

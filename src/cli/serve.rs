@@ -95,6 +95,10 @@ pub(crate) struct ServeArgs {
     /// workers count apart).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Also answer HAProxy's agent-check on this address (`up ready`, or `drain` while
+    /// draining or while the backplane is out of reach); not with prefork.
+    #[arg(long, value_name = "HOST:PORT")]
+    agent_addr: Option<String>,
     /// Most connections held at once by the whole server (all loops, all prefork workers);
     /// clients over the cap are closed at once.
     #[arg(long, default_value_t = Config::default().max_connections as u64,
@@ -283,6 +287,13 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
     if args.broadcast && !matches!(args.protocol, ProtocolName::Ws) {
         return Err(Error::Config("--broadcast goes with --protocol ws".into()));
     }
+    if args.agent_addr.is_some() && (matches!(args.model, ModelName::Prefork) || args.udp) {
+        return Err(Error::Config(
+            "--agent-addr is for one process serving a stream socket: not with --model \
+             prefork (each worker drains apart) or --udp"
+                .into(),
+        ));
+    }
     if args.metrics_addr.is_some() && matches!(args.model, ModelName::Prefork) {
         return Err(Error::Config(
             "--metrics-addr does not combine with --model prefork: each worker process keeps \
@@ -358,12 +369,25 @@ pub(crate) fn run(args: ServeArgs) -> socketserver::Result<()> {
         }
         None => None,
     };
+    // The agent check of a pub/sub server also says whether its backplane is reachable: it
+    // starts with the service (serve_pubsub).
+    let agent = match (&args.agent_addr, &bound) {
+        (Some(addr), Bound::Stream(server)) if !matches!(args.protocol, ProtocolName::Pubsub) => {
+            Some(start_agent_check(&server.handle(), addr, || false)?)
+        }
+        _ => None,
+    };
     // The first line is a contract with scripts: make sure it leaves now, not at exit.
     let _ = std::io::stdout().flush();
     let served = match bound {
         Bound::Stream(server) => serve_stream(server, &args, run),
         Bound::Datagram(server) => serve_datagrams(server, run),
     };
+    if let Some(agent) = agent {
+        if let Err(error) = agent.shutdown() {
+            log::warn!("agent-check listener: {error}");
+        }
+    }
     if let Some(metrics) = metrics {
         if let Err(error) = metrics.shutdown() {
             log::warn!("metrics listener: {error}");
@@ -464,7 +488,7 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
             let handle = server.handle();
             if args.broadcast {
                 let pubsub = PubSub::start_broadcast(server.config())?;
-                return serve_pubsub(server, run, pubsub, options, limits, &args.forwarded_from);
+                return serve_pubsub(server, run, pubsub, options, limits, args);
             }
             let router = Arc::new(with_health(
                 Router::new()
@@ -504,7 +528,7 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
                 }
             };
             let pubsub = PubSub::start(server.config(), storage)?;
-            serve_pubsub(server, run, pubsub, options, limits, &args.forwarded_from)
+            serve_pubsub(server, run, pubsub, options, limits, args)
         }
     }
 }
@@ -517,8 +541,9 @@ fn serve_pubsub(
     pubsub: PubSub,
     options: WebSocketOptions,
     limits: HttpLimits,
-    forwarders: &[ipnet::IpNet],
+    args: &ServeArgs,
 ) -> socketserver::Result<()> {
+    let forwarders = &args.forwarded_from;
     let handle = server.handle();
     let stats = pubsub.stats();
     let ready = {
@@ -539,9 +564,36 @@ fn serve_pubsub(
         forwarders,
         ready,
     ));
+    let agent = match &args.agent_addr {
+        Some(addr) => {
+            let stats = pubsub.stats();
+            Some(start_agent_check(&server.handle(), addr, move || {
+                !stats.backplane_ready()
+            })?)
+        }
+        None => None,
+    };
+    let _ = std::io::stdout().flush();
     let served = run_stream(server, run, move || Http::new(router.clone(), limits));
+    if let Some(agent) = agent {
+        if let Err(error) = agent.shutdown() {
+            log::warn!("agent-check listener: {error}");
+        }
+    }
     pubsub.shutdown();
     served
+}
+
+/// Starts the agent-check listener and says where it is.
+fn start_agent_check(
+    handle: &socketserver::ServerHandle,
+    addr: &str,
+    degraded: impl Fn() -> bool + Send + Sync + 'static,
+) -> socketserver::Result<socketserver::RunningServer> {
+    let agent = handle.serve_agent_check(addr, degraded)?;
+    // Not println!: a reader that took only the first line must not make this panic.
+    let _ = writeln!(std::io::stdout(), "agent check at {}", agent.local_addr());
+    Ok(agent)
 }
 
 /// What `/readyz` answers: 200 `ready`; 503 `draining` once a drain or shutdown began; 503

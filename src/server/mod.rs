@@ -585,6 +585,55 @@ impl ServerHandle {
 /// The most scrapers a [`ServerHandle::serve_metrics`] listener serves at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
+impl ServerHandle {
+    /// Answers HAProxy's `agent-check` on `addr`, from a reactor of its own on a new thread:
+    /// each connection is told one line and closed. `up ready` while this server is ready;
+    /// `drain` once a drain or shutdown began, or while `degraded()` says so (a backplane out
+    /// of reach): HAProxy then sends it no new clients and leaves it those it has, which the
+    /// drain closes itself (1001). At most [`METRICS_MAX_CONNECTIONS`] checks at once.
+    pub fn serve_agent_check(
+        &self,
+        addr: impl ToSocketAddrs,
+        degraded: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Result<RunningServer> {
+        let config = Config {
+            handle_signals: false,
+            workers: 0,
+            max_connections: METRICS_MAX_CONNECTIONS,
+            ..Config::default()
+        };
+        let handle = self.clone();
+        let degraded: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(degraded);
+        Server::bind_with(addr, config)?.spawn(move || AgentCheck {
+            handle: handle.clone(),
+            degraded: degraded.clone(),
+        })
+    }
+}
+
+/// One answer to HAProxy's agent check, as its connection opens.
+struct AgentCheck {
+    handle: ServerHandle,
+    degraded: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl crate::protocol::Protocol for AgentCheck {
+    fn on_open(&mut self, ctx: &mut crate::protocol::Context<'_>) {
+        let answer: &[u8] = if self.handle.is_ready() && !(self.degraded)() {
+            b"up ready\n"
+        } else {
+            b"drain\n"
+        };
+        ctx.write(answer);
+        ctx.close();
+    }
+
+    fn on_read(&mut self, input: &[u8], _ctx: &mut crate::protocol::Context<'_>) -> usize {
+        // The agent sends nothing that matters here.
+        input.len()
+    }
+}
+
 impl RunningServer {
     /// Runs `serve` on a new thread named `name`.
     fn start(
