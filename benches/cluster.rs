@@ -169,21 +169,27 @@ fn main() {
     processes.kill(b.0);
 
     let ports = [free_port(), free_port()];
-    let trusted = [
-        "--backplane",
-        &redis,
-        "--proxy-protocol-from",
-        "127.0.0.0/8",
-    ];
-    let node1 = node(&processes, &trusted, Some(ports[0]));
-    let node2 = node(&processes, &trusted, Some(ports[1]));
-    let front = haproxy(&processes, &dir, ports);
+    let agents = [free_port(), free_port()];
+    let agent_addrs = agents.map(|port| format!("127.0.0.1:{port}"));
+    let trusted = |at: usize| {
+        [
+            "--backplane",
+            redis.as_str(),
+            "--proxy-protocol-from",
+            "127.0.0.0/8",
+            "--agent-addr",
+            agent_addrs[at].as_str(),
+        ]
+    };
+    let node1 = node(&processes, &trusted(0), Some(ports[0]));
+    let node2 = node(&processes, &trusted(1), Some(ports[1]));
+    let front = haproxy(&processes, &dir, ports, agents);
     println!("\n## Failover through HAProxy, {subscribers} subscribers\n");
     failover(&processes, front, node1.0, subscribers);
     processes.kill(node2.0);
 
-    let node3 = node(&processes, &trusted, Some(ports[0]));
-    let node4 = node(&processes, &trusted, Some(ports[1]));
+    let node3 = node(&processes, &trusted(0), Some(ports[0]));
+    let node4 = node(&processes, &trusted(1), Some(ports[1]));
     wait_until("HAProxy to see the nodes", || ready(front));
     println!("\n## Delivered per second, 100 subscribers over two nodes, 20,000 messages\n");
     println!("| path | deliveries/s |");
@@ -246,8 +252,14 @@ fn node(processes: &Processes, args: &[&str], port: Option<u16>) -> (u32, Socket
     (processes.add(child), addr)
 }
 
-/// Starts HAProxy from the deployment file, with its addresses replaced; the frontend.
-fn haproxy(processes: &Processes, dir: &std::path::Path, ports: [u16; 2]) -> SocketAddr {
+/// Starts HAProxy from the deployment file, with its addresses (and the nodes' agent-check
+/// ports) replaced; the frontend.
+fn haproxy(
+    processes: &Processes,
+    dir: &std::path::Path,
+    ports: [u16; 2],
+    agents: [u16; 2],
+) -> SocketAddr {
     let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -256,7 +268,9 @@ fn haproxy(processes: &Processes, dir: &std::path::Path, ports: [u16; 2]) -> Soc
     .expect("examples/deploy/haproxy.cfg")
     .replace("127.0.0.1:8080", &front.to_string())
     .replace("127.0.0.1:9001", &format!("127.0.0.1:{}", ports[0]))
-    .replace("127.0.0.1:9002", &format!("127.0.0.1:{}", ports[1]));
+    .replace("127.0.0.1:9002", &format!("127.0.0.1:{}", ports[1]))
+    .replace("agent-port 9101", &format!("agent-port {}", agents[0]))
+    .replace("agent-port 9102", &format!("agent-port {}", agents[1]));
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).expect("write haproxy.cfg");
     processes.add(
