@@ -25,7 +25,7 @@
 //! [`Clients`](super::Clients) loops; [`PubSubClient`] is the blocking API the CLI's
 //! `subscribe` and `publish` use.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,11 @@ pub const MAX_QUEUED_EVENTS: usize = 4096;
 /// 80 bytes each), well under the server's WebSocket output limit, so a burst of any length
 /// is acknowledged in full instead of overrunning the connection.
 pub const MAX_IN_FLIGHT_PUBLISHES: usize = 1024;
+
+/// Answers to publishes kept for [`PubSubClient::wait_published`] at most: past it the oldest
+/// are forgotten, and asking for one of those is an error, so a client that publishes with
+/// [`PubSubClient::start_publish`] and never asks holds bounded memory.
+pub const MAX_KEPT_OUTCOMES: usize = 65_536;
 
 /// Error codes that mean "try again later": the publish or subscription is kept and sent again.
 pub const TRANSIENT_REFUSALS: [&str; 3] = ["overloaded", "unavailable", "backplane_unavailable"];
@@ -141,7 +146,9 @@ struct State {
     /// The highest sequence sent on this connection (0: none yet).
     sent_through: u64,
     /// Publishes answered and not yet collected: the offset, or the refusal.
-    outcomes: HashMap<u64, std::result::Result<u64, String>>,
+    outcomes: BTreeMap<u64, std::result::Result<u64, String>>,
+    /// Outcomes up to this sequence that are not in `outcomes` were forgotten (or taken).
+    forgotten_through: u64,
     /// This client's part of every publish id.
     client_id: String,
     next_sequence: u64,
@@ -164,6 +171,24 @@ impl State {
         self.retry_publishes.clear();
         self.retry_subscriptions.clear();
         self.retry_at = None;
+    }
+
+    /// Keeps the answer to publish `sequence`, forgetting the oldest past
+    /// [`MAX_KEPT_OUTCOMES`].
+    fn keep_outcome(&mut self, sequence: u64, outcome: std::result::Result<u64, String>) {
+        self.outcomes.insert(sequence, outcome);
+        while self.outcomes.len() > MAX_KEPT_OUTCOMES {
+            if let Some((oldest, _)) = self.outcomes.pop_first() {
+                self.forgotten_through = self.forgotten_through.max(oldest);
+            }
+        }
+    }
+
+    /// True if the answer to `sequence` came and is no longer kept: forgotten, or taken.
+    fn outcome_gone(&self, sequence: u64) -> bool {
+        sequence <= self.forgotten_through
+            && !self.outcomes.contains_key(&sequence)
+            && !self.unacked.contains_key(&sequence)
     }
 
     /// Something was refused for now: it is sent again after the current delay, which grows.
@@ -257,7 +282,8 @@ impl Default for PubSubState {
             unacked: BTreeMap::new(),
             on_wire: 0,
             sent_through: 0,
-            outcomes: HashMap::new(),
+            outcomes: BTreeMap::new(),
+            forgotten_through: 0,
             client_id: format!("{:016x}", rand::random::<u64>()),
             next_sequence: 1,
             connected: false,
@@ -303,9 +329,15 @@ impl PubSubState {
         sequence
     }
 
-    /// The answer to publish `sequence`, once it came (taken: asked once).
+    /// The answer to publish `sequence`, once it came (taken: asked once). At most
+    /// [`MAX_KEPT_OUTCOMES`] are kept; the oldest beyond are forgotten.
     pub fn take_outcome(&self, sequence: u64) -> Option<std::result::Result<u64, String>> {
-        lock(&self.0).outcomes.remove(&sequence)
+        let mut state = lock(&self.0);
+        let outcome = state.outcomes.remove(&sequence);
+        if outcome.is_some() {
+            state.forgotten_through = state.forgotten_through.max(sequence);
+        }
+        outcome
     }
 
     /// Publishes not yet acknowledged: on the wire, or waiting for room in the window of
@@ -421,7 +453,7 @@ impl PubSubHandler {
                     return None;
                 }
                 state.retry_delay = RETRY_FIRST;
-                state.outcomes.insert(sequence, Ok(offset));
+                state.keep_outcome(sequence, Ok(offset));
                 Some(Event::Acked { sequence, offset })
             }
             "error" => {
@@ -457,9 +489,7 @@ impl PubSubHandler {
                     Some(_) if transient => {}
                     Some(sequence) => {
                         state.answered(sequence);
-                        state
-                            .outcomes
-                            .insert(sequence, Err(format!("{code}: {message}")));
+                        state.keep_outcome(sequence, Err(format!("{code}: {message}")));
                     }
                     None if transient && state.subscriptions.contains_key(&topic) => {
                         if !state.retry_subscriptions.contains(&topic) {
@@ -630,6 +660,12 @@ impl PubSubClient {
         let state = self.state.clone();
         let deadline = Instant::now() + timeout;
         let events = self.events.clone();
+        if lock(&state.0).outcome_gone(sequence) {
+            return Err(Error::Tool(format!(
+                "the answer to publish {sequence} is no longer kept (taken already, or one of \
+                 more than {MAX_KEPT_OUTCOMES} nobody asked for)"
+            )));
+        }
         let waited = self.run_until(deadline, || {
             lock(&state.0).outcomes.contains_key(&sequence)
                 || lock(&events).len() >= MAX_QUEUED_EVENTS
@@ -745,6 +781,38 @@ mod tests {
         let state = PubSubState::default();
         let handler = PubSubHandler::new(state, move |event| lock(&sink).push(event));
         (handler, seen)
+    }
+
+    #[test]
+    fn answers_nobody_asks_for_are_kept_up_to_the_bound_then_the_oldest_go() {
+        let (mut handler, _) = handler();
+        let client = lock(&handler.state.0).client_id.clone();
+        let total = MAX_KEPT_OUTCOMES as u64 + 10;
+        for _ in 0..total {
+            handler.state.publish("t", "x", None);
+        }
+        {
+            let mut state = lock(&handler.state.0);
+            state.new_connection();
+            let _ = state.fill_window();
+        }
+        for sequence in 1..=total {
+            let ack = format!(
+                r#"{{"type":"ack","id":"{client}-{sequence}","topic":"t","offset":{sequence}}}"#
+            );
+            handler.incoming(&ack);
+            // Room in the window for the next ones, as the handler makes after an answer.
+            let _ = lock(&handler.state.0).fill_window();
+        }
+        let state = lock(&handler.state.0);
+        assert_eq!(state.outcomes.len(), MAX_KEPT_OUTCOMES);
+        assert!(state.outcome_gone(1), "the oldest answer is forgotten");
+        assert!(state.outcome_gone(10));
+        assert!(!state.outcome_gone(11), "a newer one is still there");
+        assert_eq!(state.outcomes.get(&total), Some(&Ok(total)));
+        drop(state);
+        assert_eq!(handler.state.take_outcome(total), Some(Ok(total)));
+        assert!(lock(&handler.state.0).outcome_gone(total), "taken once");
     }
 
     #[test]
