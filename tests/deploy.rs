@@ -157,7 +157,7 @@ impl Balancer {
         let ports = [nodes[0].port, nodes[1].port];
         let agents = [nodes[0].agent_port, nodes[1].agent_port];
         Balancer::run("haproxy", "haproxy.cfg", ports, agents, |config| {
-            let mut command = Command::new("haproxy");
+            let mut command = Command::new(util::system_program("haproxy"));
             command.arg("-db").arg("-f").arg(config);
             command
         })
@@ -166,7 +166,7 @@ impl Balancer {
     fn nginx(nodes: [u16; 2]) -> Balancer {
         Balancer::run("nginx", "nginx.conf", nodes, [0, 0], |config| {
             let dir = config.parent().expect("a directory").to_path_buf();
-            let mut command = Command::new("nginx");
+            let mut command = Command::new(util::system_program("nginx"));
             command.arg("-p").arg(dir).arg("-c").arg(config);
             command
         })

@@ -18,6 +18,18 @@ use std::time::{Duration, Instant};
 use socketserver::protocol::Protocol;
 use socketserver::{Config, RunningServer, Server};
 
+/// Where a program of the system is: on `PATH`, or in the `sbin` directories a user's `PATH`
+/// may leave out (Debian puts `haproxy` and `nginx` in `/usr/sbin`); the bare name if nowhere,
+/// so that spawning it fails with the name in the error.
+pub fn system_program(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| name.into())
+}
+
 /// How long any single helper waits before failing the test.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -36,7 +36,7 @@ impl Redis {
 
     /// Starts the server (again) on its port and waits until it answers.
     pub fn run(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(super::system_program("redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
