@@ -31,9 +31,15 @@ struct Node {
 
 impl Node {
     fn start(servers: &[String]) -> Node {
+        Node::start_with(servers, Config::default().pubsub_max_topics)
+    }
+
+    /// A node that holds at most `max_topics` topics at once.
+    fn start_with(servers: &[String], max_topics: usize) -> Node {
         let config = Config {
             shutdown_timeout: Duration::from_millis(300),
             backplane_timeout: Duration::from_millis(500),
+            pubsub_max_topics: max_topics,
             ..test_config()
         };
         let storage = Storage::Redis {
@@ -567,4 +573,52 @@ fn more_missed_than_one_fill_reads_is_caught_up_in_steps_in_order() {
         .iter()
         .zip(&sizes)
         .all(|((_, data), expected)| data == expected));
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_resume_from_before_what_redis_still_holds_is_not_recovered_on_a_node_already_listening() {
+    let redis = Redis::start("trimmed");
+    let node = Node::start(&[redis.url()]);
+    let mut listener = node.client();
+    let (epoch, _, _) = subscribed(&mut listener, "trim", None);
+    let mut publisher = node.client();
+    for n in 1..=3 {
+        publisher.publish("trim", &format!("t{n}"), None);
+    }
+    assert_eq!(listener.messages(3).len(), 3);
+    // Redis trims the stream (as MAXLEN does over time), telling no one.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut connection = client
+        .get_connection_with_timeout(TIMEOUT)
+        .expect("connect to redis");
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(&["socketserver:trim:log", "MAXLEN", "0"])
+        .query(&mut connection)
+        .expect("XTRIM");
+    let mut resumer = node.client();
+    let answer = resumer.subscribe("trim", Some(json!({"epoch": epoch, "offset": 0})));
+    assert_eq!(answer["recovered"], false, "{answer}");
+    assert_eq!(answer["earliest"], 4, "{answer}");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_node_at_its_topic_limit_forgets_idle_redis_topics_instead_of_refusing_new_ones() {
+    let redis = Redis::start("topic-limit");
+    let node = Node::start_with(&[redis.url()], 3);
+    let mut subscriber = node.client();
+    subscribed(&mut subscriber, "kept", None);
+    let mut publisher = node.client();
+    for n in 0..10 {
+        assert_eq!(publisher.publish(&format!("passing-{n}"), "x", None), 1);
+    }
+    // Topics come back from Redis as they are used again: the offsets go on.
+    assert_eq!(publisher.publish("passing-0", "again", None), 2);
+    // The topic with a subscriber here was never forgotten.
+    let offset = publisher.publish("kept", "still heard", None);
+    assert_eq!(
+        subscriber.messages(1),
+        vec![(offset, "still heard".to_string())]
+    );
 }

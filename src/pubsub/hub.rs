@@ -830,6 +830,9 @@ impl Hub {
     fn topic(&mut self, name: &Arc<str>) -> Result<&mut Topic, (&'static str, String)> {
         if !self.topics.contains_key(name) {
             if self.topics.len() >= self.limits.max_topics {
+                self.forget_an_idle_remote_topic();
+            }
+            if self.topics.len() >= self.limits.max_topics {
                 return Err((
                     "too_many_topics",
                     "this server holds as many topics as it may".into(),
@@ -969,8 +972,10 @@ impl Hub {
             return refuse(&who, refused);
         }
         // A Redis topic this node does not listen to yet may have moved on since it was last
-        // asked: its state is read again before the subscription begins.
-        if !created && self.remote_listening(&name) == Some(false) {
+        // asked, and a resume must know the oldest offset Redis holds now (trimming moves it
+        // without a word): its state is read again before the subscription begins.
+        let listening = self.remote_listening(&name);
+        if !created && (listening == Some(false) || (listening.is_some() && from.is_some())) {
             if let Err(refused) = self.refresh(&name) {
                 return refuse(&who, refused);
             }
@@ -1169,6 +1174,30 @@ impl Hub {
         }
         if let Some(id) = id {
             self.remember(&name, id, offset, timestamp);
+        }
+    }
+
+    /// Forgets one Redis topic nobody here subscribes to, to make room for another: its log is
+    /// in Redis, and what this node knew of it is read again when it is next used. (A topic
+    /// stored here is never forgotten: its log is this node's.)
+    fn forget_an_idle_remote_topic(&mut self) {
+        let idle = self.topics.iter().find_map(|(name, topic)| {
+            let forgettable = matches!(
+                topic.store,
+                Store::Remote {
+                    listening: false,
+                    ..
+                }
+            ) && topic.loops.is_empty()
+                && topic.pending.is_empty()
+                && topic.held.is_empty()
+                && !self.touched.contains(name)
+                && !self.refill.contains(name);
+            forgettable.then(|| name.clone())
+        });
+        if let Some(name) = idle {
+            self.topics.remove(&name);
+            metrics::shared_sub(&self.stats.topics, 1);
         }
     }
 
