@@ -425,13 +425,7 @@ fn readyz_reports_degraded_while_the_backplane_cannot_reach_redis() {
         ],
         None,
     );
-    let agent: SocketAddr = server
-        .next_line()
-        .trim()
-        .strip_prefix("agent check at ")
-        .expect("the agent check's address")
-        .parse()
-        .expect("an address");
+    let agent = server.next_address("agent check at ");
     let mut check = util::connect(agent);
     let said = util::read_to_end(&mut check).expect("the agent's answer");
     assert_eq!(

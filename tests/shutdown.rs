@@ -133,13 +133,7 @@ fn sigterm_with_a_drain_delay_turns_readyz_to_503_while_serving_then_closes_webs
         None,
     );
     let addr = server.addr;
-    let agent: std::net::SocketAddr = server
-        .next_line()
-        .trim()
-        .strip_prefix("agent check at ")
-        .expect("the agent check's address")
-        .parse()
-        .expect("an address");
+    let agent = server.next_address("agent check at ");
     assert_eq!(status_of(addr, "/livez"), Some(200));
     assert_eq!(status_of(addr, "/readyz"), Some(200));
     assert_eq!(agent_says(agent), "up ready\n");

@@ -335,6 +335,18 @@ impl Cli {
             .expect("the server printed another line")
     }
 
+    /// The address in the next line the child prints, which must be `prefix` and an address
+    /// (`agent check at 127.0.0.1:4000`, say).
+    pub fn next_address(&self, prefix: &str) -> SocketAddr {
+        let line = self.next_line();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not an address: {line:?}"))
+    }
+
     /// Starts `socketserver ARGS` as given and returns the child and what its first line says
     /// after `listening on `.
     pub fn spawn(args: &[&str], max_files: Option<u64>) -> (std::process::Child, String) {
