@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,8 +16,21 @@ fn main() -> ExitCode {
         Command::Subscribe(_) | Command::Publish(_) => "warn,socketserver=info",
         _ => "warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    if let LogFormat::Json = cli.log_format {
+        logger.format(|out, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": out.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(out, "{line}")
+        });
+    }
+    logger.init();
     cli::raise_descriptor_limit();
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(*args),

@@ -840,3 +840,30 @@ fn forwarding_headers_name_the_client_only_from_trusted_proxies() {
         "peer=198.51.100.4 client=198.51.100.4"
     );
 }
+
+#[test]
+fn a_handler_sees_the_requests_valid_trace_id_and_none_for_a_bad_one() {
+    let server = serve(
+        test_config(),
+        Router::new().get("/", |request: &Request| {
+            let trace = request.trace_id().map(|id| id.to_string());
+            Response::new(200).body(trace.unwrap_or_else(|| "none".into()).into_bytes())
+        }),
+    );
+    let with = |traceparent: &str| {
+        body_of(
+            server.local_addr(),
+            b"",
+            &format!("GET / HTTP/1.1\r\nHost: t\r\ntraceparent: {traceparent}\r\n\r\n"),
+        )
+    };
+    assert_eq!(
+        with("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(
+        with("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+        "none"
+    );
+    assert_eq!(body_of(server.local_addr(), b"", &get("/")), "none");
+}

@@ -21,9 +21,22 @@ use socketserver::Error;
     about = "A reactor-based socket server, and the tools to measure it"
 )]
 pub(crate) struct Cli {
+    /// How log lines are written to stderr: text, or one JSON object per line (ts, level,
+    /// target, msg) for a log collector.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
     /// The command to run.
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// env_logger's text lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands.

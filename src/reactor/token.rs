@@ -20,12 +20,19 @@ pub const WAKER: Token = Token(usize::MAX - 1);
 pub const SIGNALS: Token = Token(usize::MAX - 2);
 
 /// Names one connection for its whole life: the slab slot and the generation of that slot.
+/// Shown as `index.generation` (`3.1`) in log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
     /// Slot in the connection table.
     pub index: u32,
     /// Generation the slot had when this connection moved in; differs for every later occupant.
     pub gen: u32,
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.index, self.gen)
+    }
 }
 
 impl ConnId {

@@ -317,9 +317,18 @@ impl Cli {
     /// which must be exactly `listening on <addr>` (`udp:<addr>` for a UDP server).
     /// `max_files` lowers RLIMIT_NOFILE in the child only.
     pub fn start(args: &[&str], max_files: Option<u64>) -> Cli {
+        Cli::start_full(args, max_files, &[])
+    }
+
+    /// Like [`Cli::start`], with `env` added to the child's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Cli {
+        Cli::start_full(args, None, env)
+    }
+
+    fn start_full(args: &[&str], max_files: Option<u64>, env: &[(&str, &str)]) -> Cli {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--addr", "127.0.0.1:0"]);
-        let (child, listening, lines) = Cli::spawn_reading(&all, max_files);
+        let (child, listening, lines) = Cli::spawn_reading(&all, max_files, env);
         let addr = listening
             .strip_prefix("udp:")
             .unwrap_or(&listening)
@@ -350,7 +359,7 @@ impl Cli {
     /// Starts `socketserver ARGS` as given and returns the child and what its first line says
     /// after `listening on `.
     pub fn spawn(args: &[&str], max_files: Option<u64>) -> (std::process::Child, String) {
-        let (child, listening, _later_lines) = Cli::spawn_reading(args, max_files);
+        let (child, listening, _later_lines) = Cli::spawn_reading(args, max_files, &[]);
         (child, listening)
     }
 
@@ -358,6 +367,7 @@ impl Cli {
     fn spawn_reading(
         args: &[&str],
         max_files: Option<u64>,
+        env: &[(&str, &str)],
     ) -> (
         std::process::Child,
         String,
@@ -369,6 +379,7 @@ impl Cli {
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_socketserver"));
         command.args(args);
+        command.envs(env.iter().copied());
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(limit) = max_files {
             let rlimit = libc::rlimit {

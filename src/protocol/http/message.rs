@@ -82,6 +82,8 @@ pub struct Request {
     peer: Option<std::net::SocketAddr>,
     /// The client behind trusted HTTP proxies, when it differs from the peer.
     forwarded_client: Option<std::net::IpAddr>,
+    /// The trace it belongs to, set as it is routed.
+    trace_id: Option<super::trace::TraceId>,
 }
 
 /// Past this capacity a request's body buffer is freed after the request instead of kept for
@@ -165,6 +167,28 @@ impl Request {
     ) {
         self.peer = peer;
         self.forwarded_client = forwarded_client;
+    }
+
+    /// The W3C trace this request belongs to: the trace id of its `traceparent` header if that
+    /// is valid (exactly one, well-formed); otherwise a new one when request logging is on
+    /// (`socketserver::http::request` at debug), so its log line and the handler agree; else
+    /// `None`.
+    pub fn trace_id(&self) -> Option<super::trace::TraceId> {
+        self.trace_id.or_else(|| self.incoming_trace_id())
+    }
+
+    /// The trace id of the `traceparent` header, if there is exactly one and it is valid (two
+    /// are as good as none, the specification says).
+    pub(super) fn incoming_trace_id(&self) -> Option<super::trace::TraceId> {
+        let mut traceparents = self.header_values("traceparent");
+        match (traceparents.next(), traceparents.next()) {
+            (Some(value), None) => super::trace::parse_traceparent(value),
+            _ => None,
+        }
+    }
+
+    pub(super) fn set_trace_id(&mut self, trace_id: Option<super::trace::TraceId>) {
+        self.trace_id = trace_id;
     }
 
     /// The method, as sent (`GET`, `POST`, …).

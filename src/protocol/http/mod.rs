@@ -47,6 +47,7 @@ mod body;
 mod forwarded;
 mod message;
 mod router;
+pub mod trace;
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -200,6 +201,8 @@ struct Requests {
     next_tag: u64,
     /// The connection's peer, once asked.
     peer: Option<Option<std::net::SocketAddr>>,
+    /// Requests routed on this connection so far: each one's number in the log.
+    requests_seen: u64,
     timer: Timer,
     /// Bytes of an unfinished request are held.
     partial: bool,
@@ -229,6 +232,7 @@ impl Requests {
             queue: VecDeque::new(),
             next_tag: 0,
             peer: None,
+            requests_seen: 0,
             timer: Timer::None,
             partial: false,
             request_started: None,
@@ -295,6 +299,24 @@ impl Requests {
             _ => None,
         };
         self.request.set_peer(peer, forwarded);
+        self.requests_seen += 1;
+        // With a log line to carry it, the request's trace is settled now: a valid incoming
+        // `traceparent`'s, or a new one. Without, nothing is looked at here (the hot path);
+        // `Request::trace_id` reads the header if a handler asks.
+        let logged = log::log_enabled!(target: "socketserver::http::request", log::Level::Debug);
+        let trace_id = logged.then(|| {
+            self.request
+                .incoming_trace_id()
+                .unwrap_or_else(trace::TraceId::random)
+        });
+        self.request.set_trace_id(trace_id);
+        // Taken now: an offloaded request leaves with its job.
+        let described = logged.then(|| {
+            (
+                self.request.method().to_string(),
+                self.request.path().to_string(),
+            )
+        });
         let request = &self.request;
         let answer = match self.router.route_for(request.method(), request.path()) {
             None => Answer::Ready(self.not_routed(request)),
@@ -319,6 +341,23 @@ impl Requests {
                 }
             }
         };
+        if let Some((method, path)) = described {
+            let status = match &answer {
+                Answer::Ready(response) => response.status.to_string(),
+                Answer::Pending(_) => "offloaded".to_string(),
+                Answer::Continue => "100".to_string(),
+            };
+            log::debug!(
+                target: "socketserver::http::request",
+                "conn={} request={} trace={} peer={} method={} path={:?} status={status}",
+                ctx.id(),
+                self.requests_seen,
+                trace_id.map_or_else(String::new, |id| id.to_string()),
+                peer.map_or_else(|| "-".to_string(), |peer| peer.to_string()),
+                method,
+                path,
+            );
+        }
         match answer {
             // Nothing is owed before it: written now, without taking a place in the queue.
             // (While shutting down every answer queues, so that the last can still be marked
