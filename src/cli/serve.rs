@@ -667,21 +667,22 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
         worker_args.push("--deflate".into());
     }
     worker_args.push(format!("--drain-delay={}", args.drain_delay));
-    if !args.forwarded_from.is_empty() {
-        let ranges: Vec<String> = args
-            .forwarded_from
+    // CIDR ranges as the flag takes them: comma-separated.
+    let ranges = |ranges: &[ipnet::IpNet]| {
+        ranges
             .iter()
             .map(ToString::to_string)
-            .collect();
-        worker_args.push(format!("--forwarded-from={}", ranges.join(",")));
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if !args.forwarded_from.is_empty() {
+        worker_args.push(format!("--forwarded-from={}", ranges(&args.forwarded_from)));
     }
     if !args.proxy_protocol_from.is_empty() {
-        let ranges: Vec<String> = args
-            .proxy_protocol_from
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        worker_args.push(format!("--proxy-protocol-from={}", ranges.join(",")));
+        worker_args.push(format!(
+            "--proxy-protocol-from={}",
+            ranges(&args.proxy_protocol_from)
+        ));
         worker_args.push(format!(
             "--proxy-header-timeout={}",
             args.proxy_header_timeout

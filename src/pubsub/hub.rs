@@ -1264,46 +1264,21 @@ impl Hub {
         let Some(backplane) = self.backplane.as_mut() else {
             return false;
         };
-        let mut records = Vec::new();
-        let mut start = from;
-        let mut bytes = 0;
-        let mut complete = true;
-        while start <= to {
-            if bytes >= FILL_BYTES {
-                complete = false;
-                break;
-            }
-            match backplane.read(shard, name, start, to, self.limits.fetch_bytes) {
-                Ok(read) if read.is_empty() => break,
-                Ok(read) => {
-                    start = read.last().map_or(to + 1, |record| record.offset + 1);
-                    bytes += read.iter().map(|record| record.data.len()).sum::<usize>();
-                    records.extend(read);
-                }
-                Err(_) => return false,
-            }
-        }
-        let envelope = self.envelope;
+        // The read pages through the stream itself, and stops at the byte bound.
+        let Ok(records) = backplane.read(shard, name, from, to, FILL_BYTES) else {
+            return false;
+        };
+        let bytes: usize = records.iter().map(|record| record.data.len()).sum();
+        let reached = records.last().map_or(from - 1, |record| record.offset);
+        let complete = bytes < FILL_BYTES || reached >= to;
+        let messages = framed(self.envelope, name, epoch, records);
         let Some(topic) = self.topics.get_mut(name) else {
             return false;
         };
-        for record in records {
-            let frame = prepare(
-                envelope,
-                name,
-                epoch,
-                record.offset,
-                &record.data,
-                record.binary,
-            );
-            topic.pending.push(Published {
-                offset: record.offset,
-                frame,
-            });
-        }
+        topic.pending.extend(messages);
         // Offsets Redis no longer held are passed over: a subscriber that needed them is told
         // of the gap when it asks for them.
-        topic.durable = if complete { to } else { start - 1 };
+        topic.durable = if complete { to } else { reached };
         if !complete && !self.refill.contains(name) {
             self.refill.push(name.clone());
         }
@@ -1336,21 +1311,7 @@ impl Hub {
         let held_from = records.first().map_or(durable + 1, |record| record.offset);
         let gap = (from < held_from).then(|| (from, held_from - 1));
         let reached = records.last().map_or(from.saturating_sub(1), |r| r.offset);
-        let envelope = self.envelope;
-        let messages: Vec<Published> = records
-            .into_iter()
-            .map(|record| Published {
-                offset: record.offset,
-                frame: prepare(
-                    envelope,
-                    name,
-                    epoch,
-                    record.offset,
-                    &record.data,
-                    record.binary,
-                ),
-            })
-            .collect();
+        let messages = framed(self.envelope, name, epoch, records);
         Some(Delivery::History {
             topic: name.clone(),
             more: reached < durable && !messages.is_empty(),
@@ -1765,6 +1726,24 @@ fn prepare(
     }
 }
 
+/// Frames records read from a log (on disk, in memory or in Redis) for their subscribers.
+fn framed(envelope: Envelope, topic: &str, epoch: u64, records: Vec<Record>) -> Vec<Published> {
+    records
+        .into_iter()
+        .map(|record| Published {
+            offset: record.offset,
+            frame: prepare(
+                envelope,
+                topic,
+                epoch,
+                record.offset,
+                &record.data,
+                record.binary,
+            ),
+        })
+        .collect()
+}
+
 /// Reads a subscriber's next history from `from`, up to what is durable.
 fn read_history(
     topic: &Topic,
@@ -1801,21 +1780,7 @@ fn read_history(
             more: false,
         };
     }
-    let epoch = topic.store.epoch();
-    let messages: Vec<Published> = records
-        .into_iter()
-        .map(|record| Published {
-            offset: record.offset,
-            frame: prepare(
-                envelope,
-                &topic.name,
-                epoch,
-                record.offset,
-                &record.data,
-                record.binary,
-            ),
-        })
-        .collect();
+    let messages = framed(envelope, &topic.name, topic.store.epoch(), records);
     let reached = messages
         .last()
         .map_or(start.saturating_sub(1), |m| m.offset);

@@ -557,12 +557,7 @@ impl ServerHandle {
     /// with [`RunningServer::shutdown`].
     pub fn serve_metrics(&self, addr: impl ToSocketAddrs) -> Result<RunningServer> {
         use crate::protocol::http::{Http, HttpLimits, Response, Router};
-        let config = Config {
-            handle_signals: false,
-            workers: 0,
-            max_connections: METRICS_MAX_CONNECTIONS,
-            ..Config::default()
-        };
+        let config = side_listener_config();
         let limits = HttpLimits::from_config(&config);
         let handle = self.clone();
         let ready = handle.clone();
@@ -585,6 +580,17 @@ impl ServerHandle {
 /// The most scrapers a [`ServerHandle::serve_metrics`] listener serves at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
+/// The configuration of a listener beside the server (metrics, agent check): no signals of
+/// its own (the server's decide), no workers, few connections.
+fn side_listener_config() -> Config {
+    Config {
+        handle_signals: false,
+        workers: 0,
+        max_connections: METRICS_MAX_CONNECTIONS,
+        ..Config::default()
+    }
+}
+
 impl ServerHandle {
     /// Answers HAProxy's `agent-check` on `addr`, from a reactor of its own on a new thread:
     /// each connection is told one line and closed. `up ready` while this server is ready;
@@ -596,12 +602,7 @@ impl ServerHandle {
         addr: impl ToSocketAddrs,
         degraded: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Result<RunningServer> {
-        let config = Config {
-            handle_signals: false,
-            workers: 0,
-            max_connections: METRICS_MAX_CONNECTIONS,
-            ..Config::default()
-        };
+        let config = side_listener_config();
         let handle = self.clone();
         let degraded: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(degraded);
         Server::bind_with(addr, config)?.spawn(move || AgentCheck {
