@@ -616,3 +616,22 @@ fn a_node_at_its_topic_limit_forgets_idle_redis_topics_instead_of_refusing_new_o
         vec![(offset, "still heard".to_string())]
     );
 }
+
+#[test]
+fn a_bad_backplane_url_is_refused_before_anything_binds() {
+    let (status, stdout, stderr) = util::run_cli(
+        &[
+            "serve",
+            "--protocol",
+            "pubsub",
+            "--backplane",
+            "http://127.0.0.1:6379",
+            "--addr",
+            "127.0.0.1:0",
+        ],
+        TIMEOUT,
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("--backplane"), "{stderr}");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+}

@@ -170,8 +170,8 @@ pub(crate) struct ServeArgs {
     /// pubsub: keep the topics in Redis, shared with every node given the same list
     /// (redis://HOST:PORT,...; topics are spread over them by jump hash), so a subscriber
     /// resumes on any node. Each topic's stream keeps --memory-messages messages.
-    #[arg(long, value_name = "URLS", conflicts_with = "memory")]
-    backplane: Option<String>,
+    #[arg(long, value_name = "URLS", conflicts_with = "memory", value_parser = redis_servers)]
+    backplane: Option<RedisServers>,
     /// pubsub --backplane: one Redis round trip may take this many milliseconds before its
     /// server counts as down (its publishes are then refused at once until it is back).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -224,6 +224,14 @@ impl ServeArgs {
             },
         )
     }
+}
+
+/// The Redis servers of `--backplane`, checked as the flag is parsed (before anything binds).
+#[derive(Clone, Debug)]
+pub(crate) struct RedisServers(Vec<String>);
+
+fn redis_servers(list: &str) -> Result<RedisServers, String> {
+    socketserver::pubsub::backplane::parse_urls(list).map(RedisServers)
 }
 
 /// How the bound socket is served.
@@ -508,10 +516,9 @@ fn serve_stream(server: Server, args: &ServeArgs, run: Run) -> socketserver::Res
             if args.deflate {
                 options = options.with_deflate(DeflateOptions::default());
             }
-            let storage = if let Some(list) = &args.backplane {
+            let storage = if let Some(RedisServers(servers)) = &args.backplane {
                 Storage::Redis {
-                    servers: socketserver::pubsub::backplane::parse_urls(list)
-                        .map_err(|why| Error::Config(format!("--backplane: {why}")))?,
+                    servers: servers.clone(),
                 }
             } else if args.memory {
                 Storage::Memory
@@ -690,7 +697,7 @@ fn supervise(bound: &Bound, processes: usize, args: &ServeArgs) -> socketserver:
     }
     if let Some(backplane) = &args.backplane {
         worker_args.extend([
-            format!("--backplane={backplane}"),
+            format!("--backplane={}", backplane.0.join(",")),
             format!("--backplane-timeout-ms={}", args.backplane_timeout_ms),
             format!("--memory-messages={}", args.memory_messages),
             format!("--delivery-delay-ms={}", args.delivery_delay_ms),
